@@ -48,6 +48,105 @@ def main(argv: list[str] | None = None) -> int:
 
 # --- commands -------------------------------------------------------------------------------
 
+def _database_url_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", metavar="URL",
+                   help="postgresql://USER:PASSWORD@HOST:PORT/DBNAME (default: $DATABASE_URL)")
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    import os
+
+    url = args.database_url or os.environ.get("DATABASE_URL")
+    if not url:
+        raise CETDError("no database given: pass --database-url or set DATABASE_URL")
+    return url
+
+
+def _db_init_arguments(p: argparse.ArgumentParser) -> None:
+    _database_url_argument(p)
+    p.add_argument("--schema", metavar="FILE", help="schema to apply (default: data/schema.sql)")
+
+
+@command("db-init", "create the applications table in PostgreSQL (harmless to repeat)",
+         _db_init_arguments)
+def run_db_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cetd_phase1.registry import SCHEMA_PATH, apply_schema, redact_url
+
+    url = _database_url(args)
+    apply_schema(url, Path(args.schema) if args.schema else SCHEMA_PATH)
+    print(f"schema applied to {redact_url(url)}")
+    return 0
+
+
+def _register_arguments(p: argparse.ArgumentParser) -> None:
+    from cetd_phase1.registry import SPLITS
+
+    _database_url_argument(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--app", metavar="DIR", help="one application's source folder")
+    what.add_argument("--manifest", metavar="FILE",
+                      help="YAML list of {name, source_path, split} (paths relative to it), "
+                           "or a folder whose subfolders are apps")
+    p.add_argument("--name", help="name of the --app (default: its folder name)")
+    p.add_argument("--split", choices=SPLITS,
+                   help="split of the --app (default: from a hash of its name)")
+
+
+@command("register", "add applications to the PostgreSQL registry (all or none; "
+                     "repeating is harmless)", _register_arguments)
+def run_register(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cetd_phase1.registry import App, RegistryError, hash_split, redact_url, register_apps
+
+    url = _database_url(args)
+    if args.app:
+        source = Path(args.app)
+        name = args.name or source.resolve().name
+        apps = [App(app_id=f"pg/{name}", name=name, split=args.split or hash_split(name),
+                    source_path=source)]
+    elif args.name or args.split:
+        raise CETDError("--name and --split describe one --app; a manifest names its own apps")
+    else:
+        apps = Path(args.manifest)
+    try:
+        done = register_apps(url, apps)
+    except RegistryError as err:  # a bad manifest
+        raise CETDError(str(err)) from None
+    for name in done.added:
+        print(f"registered {name}")
+    print(f"{len(done.added)} added, {len(done.unchanged)} already registered, "
+          f"in {redact_url(url)}")
+    return 0
+
+
+def _list_apps_arguments(p: argparse.ArgumentParser) -> None:
+    from cetd_phase1.registry import SPLITS
+
+    _database_url_argument(p)
+    p.add_argument("--split", choices=SPLITS, help="only this split")
+    p.add_argument("--source-root", action="append", default=[], metavar="DIR",
+                   help="report apps whose source lies outside DIR (repeatable)")
+
+
+@command("list-apps", "list the registered applications with their split and section count",
+         _list_apps_arguments)
+def run_list_apps(args: argparse.Namespace) -> int:
+    from cetd_phase1.registry import list_apps
+
+    listed = list_apps(_database_url(args), args.split, args.source_root)
+    width = max(len(a.name) for a in listed) if listed else 4
+    print(f"{'name':<{width}}  {'split':<10}  {'sections':>8}  source")
+    for a in listed:
+        count = "-" if a.sections is None else str(a.sections)
+        where = f"{a.source_path}  [skipped: {a.problem}]" if a.problem else str(a.source_path)
+        print(f"{a.name:<{width}}  {a.split:<10}  {count:>8}  {where}")
+    problems = sum(a.problem is not None for a in listed)
+    print(f"{len(listed)} apps" + (f", {problems} cannot be built" if problems else ""))
+    return 0
+
 
 # --- end of commands ------------------------------------------------------------------------
 
