@@ -48,6 +48,88 @@ def main(argv: list[str] | None = None) -> int:
 
 # --- commands -------------------------------------------------------------------------------
 
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--apps", metavar="DIR", default=None,
+                   help="folder whose subfolders are applications (or a YAML manifest of apps); "
+                        "default: the Python standard library of this interpreter")
+    p.add_argument("--hard-negatives", type=int, default=3,
+                   help="BM25-mined negatives per requirement, from the same app (default 3)")
+    p.add_argument("--random-negatives", type=int, default=2,
+                   help="random negatives per requirement, from the same app (default 2)")
+    p.add_argument("--max-positives", type=int, default=5,
+                   help="positives kept per requirement (default 5, as in the seed)")
+    p.add_argument("--label-sources", default="docstring,gold,heuristic",
+                   help="comma-separated label sources: docstring, gold, heuristic, git "
+                        "(default docstring,gold,heuristic)")
+    p.add_argument("--cache-dir", default=None,
+                   help="Arrow cache folder (default $CETD_CACHE/datasets or "
+                        "~/.cache/cetd_phase1/datasets)")
+
+
+def _build_from_args(args: argparse.Namespace):
+    from cetd_phase1.dataset import BuildReport, build_dataset
+
+    report = BuildReport()
+    dd = build_dataset(args.apps or "stdlib", hard_negatives=args.hard_negatives,
+                       random_negatives=args.random_negatives, max_positives=args.max_positives,
+                       label_sources=tuple(s.strip() for s in args.label_sources.split(",")
+                                           if s.strip()),
+                       cache_dir=args.cache_dir, report=report)
+    return dd, report
+
+
+def _print_report(report) -> None:
+    from collections import Counter
+
+    reasons: Counter = Counter()
+    for r in report.extraction:
+        reasons.update(r.counts_by_reason())
+        for path, reason in r.skipped:
+            print(f"skipped {r.app}/{path}: {reason}")
+    files = sum(r.files_parsed for r in report.extraction)
+    sections = sum(r.sections for r in report.extraction)
+    by_reason = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "none"
+    print(f"extraction: {len(report.extraction)} apps, {files} files, {sections} sections; "
+          f"skipped files by reason: {by_reason}")
+    for reason, n in sorted(report.skipped_examples.items()):
+        print(f"examples dropped ({reason}): {n}")
+    for app, message, is_error in report.problems:
+        print(f"{'error' if is_error else 'warning'}: {app}: {message}")
+
+
+@command("build-data", "Build (or load from cache) the labelled Arrow dataset and show the "
+         "extraction report.", _add_data_args)
+def run_build_data(args: argparse.Namespace) -> int:
+    dd, report = _build_from_args(args)
+    _print_report(report)
+    for split, ds in dd.items():
+        print(f"{split}: {ds.num_rows} rows, {len(set(ds['query_id']))} requirements, "
+              f"{len(set(ds['app_id']))} apps")
+    return 1 if report.has_errors else 0
+
+
+@command("validate-data", "Check the dataset: counts, label balance, duplicates, and leakage "
+         "(an app in two splits, a requirement verbatim in its positive). Exits 1 on leakage.",
+         _add_data_args)
+def run_validate_data(args: argparse.Namespace) -> int:
+    import json
+
+    from cetd_phase1.dataset import validate_dataset
+
+    dd, report = _build_from_args(args)
+    result = validate_dataset(dd)
+    print(json.dumps(result.stats, indent=2))
+    for w in result.warnings:
+        print(f"warning: {w}")
+    for v in result.violations:
+        print(f"LEAKAGE: {v}", file=sys.stderr)
+    if result.violations:
+        print(f"error: {len(result.violations)} leakage violation(s)", file=sys.stderr)
+        return 1
+    print("ok: no leakage")
+    return 1 if report.has_errors else 0
+
 def _database_url_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", metavar="URL",
                    help="postgresql://USER:PASSWORD@HOST:PORT/DBNAME (default: $DATABASE_URL)")

@@ -38,6 +38,8 @@ class Section:
     signature: str
     docstring: str | None
     code: str  # source segment, docstring included
+    #: 0-based line range of the own docstring inside ``code`` (end exclusive), if any
+    doc_span: tuple[int, int] | None = None
 
     @property
     def key(self) -> str:
@@ -47,7 +49,16 @@ class Section:
     def code_without_docstring(self) -> str:
         """Source with this section's own docstring removed (so a docstring-derived
         requirement never appears verbatim in its positive)."""
-        return strip_docstring(self.code)
+        if self.doc_span is None:
+            return self.code
+        lines = self.code.split("\n")
+        start, end = self.doc_span
+        kept = lines[:start] + lines[end:]
+        if end >= len(lines) or not "".join(lines[end:]).strip():
+            # a docstring-only body must stay valid Python
+            indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
+            kept.insert(start, f"{indent}...")
+        return "\n".join(kept)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,13 +198,20 @@ def sections_from_source(source: str, rel: str) -> list[Section]:
                 else:
                     is_async = isinstance(node, ast.AsyncFunctionDef)
                     kind = ("async_" if is_async else "") + ("method" if in_class else "function")
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                first = node.body[0] if node.body else None
+                doc_span = None
+                if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                        and isinstance(first.value.value, str) and first.lineno > node.lineno):
+                    doc_span = (first.lineno - start, first.end_lineno - start + 1)
                 out.append(Section(
                     file=rel, qualname=qual, kind=kind,
-                    line_start=min([node.lineno] + [d.lineno for d in node.decorator_list]),
+                    line_start=start,
                     line_end=node.end_lineno or node.lineno,
                     signature=_signature(node, lines),
                     docstring=ast.get_docstring(node),
                     code=_segment(node, lines),
+                    doc_span=doc_span,
                 ))
                 visit(node.body, qual, isinstance(node, ast.ClassDef))
             else:
@@ -214,29 +232,6 @@ def _nested_bodies(node: ast.stmt) -> Iterator[list[ast.stmt]]:
         yield handler.body
     for case in getattr(node, "cases", []) or []:
         yield case.body
-
-
-def strip_docstring(code: str) -> str:
-    """Remove the leading docstring of the (single) def/class in ``code``."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return code
-    if not tree.body or not isinstance(tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                      ast.ClassDef)):
-        return code
-    body = tree.body[0].body
-    first = body[0] if body else None
-    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-            and isinstance(first.value.value, str)):
-        return code
-    lines = code.split("\n")
-    start, end = first.lineno - 1, first.end_lineno
-    kept = lines[:start] + lines[end:]
-    if len(body) == 1:  # a docstring-only body must stay valid Python
-        indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
-        kept.insert(start, f"{indent}...")
-    return "\n".join(kept)
 
 
 def extract_sections(root: Path, app: str | None = None,
