@@ -233,12 +233,13 @@ class Registration(NamedTuple):
     unchanged: list[str]
 
 
-def source_problem(path: Path, source_roots: list[Path]) -> str | None:
+def source_problem(path: Path, source_roots: Iterable[Path]) -> str | None:
     """Why the app source at ``path`` cannot be built, or ``None`` when it can.
 
-    The roots are checked first so nothing outside them is even looked at.
+    The roots are checked first (links resolved) so nothing outside them is even looked at.
     """
     resolved = path.resolve()
+    source_roots = [Path(r).resolve() for r in source_roots]
     if source_roots and not any(resolved.is_relative_to(root) for root in source_roots):
         roots = ", ".join(str(r) for r in source_roots)
         return f"outside_roots: source_path {path} is not under the source roots ({roots})"
