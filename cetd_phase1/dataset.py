@@ -265,8 +265,15 @@ def _build(config_name: str, source, registry, cache_dir, report, heuristic,
         tmp = report_file.with_suffix(".tmp")
         tmp.write_text(report.to_json(), encoding="utf-8")
         os.replace(tmp, report_file)
-    out = builder.as_dataset()
-    return datasets.DatasetDict({s: out[s] for s in SPLITS if s in out})
+    out = {}
+    for split in SPLITS:
+        info = builder.info.splits.get(split)
+        if info is not None and info.num_examples:
+            out[split] = builder.as_dataset(split=split)
+        else:  # the reader refuses empty splits; an empty table keeps the schema
+            out[split] = datasets.Dataset.from_dict(
+                {k: [] for k in builder.info.features}, features=builder.info.features)
+    return datasets.DatasetDict(out)
 
 
 def build_dataset(source: str | Path | None = "stdlib", *, registry: Registry | None = None,
