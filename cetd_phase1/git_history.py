@@ -1,0 +1,499 @@
+"""Git history -> (requirement text, sections it changed) pairs: the ``git`` label source.
+
+A commit whose description reads like a feature request ("retry failed uploads with backoff")
+and whose diff touches a handful of functions is a feature-level requirement with its
+implementing sections. This module mines such pairs from the repository an application folder
+lives in, with the recipe used for ``bench/feature-requests`` (see its README):
+
+* non-merge commits whose subject has at least 5 words and is not a release / version bump /
+  docs / CI / typo / style / lint / typing / refactor / revert / dependency message;
+* that change lines of the app's non-test ``.py`` files;
+* each changed line is attributed to the innermost def/class enclosing it (blank, comment and
+  docstring lines ignored): removed lines on the parent's AST, added lines on the commit's;
+* 1..``max_sections`` sections touched; the positives are the touched sections that exist at the
+  parent commit, i.e. in the code the requirement is evaluated against.
+
+Only the ``git`` CLI (argument lists, never a shell) and :mod:`ast` are used: nothing of the
+analysed application is imported or executed.
+"""
+
+from __future__ import annotations
+
+import ast
+import codecs
+import io
+import logging
+import re
+import subprocess
+import tokenize
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from tqdm.auto import tqdm
+
+from .errors import CETDError
+from .sections import Section, is_test_path, sections_from_source
+
+logger = logging.getLogger(__name__)
+
+#: Longest requirement text kept; the benchmark texts are cut at the same length.
+MAX_TEXT_CHARS = 400
+MIN_SUBJECT_WORDS = 5
+
+# -- commit message classification -----------------------------------------------------------
+
+#: Conventional-commit types (``feat(x):``, numpy's ``ENH:``) and what a skipped one means.
+_CONVENTIONAL_TYPES = {
+    "feat": None, "feature": None, "fix": None, "bugfix": None, "hotfix": None, "perf": None,
+    "enh": None, "enhancement": None, "bug": None, "api": None, "security": None, "chore": None,
+    "maint": None, "test": None, "tests": None, "tst": None, "improvement": None,
+    "docs": "docs", "doc": "docs", "ci": "ci", "build": "ci", "bld": "ci",
+    "style": "style", "sty": "style", "lint": "style", "format": "style",
+    "refactor": "refactor", "revert": "revert", "deps": "dependency",
+    "release": "version_bump", "rel": "version_bump", "bump": "version_bump",
+    "typing": "typing", "types": "typing",
+}
+_CONVENTIONAL = re.compile(r"^(?P<type>[A-Za-z]+)(?:\([^)]*\))?!?:\s*")
+
+#: Gitmoji (https://gitmoji.dev) whose meaning is a skipped category; others are just removed.
+_GITMOJI_REASONS = {
+    "📝": "docs", "memo": "docs", "🔖": "version_bump", "bookmark": "version_bump",
+    "💚": "ci", "green_heart": "ci", "👷": "ci", "construction_worker": "ci",
+    "🎨": "style", "art": "style", "🚨": "style", "rotating_light": "style",
+    "⬆": "dependency", "arrow_up": "dependency", "⬇": "dependency", "arrow_down": "dependency",
+    "📌": "dependency", "pushpin": "dependency", "➕": "dependency",
+    "heavy_plus_sign": "dependency", "➖": "dependency", "heavy_minus_sign": "dependency", "♻": "refactor", "recycle": "refactor",
+    "✏": "typo", "pencil2": "typo", "🏷": "typing", "label": "typing",
+    "⏪": "revert", "rewind": "revert",
+}
+_SHORTCODE = re.compile(r"^:([a-z0-9_+-]+):\s*")
+
+#: Subject patterns, first match wins. Each is kept narrow enough that ordinary feature
+#: subjects ("Add a custom date format", "Release the lock on close") are not caught.
+_SUBJECT_RULES: list[tuple[str, re.Pattern[str]]] = [(reason, re.compile(pattern, re.I)) for
+                                                     reason, pattern in [
+    ("merge", r"^merge (?:branch|pull request|remote-tracking|tag)\b"),
+    ("revert", r"^[\"']?revert\b"),
+    ("version_bump", r"\b(?:bump(?:ed|s|ing)?|set|update|change|increment)\b.{0,20}\bversion\b"
+                     r"|\bversion (?:bump|to v?\d)|^v?\d+(?:\.\d+)+\S*$"
+                     r"|^releas(?:e|ing|ed)\b(?:\s+(?:v(?:ersion)?\s*)?\d|\s*$|:)"
+                     r"|^prepare (?:for )?(?:the )?(?:next )?release\b|\brelease v?\d+\.\d+"
+                     r"|\b(?:back to|start(?:ing)?|open(?:ing)?) (?:\S+ )?development\b"),
+    ("dependency", r"^bump \S+ from \S+ to \S+|\b(?:deps|dependabot|renovate)\b"
+                   r"|^(?:update|upgrade|bump|pin|unpin|relax)\b.{0,40}\bdependenc(?:y|ies)\b"
+                   r"|\bdependenc(?:y|ies) (?:update|upgrade|bump)s?\b"
+                   r"|\brequirements[-_\w]*\.txt\b"
+                   r"|^(?:update|upgrade|bump|pin|unpin)\s+\S+\s+(?:to|from)\s+v?\d+\.\d+"),
+    ("docs", r"^(?:docs?|documentation|document(?:ed|s|ing)?|readme|changelog|news)\b"
+             r"|\b(?:readme|changelog|docs|documentation|sphinx|mkdocs|read ?the ?docs)\b"
+             r"|^(?:add|update|fix|improve|clarify|expand|tweak|correct)\s+"
+             r"(?:the\s+|some\s+|a\s+|missing\s+|more\s+)*docstrings?\b"),
+    ("ci", r"^ci\b|\b(?:ci|github actions?|gh actions|travis|appveyor|circleci|azure pipelines"
+           r"|tox|nox|pre-commit)\b"),
+    ("typo", r"\btypos?\b|\bspelling\b|\bmisspel|\bgrammar\b"),
+    ("style", r"^(?:re)?format(?:ted|ting)?\b|^style\b"
+              r"|\b(?:flake8|pylint|ruff|isort|pyupgrade|autopep8|yapf|pep ?8|linters?"
+              r"|lint(?:ing)?|trailing whitespace|code style|coding style)\b"
+              r"|\b(?:apply|applied|run|ran|with)\s+black\b"
+              r"|\b(?:apply|applied|run|ran|fix|fixed)\s+(?:code\s+)?formatting\b"),
+    ("typing", r"\b(?:mypy|pyright|pytype|type[- ]?hints?|type[- ]?hinting|type annotations?"
+               r"|typecheck(?:ing|er)?|type[- ]check(?:ing|er)?|py\.typed|stubs?)\b"
+               r"|\btyping\b(?![._])"
+               r"|^(?:add|fix|improve|update|correct)\s+(?:\S+\s+)?types?\s*(?:$|for\b|to\b|in\b)"),
+    ("refactor", r"\brefactor(?:ed|ing|s)?\b"
+                 r"|^(?:minor\s+)?(?:code\s+)?clean(?:-|\s)?ups?$"),
+]]
+
+
+def _strip_decorations(subject: str) -> tuple[str, str | None]:
+    """Remove gitmoji and a conventional prefix from a subject; return it and the category
+    they name (``None`` when they name none or a kept one)."""
+    reason = None
+    for _ in range(3):  # e.g. "✨ feat(x): …" or "feat(x): ✨ …"
+        before = subject
+        m = _SHORTCODE.match(subject)
+        if m:
+            reason = reason or _GITMOJI_REASONS.get(m.group(1))
+            subject = subject[m.end():]
+        i = 0
+        # Emoji are non-ASCII symbols, joiners and variation selectors ("♻️", "🧑‍💻").
+        while i < len(subject) and ord(subject[i]) > 127 and unicodedata.category(
+                subject[i]) in ("So", "Sk", "Cf", "Mn"):
+            i += 1
+        if i:
+            emoji = subject[:i].replace("\ufe0f", "").replace("\u200d", "")
+            reason = reason or next((r for e, r in _GITMOJI_REASONS.items() if e in emoji), None)
+            subject = subject[i:].lstrip()
+        m = _CONVENTIONAL.match(subject)
+        if m and m.group("type").lower() in _CONVENTIONAL_TYPES:
+            reason = reason or _CONVENTIONAL_TYPES[m.group("type").lower()]
+            subject = subject[m.end():]
+        if subject == before:
+            break
+    return subject, reason
+
+
+def classify_subject(subject: str) -> str | None:
+    """The skip reason a commit subject alone gives (``"docs"``, ``"version_bump"``,
+    ``"short_subject"``, ...), or ``None`` when the subject may be a requirement."""
+    stripped, reason = _strip_decorations(subject.strip())
+    if reason:
+        return reason
+    for reason, pattern in _SUBJECT_RULES:
+        if pattern.search(subject) or pattern.search(stripped):
+            return reason
+    if len(_clean(stripped).split()) < MIN_SUBJECT_WORDS:
+        return "short_subject"
+    return None
+
+
+# -- commit message -> requirement text --------------------------------------------------------
+
+#: Git trailers ("Signed-off-by: …") and issue-link trailers ("Fixes: #12").
+_TRAILER = re.compile(r"^\s*(?:[A-Za-z][\w-]*-by|Change-Id|Cc|Bug|Closes|Fixes|Fixed|Resolves"
+                      r"|Refs?|Issue|PR|Link|See-also|Reviewed-on|Reported-at)\s*:\s*\S", re.I)
+#: An issue or pull request: ``#12``, ``gh-12``, ``owner/repo#12`` or its URL.
+_REF = (r"(?:https?://\S+?/(?:issues|pull|pulls|merge_requests)/\d+[^\s)\]]*"
+        r"|(?:[\w.-]+/[\w.-]+)?(?:#|gh-)\d+\b)")
+_REF_PHRASE = re.compile(
+    r"(?:\b(?:fix(?:e[sd])?|close[sd]?|resolve[sd]?|refs?|references?|see|related to|"
+    r"addresse[sd]|part of|issue|pr)\s*:?\s*)?"
+    rf"{_REF}(?:\s*(?:,|and|&)\s*{_REF})*", re.I)
+_BULLET = re.compile(r"^\s*[*+-]\s")
+
+
+def _clean(text: str) -> str:
+    """Drop issue/PR references and tidy what they leave behind; normalise whitespace."""
+    text = _REF_PHRASE.sub("", text)
+    text = re.sub(r"\(\s*[,;:]?\s*\)|\[\s*\](?:\(\s*\))?", "", text)  # emptied () [] [](…)
+    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"\s+([.,;:!?])(?=\s|$)", r"\1", text)  # "ignored ." but not " .svg"
+    text = re.sub(r"\s+\)", ")", text)
+    text = re.sub(r"[,;:](?=[.!?](?:\s|$))", "", text)
+    text = re.sub(r"([.,;:!?])(?:\s*\1)+(?=\s|$)", r"\1", text)
+    return text.strip(" -:;,")
+
+
+def commit_text(message: str) -> str:
+    """Requirement text of a commit message: subject (gitmoji, conventional prefix removed) and
+    the first body paragraph, unless the body is a bulleted list of squashed commits; issue
+    references and trailers removed, whitespace normalised, at most 400 characters."""
+    lines = [line for line in message.replace("\r\n", "\n").split("\n")
+             if not _TRAILER.match(line)]
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", "\n".join(lines).strip()) if p.strip()]
+    if not paragraphs:
+        return ""
+    subject = _clean(_strip_decorations(" ".join(paragraphs[0].split()))[0])
+    body = ""
+    if len(paragraphs) > 1 and not _BULLET.match(paragraphs[1]):
+        body = _clean(paragraphs[1])
+    text = f"{subject} {body}".strip() if re.search(r"\w", body) else subject
+    if len(text) > MAX_TEXT_CHARS:
+        cut = text[:MAX_TEXT_CHARS]
+        if not text[MAX_TEXT_CHARS].isspace() and " " in cut:
+            cut = cut.rsplit(" ", 1)[0]  # do not end on half a word
+        text = cut.rstrip(" ,;:-")
+    return text
+
+
+# -- diff -> touched sections ----------------------------------------------------------------
+
+@dataclass
+class _FileDiff:
+    old_path: str | None  # None when the commit adds the file
+    new_path: str | None  # None when the commit deletes it
+    removed: list[tuple[int, str]] = field(default_factory=list)  # (parent line number, text)
+    added: list[tuple[int, str]] = field(default_factory=list)  # (commit line number, text)
+
+
+_HUNK = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@")
+
+
+def _diff_path(raw: str, prefix: str) -> str | None:
+    raw = raw.rstrip("\t")  # git appends a tab after names holding spaces
+    if raw == "/dev/null":
+        return None
+    if raw.startswith('"'):  # C-quoted name with octal escapes
+        raw = codecs.escape_decode(raw[1:-1].encode("utf-8"))[0].decode("utf-8", "replace")
+    return raw[len(prefix):] if raw.startswith(prefix) else raw
+
+
+def parse_unified_diff(diff: str) -> list[_FileDiff]:
+    """Removed and added lines, with their line numbers, of every file of a ``git diff``
+    made with ``--src-prefix=a/ --dst-prefix=b/``."""
+    files: list[_FileDiff] = []
+    current: _FileDiff | None = None
+    old_no = new_no = 0
+    in_header = False
+    for line in diff.split("\n"):
+        if line.startswith("diff --git "):
+            current, in_header = None, True
+        elif in_header and line.startswith("--- "):
+            current = _FileDiff(_diff_path(line[4:], "a/"), None)
+        elif in_header and line.startswith("+++ ") and current is not None:
+            current.new_path = _diff_path(line[4:], "b/")
+            files.append(current)
+            in_header = False
+        elif current is not None and (m := _HUNK.match(line)):
+            old_no, new_no = int(m.group(1)), int(m.group(2))
+        elif current is not None and not in_header and line[:1] == "-":
+            current.removed.append((old_no, line[1:]))
+            old_no += 1
+        elif current is not None and not in_header and line[:1] == "+":
+            current.added.append((new_no, line[1:]))
+            new_no += 1
+        elif current is not None and not in_header and line[:1] == " ":  # diff.interHunkContext
+            old_no, new_no = old_no + 1, new_no + 1
+    return files
+
+
+@dataclass(frozen=True)
+class _ParsedFile:
+    sections: tuple[Section, ...]
+    docstring_lines: frozenset[int]
+
+    @property
+    def qualnames(self) -> set[str]:
+        return {s.qualname for s in self.sections}
+
+    def innermost(self, line: int) -> str | None:
+        """Qualname of the innermost def/class whose lines (decorators included) hold ``line``."""
+        best: Section | None = None
+        for s in self.sections:
+            if s.line_start <= line <= s.line_end and (best is None
+                                                        or s.line_start >= best.line_start):
+                best = s
+        return best.qualname if best else None
+
+
+def _docstring_lines(tree: ast.Module) -> frozenset[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0] if node.body else None
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str)):
+                lines.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    return frozenset(lines)
+
+
+def _decode(data: bytes) -> str:
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    # Keep git's line numbering: only BOM and CRLF are normalised (as sections.read_source does).
+    return data.decode(encoding).lstrip("\ufeff").replace("\r\n", "\n")
+
+
+def _is_code_line(text: str) -> bool:
+    stripped = text.strip()
+    return bool(stripped) and not stripped.startswith("#")
+
+
+# -- git -------------------------------------------------------------------------------------
+
+class _Git:
+    """The ``git`` CLI run in the application folder (paths and pathspecs relative to it)."""
+
+    def __init__(self, app_dir: Path) -> None:
+        self.app_dir = app_dir
+        self._parsed: dict[tuple[str, str], _ParsedFile | None] = {}
+
+    def run(self, *args: str) -> bytes:
+        cmd = ["git", "-c", "core.quotePath=false", "-C", str(self.app_dir), *args]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, check=False)
+        except FileNotFoundError as err:
+            raise CETDError("git is not installed or not on PATH (needed for the git "
+                            "label source)") from err
+        if proc.returncode != 0:
+            msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise CETDError(f"{self.app_dir}: git {args[0]} failed: "
+                            f"{msg[0] if msg else f'exit status {proc.returncode}'}")
+        return proc.stdout
+
+    def parsed(self, rev: str, path: str) -> _ParsedFile | None:
+        """Sections of ``path`` at ``rev`` (cached: a file is read at both ends of many
+        commits); ``None`` if missing there; ``SyntaxError`` etc. propagate when it does not
+        parse."""
+        if (rev, path) not in self._parsed:
+            try:
+                data = self.run("cat-file", "blob", f"{rev}:./{path}")
+            except CETDError:
+                self._parsed[rev, path] = None
+            else:
+                source = _decode(data)
+                tree = ast.parse(source, filename=path)
+                self._parsed[rev, path] = _ParsedFile(
+                    tuple(sections_from_source(source, path)), _docstring_lines(tree))
+        return self._parsed[rev, path]
+
+
+# -- mining ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MinedPair:
+    """One commit turned into a requirement with its implementing sections."""
+
+    text: str
+    commit: str  # full sha
+    parent: str  # full sha of the code the requirement is evaluated against
+    relevant: tuple[str, ...]  # sorted ``file::qualname`` keys at the parent, file relative to app
+    relevant_at_head: tuple[str, ...]  # those of ``relevant`` that still exist at HEAD
+
+
+@dataclass
+class MiningReport:
+    """What happened to every examined commit."""
+
+    app: str
+    commits: int = 0
+    pairs: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (commit sha, reason)
+
+    def skip(self, commit: str, reason: str) -> None:
+        self.skipped.append((commit, reason))
+
+    def counts_by_reason(self) -> dict[str, int]:
+        return dict(Counter(reason for _, reason in self.skipped))
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts_by_reason().items()))
+        return (f"{self.app}: {self.commits} commits, {self.pairs} pairs"
+                + (f"; skipped {len(self.skipped)} ({counts})" if self.skipped else ""))
+
+
+def _app_file(path: str | None) -> bool:
+    """A non-test ``.py`` file that :func:`sections.extract_sections` would read."""
+    if path is None or not path.endswith(".py"):
+        return False
+    rel = PurePosixPath(path)
+    return not is_test_path(rel) and not any(p.startswith(".") for p in rel.parts)
+
+
+def _touched(git: _Git, parent: str, commit: str, diffs: list[_FileDiff]
+             ) -> tuple[set[tuple[str, str]], set[str]]:
+    """Sections a commit touches as ``(parent path or new path, qualname)`` pairs, and the
+    parent-side ``file::qualname`` keys among them."""
+    touched: set[tuple[str, str]] = set()
+    at_parent: set[str] = set()
+    for fd in diffs:
+        old = git.parsed(parent, fd.old_path) if fd.old_path else None
+        new = git.parsed(commit, fd.new_path) if fd.new_path else None
+        quals: set[str] = set()
+        for side, lines in ((old, fd.removed), (new, fd.added)):
+            if side is None:
+                continue
+            for no, text in lines:
+                if _is_code_line(text) and no not in side.docstring_lines:
+                    qual = side.innermost(no)
+                    if qual:
+                        quals.add(qual)
+        name = fd.old_path or fd.new_path or ""
+        touched.update((name, q) for q in quals)
+        if old is not None:
+            at_parent.update(f"{fd.old_path}::{q}" for q in quals & old.qualnames)
+    return touched, at_parent
+
+
+def mine_commits(repo_dir: Path, app_subdir: str = "", *, max_sections: int = 8,
+                 max_commits: int | None = None, rev_range: str = "HEAD",
+                 report: MiningReport | None = None) -> list[MinedPair]:
+    """Mine (commit description -> sections changed) pairs from the git history of an app.
+
+    ``repo_dir / app_subdir`` is the application root (anywhere inside a git work tree); keys
+    are ``file::qualname`` with ``file`` relative to it. Commits of ``rev_range`` (anything
+    ``git log`` accepts, e.g. ``v1.0..HEAD``) that change the app folder are examined newest
+    first, at most ``max_commits`` of them; pairs come out in that order, and of identical
+    texts only the newest is kept. Every skipped commit is recorded with its reason in
+    ``report`` when one is given.
+    """
+    app_dir = Path(repo_dir) / app_subdir
+    if not app_dir.is_dir():
+        raise CETDError(f"{app_dir}: application folder does not exist")
+    if max_sections < 1:
+        raise CETDError(f"max_sections must be at least 1, got {max_sections}")
+    if rev_range.startswith("-"):
+        raise CETDError(f"{rev_range!r}: a revision range cannot start with '-'")
+    report = report if report is not None else MiningReport(app=app_dir.name)
+    git = _Git(app_dir)
+    git.run("rev-parse", "--show-toplevel")  # a clear error outside a work tree
+    try:
+        head = git.run("rev-parse", "--verify", "--quiet", "HEAD^{commit}").decode().strip()
+    except CETDError as err:
+        raise CETDError(f"{app_dir}: the git repository has no commits") from err
+
+    log_args = ["log", "-z", "--no-show-signature", "--encoding=UTF-8", "--full-history",
+                "--format=%H%x1f%P%x1f%B"]
+    if max_commits is not None:
+        log_args.append(f"--max-count={max_commits}")
+    records = [r for r in git.run(*log_args, "--end-of-options", rev_range, "--", ".")
+               .decode("utf-8", "replace").split("\0") if r.strip()]
+
+    pairs: list[MinedPair] = []
+    seen_texts: set[str] = set()
+    for record in tqdm(records, desc=f"git history of {app_dir.name}", unit="commit",
+                       leave=False, disable=None):
+        sha, parents, message = record.lstrip("\n").split("\x1f", 2)
+        report.commits += 1
+        reason, pair = _mine_one(git, sha, parents.split(), message, head, max_sections)
+        if pair is not None and pair.text in seen_texts:
+            reason, pair = "duplicate_text", None
+        if pair is None:
+            report.skip(sha, reason or "")
+            continue
+        seen_texts.add(pair.text)
+        pairs.append(pair)
+    report.pairs = len(pairs)
+    logger.info("git history: %s", report.summary())
+    return pairs
+
+
+def _mine_one(git: _Git, sha: str, parents: list[str], message: str, head: str,
+              max_sections: int) -> tuple[str | None, MinedPair | None]:
+    """``(skip reason, None)`` or ``(None, pair)`` for one commit."""
+    if len(parents) > 1:
+        return "merge", None
+    if not parents:  # the root commit, or the boundary of a shallow clone
+        return "root_commit", None
+    subject = " ".join(message.strip().split("\n\n", 1)[0].split())
+    reason = classify_subject(subject)
+    if reason:
+        return reason, None
+    parent = parents[0]
+    diff = git.run("diff", "--no-color", "--no-ext-diff", "--no-textconv", "-U0", "-M",
+                   "--src-prefix=a/", "--dst-prefix=b/", "--relative",
+                   parent, sha, "--", ".").decode("utf-8", "replace")
+    py = [fd for fd in parse_unified_diff(diff)
+          if (fd.old_path or "").endswith(".py") or (fd.new_path or "").endswith(".py")]
+    app = [fd for fd in py if _app_file(fd.old_path) or _app_file(fd.new_path)]
+    if not app:
+        return ("tests_only" if py and all(is_test_path(PurePosixPath(fd.new_path or fd.old_path))
+                                           for fd in py) else "no_python_change"), None
+    try:
+        touched, at_parent = _touched(git, parent, sha, app)
+    except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError):
+        return "syntax_error", None
+    if not touched:
+        return "no_sections", None
+    if len(touched) > max_sections:
+        return "too_many_sections", None
+    if not at_parent:
+        return "no_parent_sections", None
+    text = commit_text(message)
+    if len(text.split()) < MIN_SUBJECT_WORDS:
+        return "short_subject", None
+    relevant = tuple(sorted(at_parent))
+    at_head = tuple(k for k in relevant if _exists(git, head, k))
+    return None, MinedPair(text=text, commit=sha, parent=parent, relevant=relevant,
+                           relevant_at_head=at_head)
+
+
+def _exists(git: _Git, rev: str, key: str) -> bool:
+    path, qual = key.split("::", 1)
+    try:
+        parsed = git.parsed(rev, path)
+    except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return parsed is not None and qual in parsed.qualnames
