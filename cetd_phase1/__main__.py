@@ -51,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--apps", metavar="DIR", default=None,
-                   help="folder whose subfolders are applications (or a YAML manifest of apps); "
-                        "default: the Python standard library of this interpreter")
+                   help="folder whose subfolders are applications, a YAML manifest of apps, "
+                        "'stdlib', or 'postgres' (the registry table); default: the PostgreSQL "
+                        "registry when --database-url/DATABASE_URL is set, else the Python "
+                        "standard library of this interpreter")
+    p.add_argument("--database-url", default=None,
+                   help="PostgreSQL registry connection (default $DATABASE_URL)")
     p.add_argument("--hard-negatives", type=int, default=3,
                    help="BM25-mined negatives per requirement, from the same app (default 3)")
     p.add_argument("--random-negatives", type=int, default=2,
@@ -68,10 +72,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build_from_args(args: argparse.Namespace):
-    from cetd_phase1.dataset import BuildReport, build_dataset
+    from cetd_phase1.dataset import BuildReport, build_dataset, registry_for
 
     report = BuildReport()
-    dd = build_dataset(args.apps or "stdlib", hard_negatives=args.hard_negatives,
+    dd = build_dataset(registry=registry_for(args.apps, args.database_url),
+                       hard_negatives=args.hard_negatives,
                        random_negatives=args.random_negatives, max_positives=args.max_positives,
                        label_sources=tuple(s.strip() for s in args.label_sources.split(",")
                                            if s.strip()),

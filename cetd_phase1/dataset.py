@@ -154,7 +154,8 @@ def app_examples(app: App, sections: list[Section], labels: AppLabels, *,
         for s in hard:
             yield {**base, **_section_row(app, s, code[s.key]), "label": 0, "origin": "bm25"}
         rest = list({s.key: s for s in sections if s.key not in taken}.values())
-        rng = random.Random(f"{seed}:{qid}")
+        # seeded by name, not id, so every registry of the same apps draws the same negatives
+        rng = random.Random(f"{seed}:{app.name}:{ex.requirement}")
         for s in rng.sample(rest, min(random_negatives, len(rest))):
             yield {**base, **_section_row(app, s, code[s.key]), "label": 0, "origin": "random"}
 
@@ -189,6 +190,9 @@ class Phase1Builder(datasets.GeneratorBasedBuilder):
         if "heuristic" in sources and heuristic is None:
             heuristic = self.heuristic = HeuristicLabeler()
         apps = self.registry.apps(split)
+        # apps the registry could not use (bad source_path) are reported, never silently dropped
+        for name, reason in getattr(self.registry, "problems", ()):
+            self.report.extraction.append(ExtractionReport(app=name, skipped=[("<source>", reason)]))
         for app in tqdm(apps, desc=f"{self.config.name}/{split}", unit="app", leave=False):
             sections, extraction = extract_sections(app.source_path, app.name)
             self.report.extraction.append(extraction)
@@ -231,16 +235,11 @@ def source_fingerprint(registry: Registry) -> str:
     return h.hexdigest()[:16]
 
 
-def registry_for(source: str | Path | None) -> Registry:
-    """``"stdlib"`` (default) or a folder/manifest of apps -> a registry."""
-    from cetd_phase1 import registry as reg
+def registry_for(source: str | Path | None, database_url: str | None = None) -> Registry:
+    """``"stdlib"`` (default), a folder/manifest of apps, or ``postgres``/a database URL."""
+    from cetd_phase1.registry import registry_from
 
-    factory = getattr(reg, "registry_from", None)
-    if factory is not None:
-        return factory(None if source is None else str(source))
-    if source in (None, "stdlib"):
-        return reg.StdlibRegistry()
-    return reg.DirectoryRegistry(Path(source))
+    return registry_from(None if source is None else str(source), database_url)
 
 
 def _build(config_name: str, source, registry, cache_dir, report, heuristic,
