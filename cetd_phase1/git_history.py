@@ -64,7 +64,8 @@ _GITMOJI_REASONS = {
     "🎨": "style", "art": "style", "🚨": "style", "rotating_light": "style",
     "⬆": "dependency", "arrow_up": "dependency", "⬇": "dependency", "arrow_down": "dependency",
     "📌": "dependency", "pushpin": "dependency", "➕": "dependency",
-    "heavy_plus_sign": "dependency", "➖": "dependency", "heavy_minus_sign": "dependency", "♻": "refactor", "recycle": "refactor",
+    "heavy_plus_sign": "dependency", "➖": "dependency", "heavy_minus_sign": "dependency",
+    "♻": "refactor", "recycle": "refactor",
     "✏": "typo", "pencil2": "typo", "🏷": "typing", "label": "typing",
     "⏪": "revert", "rewind": "revert",
 }
@@ -176,19 +177,25 @@ def _clean(text: str) -> str:
     return text.strip(" -:;,")
 
 
+def _paragraphs(text: str) -> list[str]:
+    return [p.strip() for p in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if p.strip()]
+
+
 def commit_text(message: str) -> str:
     """Requirement text of a commit message: subject (gitmoji, conventional prefix removed) and
     the first body paragraph, unless the body is a bulleted list of squashed commits; issue
     references and trailers removed, whitespace normalised, at most 400 characters."""
-    lines = [line for line in message.replace("\r\n", "\n").split("\n")
-             if not _TRAILER.match(line)]
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", "\n".join(lines).strip()) if p.strip()]
+    paragraphs = _paragraphs(message)
     if not paragraphs:
         return ""
     subject = _clean(_strip_decorations(" ".join(paragraphs[0].split()))[0])
+    # Trailers are looked for in the body only: a subject such as "Fixed: …" is kept.
+    body_lines = [line for line in "\n\n".join(paragraphs[1:]).split("\n")
+                  if not _TRAILER.match(line)]
+    body_paragraphs = _paragraphs("\n".join(body_lines))
     body = ""
-    if len(paragraphs) > 1 and not _BULLET.match(paragraphs[1]):
-        body = _clean(paragraphs[1])
+    if body_paragraphs and not _BULLET.match(body_paragraphs[0]):
+        body = _clean(body_paragraphs[0])
     text = f"{subject} {body}".strip() if re.search(r"\w", body) else subject
     if len(text) > MAX_TEXT_CHARS:
         cut = text[:MAX_TEXT_CHARS]
@@ -283,6 +290,10 @@ def _decode(data: bytes) -> str:
     encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
     # Keep git's line numbering: only BOM and CRLF are normalised (as sections.read_source does).
     return data.decode(encoding).lstrip("\ufeff").replace("\r\n", "\n")
+
+
+#: What a file that cannot be decoded or parsed raises.
+_UNPARSEABLE = (SyntaxError, ValueError, LookupError, RecursionError)
 
 
 def _is_code_line(text: str) -> bool:
@@ -457,8 +468,7 @@ def _mine_one(git: _Git, sha: str, parents: list[str], message: str, head: str,
         return "merge", None
     if not parents:  # the root commit, or the boundary of a shallow clone
         return "root_commit", None
-    subject = " ".join(message.strip().split("\n\n", 1)[0].split())
-    reason = classify_subject(subject)
+    reason = classify_subject(" ".join((_paragraphs(message) or [""])[0].split()))
     if reason:
         return reason, None
     parent = parents[0]
@@ -473,7 +483,7 @@ def _mine_one(git: _Git, sha: str, parents: list[str], message: str, head: str,
                                            for fd in py) else "no_python_change"), None
     try:
         touched, at_parent = _touched(git, parent, sha, app)
-    except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError):
+    except _UNPARSEABLE:
         return "syntax_error", None
     if not touched:
         return "no_sections", None
@@ -481,12 +491,9 @@ def _mine_one(git: _Git, sha: str, parents: list[str], message: str, head: str,
         return "too_many_sections", None
     if not at_parent:
         return "no_parent_sections", None
-    text = commit_text(message)
-    if len(text.split()) < MIN_SUBJECT_WORDS:
-        return "short_subject", None
     relevant = tuple(sorted(at_parent))
     at_head = tuple(k for k in relevant if _exists(git, head, k))
-    return None, MinedPair(text=text, commit=sha, parent=parent, relevant=relevant,
+    return None, MinedPair(text=commit_text(message), commit=sha, parent=parent, relevant=relevant,
                            relevant_at_head=at_head)
 
 
@@ -494,6 +501,6 @@ def _exists(git: _Git, rev: str, key: str) -> bool:
     path, qual = key.split("::", 1)
     try:
         parsed = git.parsed(rev, path)
-    except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError):
+    except _UNPARSEABLE:
         return False
     return parsed is not None and qual in parsed.qualnames

@@ -239,24 +239,33 @@ def test_app_subdir_keys_are_relative_to_the_app(tmp_path: Path) -> None:
     r.write("setup.py", "def setup():\n    return 1\n")
     r.write("src/app/mod.py", "def run(cmd):\n    return cmd\n")
     r.write("src/app/tests/test_mod.py", "def test_run():\n    assert True\n")
+    r.write("src/app/my \"modulé\".py", "def helper():\n    return 0\n")  # git quotes such names
     r.commit("root", "Initial import of the mono repository")
     r.edit("setup.py", "return 1", "return 2")
     r.edit("src/app/mod.py", "    return cmd\n", "    return [cmd, '-v']\n")
+    r.edit("src/app/my \"modulé\".py", "return 0", "return 1")
     r.commit("verbose", "Add a verbose flag to the command runner")
     r.edit("setup.py", "return 2", "return 3")
     r.commit("outside", "Update the packaging metadata for the project")
     r.edit("src/app/tests/test_mod.py", "assert True", "assert 1")
     r.commit("app_tests", "Check the command runner output in its tests")
+    r.edit("src/app/mod.py", "def run(cmd):", "def run(cmd:")
+    r.commit("broken", "Start a keyword argument for the runner")
+    r.edit("src/app/mod.py", "def run(cmd:", "def run(cmd, verbose=False):")
+    r.commit("repaired", "Finish the keyword argument for the runner")
 
     report = MiningReport(app="app")
     pairs = mine_commits(r.root, "src/app", report=report)
     assert [(p.text, p.relevant, p.relevant_at_head, p.parent) for p in pairs] == [
-        ("Add a verbose flag to the command runner", ("mod.py::run",), ("mod.py::run",),
-         r.sha["root"])]
-    # the commit outside the app folder is not examined at all
+        ("Add a verbose flag to the command runner", ("mod.py::run", "my \"modulé\".py::helper"),
+         ("mod.py::run", "my \"modulé\".py::helper"), r.sha["root"])]
+    # the commit outside the app folder is not examined at all; a side that does not parse
+    # cannot be mapped to sections
     assert dict(report.skipped) == {r.sha["root"]: "root_commit",
-                                    r.sha["app_tests"]: "tests_only"}
-    assert report.commits == 3
+                                    r.sha["app_tests"]: "tests_only",
+                                    r.sha["broken"]: "syntax_error",
+                                    r.sha["repaired"]: "syntax_error"}
+    assert report.commits == 5
 
 
 def test_user_errors_are_one_line(tmp_path: Path) -> None:
@@ -291,6 +300,8 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
     ("Fix #12: handle empty input\nin the parser\n\nCloses o/r#13 and #14",
      "handle empty input in the parser"),
     ("Support [#12](https://github.com/o/r/pull/12) `Path` options", "Support `Path` options"),
+    ("Fixed: empty input crashed the parser\n\nFixes: #3\nCloses: #4\n\nThe input is now checked.",
+     "Fixed: empty input crashed the parser The input is now checked."),
     ("Add the x" + " word" * 200, ("Add the x" + " word" * 200)[:400].rsplit(" ", 1)[0]),
 ])
 def test_commit_text(message: str, text: str) -> None:
