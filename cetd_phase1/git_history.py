@@ -417,14 +417,17 @@ def mine_commits(repo_dir: Path, app_subdir: str = "", *, max_sections: int = 8,
     are ``file::qualname`` with ``file`` relative to it. Commits of ``rev_range`` (anything
     ``git log`` accepts, e.g. ``v1.0..HEAD``) that change the app folder are examined newest
     first, at most ``max_commits`` of them; pairs come out in that order, and of identical
-    texts only the newest is kept. Every skipped commit is recorded with its reason in
-    ``report`` when one is given.
+    texts only the newest is kept. ``relevant`` holds the keys at each pair's parent commit;
+    ``relevant_at_head`` those of them still found at HEAD (the checked-out pool). Every
+    skipped commit is recorded with its reason in ``report`` when one is given.
     """
     app_dir = Path(repo_dir) / app_subdir
     if not app_dir.is_dir():
         raise CETDError(f"{app_dir}: application folder does not exist")
     if max_sections < 1:
         raise CETDError(f"max_sections must be at least 1, got {max_sections}")
+    if max_commits is not None and max_commits < 1:
+        raise CETDError(f"max_commits must be at least 1, got {max_commits}")
     if rev_range.startswith("-"):
         raise CETDError(f"{rev_range!r}: a revision range cannot start with '-'")
     report = report if report is not None else MiningReport(app=app_dir.name)
@@ -448,29 +451,29 @@ def mine_commits(repo_dir: Path, app_subdir: str = "", *, max_sections: int = 8,
                        leave=False, disable=None):
         sha, parents, message = record.lstrip("\n").split("\x1f", 2)
         report.commits += 1
-        reason, pair = _mine_one(git, sha, parents.split(), message, head, max_sections)
-        if pair is not None and pair.text in seen_texts:
-            reason, pair = "duplicate_text", None
-        if pair is None:
-            report.skip(sha, reason or "")
+        mined = _mine_one(git, sha, parents.split(), message, head, max_sections)
+        if isinstance(mined, MinedPair) and mined.text in seen_texts:
+            mined = "duplicate_text"
+        if isinstance(mined, str):
+            report.skip(sha, mined)
             continue
-        seen_texts.add(pair.text)
-        pairs.append(pair)
+        seen_texts.add(mined.text)
+        pairs.append(mined)
     report.pairs = len(pairs)
     logger.info("git history: %s", report.summary())
     return pairs
 
 
 def _mine_one(git: _Git, sha: str, parents: list[str], message: str, head: str,
-              max_sections: int) -> tuple[str | None, MinedPair | None]:
-    """``(skip reason, None)`` or ``(None, pair)`` for one commit."""
+              max_sections: int) -> MinedPair | str:
+    """The pair one commit gives, or the reason it gives none."""
     if len(parents) > 1:
-        return "merge", None
+        return "merge"
     if not parents:  # the root commit, or the boundary of a shallow clone
-        return "root_commit", None
+        return "root_commit"
     reason = classify_subject(" ".join((_paragraphs(message) or [""])[0].split()))
     if reason:
-        return reason, None
+        return reason
     parent = parents[0]
     diff = git.run("diff", "--no-color", "--no-ext-diff", "--no-textconv", "-U0", "-M",
                    "--src-prefix=a/", "--dst-prefix=b/", "--relative",
@@ -480,21 +483,21 @@ def _mine_one(git: _Git, sha: str, parents: list[str], message: str, head: str,
     app = [fd for fd in py if _app_file(fd.old_path) or _app_file(fd.new_path)]
     if not app:
         return ("tests_only" if py and all(is_test_path(PurePosixPath(fd.new_path or fd.old_path))
-                                           for fd in py) else "no_python_change"), None
+                                           for fd in py) else "no_python_change")
     try:
         touched, at_parent = _touched(git, parent, sha, app)
     except _UNPARSEABLE:
-        return "syntax_error", None
+        return "syntax_error"
     if not touched:
-        return "no_sections", None
+        return "no_sections"
     if len(touched) > max_sections:
-        return "too_many_sections", None
+        return "too_many_sections"
     if not at_parent:
-        return "no_parent_sections", None
+        return "no_parent_sections"
     relevant = tuple(sorted(at_parent))
     at_head = tuple(k for k in relevant if _exists(git, head, k))
-    return None, MinedPair(text=commit_text(message), commit=sha, parent=parent, relevant=relevant,
-                           relevant_at_head=at_head)
+    return MinedPair(text=commit_text(message), commit=sha, parent=parent, relevant=relevant,
+                     relevant_at_head=at_head)
 
 
 def _exists(git: _Git, rev: str, key: str) -> bool:

@@ -278,6 +278,8 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
         mine_commits(r.root)
     r.write("a.py", "def f():\n    return 1\n")
     r.commit("root", "Initial import of the module")
+    with pytest.raises(CETDError, match="max_commits must be at least 1"):
+        mine_commits(r.root, max_commits=0)
     with pytest.raises(CETDError, match="cannot start with '-'"):
         mine_commits(r.root, rev_range="--all")
     with pytest.raises(CETDError, match="git log failed"):
