@@ -227,7 +227,7 @@ def _diff_path(raw: str, prefix: str) -> str | None:
     return raw[len(prefix):] if raw.startswith(prefix) else raw
 
 
-def parse_unified_diff(diff: str) -> list[_FileDiff]:
+def _parse_unified_diff(diff: str) -> list[_FileDiff]:
     """Removed and added lines, with their line numbers, of every file of a ``git diff``
     made with ``--src-prefix=a/ --dst-prefix=b/``."""
     files: list[_FileDiff] = []
@@ -478,7 +478,7 @@ def _mine_one(git: _Git, sha: str, parents: list[str], message: str, head: str,
     diff = git.run("diff", "--no-color", "--no-ext-diff", "--no-textconv", "-U0", "-M",
                    "--src-prefix=a/", "--dst-prefix=b/", "--relative",
                    parent, sha, "--", ".").decode("utf-8", "replace")
-    py = [fd for fd in parse_unified_diff(diff)
+    py = [fd for fd in _parse_unified_diff(diff)
           if (fd.old_path or "").endswith(".py") or (fd.new_path or "").endswith(".py")]
     app = [fd for fd in py if _app_file(fd.old_path) or _app_file(fd.new_path)]
     if not app:
