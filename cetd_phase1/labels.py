@@ -219,6 +219,32 @@ class HeuristicLabeler:
         return out
 
 
+def git_examples(app_root: Path, sections: Sequence[Section]) -> AppLabels:
+    """Commit descriptions -> the sections each commit changed that still exist in the pool.
+
+    An app outside a git work tree gives no examples and a warning, not an error: the source is
+    opt-in and most app folders are plain copies.
+    """
+    from cetd_phase1.errors import CETDError
+    from cetd_phase1.git_history import mine_commits
+
+    result = AppLabels()
+    root = Path(app_root)
+    if root.is_file():
+        return result
+    try:
+        pairs = mine_commits(root)
+    except CETDError as err:
+        result.problems.append(LabelProblem(str(root), f"git history: {err}", is_error=False))
+        return result
+    known = {s.key for s in sections}
+    for pair in pairs:
+        keys = [k for k in pair.relevant_at_head if k in known]
+        if keys:
+            result.examples.append(Example(pair.text, keys, "git"))
+    return result
+
+
 def label_app(app_root: Path, sections: Sequence[Section], *,
               sources: Iterable[str] = ("docstring", "gold", "heuristic"),
               heuristic: HeuristicLabeler | None = None) -> AppLabels:
@@ -237,8 +263,6 @@ def label_app(app_root: Path, sections: Sequence[Section], *,
         result.problems.extend(gold.problems)
         result.examples.extend(e for e in gold.examples if e.label_source in sources)
     if "git" in sources:
-        from cetd_phase1.git_history import git_examples
-
         git = git_examples(Path(app_root), sections)
         result.examples.extend(git.examples)
         result.problems.extend(git.problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from cetd_phase1.labels import (HeuristicLabeler, docstring_examples, label_app,
@@ -96,3 +97,25 @@ def test_heuristic_labels_unannotated_requirements_with_one_model_load():
     assert labeler.model is model  # loaded once per run
     sources = {e.label_source for e in labels.examples}
     assert sources == {"gold", "heuristic", "docstring"}
+
+
+def test_git_label_source_mines_commit_descriptions(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "m.py").write_text("def load():\n    return 1\n\n\ndef save():\n    return 2\n")
+    git("add", "-A")
+    git("commit", "-qm", "Initial import of the storage module")
+    (tmp_path / "m.py").write_text("def load():\n    return 10\n\n\ndef save():\n    return 2\n")
+    git("commit", "-qam", "Load values scaled by ten from the store (#12)")
+    sections, _ = extract_sections(tmp_path)
+    labels = label_app(tmp_path, sections, sources=("git",))
+    assert [(e.requirement, e.positives, e.label_source) for e in labels.examples] == [
+        ("Load values scaled by ten from the store", ["m.py::load"], "git")]
+    plain = Path(tempfile.mkdtemp())  # outside any git work tree
+    outside = label_app(plain, [], sources=("git",))
+    assert outside.examples == [] and all(not p.is_error for p in outside.problems)
