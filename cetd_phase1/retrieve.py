@@ -1,0 +1,392 @@
+"""Retriever: index an application once, answer requirement queries over it; export the encoder
+as a sentence-transformers folder.
+
+An app's *section index* is the encoder's embedding of every section of the app. It is computed
+once per (checkpoint, section texts) and kept on disk as ``.npy`` under
+``<cache>/index/<checkpoint id>/<content hash>.npy``; in one process it is also kept in memory
+and only rebuilt when a source file's size or mtime changes. The checkpoint id hashes the weight
+and config files (names, sizes, mtimes, config contents), the content hash the exact texts the
+encoder reads, so a retrained checkpoint or an edited app never reuses stale embeddings.
+
+Usage::
+
+    retriever = Retriever.from_pretrained("runs/minilm/final")
+    for hit in retriever.retrieve("Parse valid JSON strings into Python objects", app="json"):
+        print(f"{hit['score']:.3f} {hit['file']}::{hit['qualname']}")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cetd_phase1.errors import CETDError
+from cetd_phase1.registry import App
+from cetd_phase1.sections import (ExtractionReport, Section, extract_sections, format_section,
+                                  iter_python_files)
+
+#: Reciprocal-rank-fusion constant (Cormack et al. 2009): damps the weight of the very top ranks.
+RRF_K = 60
+#: Bumped when the index layout or the section text changes, to orphan old cache entries.
+INDEX_VERSION = "1"
+#: Used when the checkpoint config does not say (MiniLM-sized defaults).
+DEFAULT_MAX_QUERY_LENGTH = 128
+DEFAULT_MAX_CODE_LENGTH = 256
+
+
+def default_cache_dir() -> Path:
+    """``$CETD_CACHE`` or ``~/.cache/cetd_phase1`` (shared with the dataset cache)."""
+    return Path(os.environ.get("CETD_CACHE", Path.home() / ".cache" / "cetd_phase1"))
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: ``mkstemp`` creates files 0600; results are meant to be shared like any other output file.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+def atomic_write(path: str | Path, write: Callable[[object], None], mode: str = "wb") -> None:
+    """Write ``path`` through ``write(file)`` into a temporary sibling, then ``os.replace`` it,
+    so a reader never sees a half-written file and an interrupted run leaves the old one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write(f)
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write` for text."""
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def section_text(section: Section) -> str:
+    """What the encoder reads for a section: same text as the training rows (docstring removed,
+    so a docstring-derived requirement is never matched verbatim)."""
+    return format_section(section.file, section.qualname, section.code_without_docstring())
+
+
+def checkpoint_identity(path: str | Path) -> str:
+    """Short hash naming a checkpoint's weights and config (cache key of its indexes)."""
+    root = Path(path).resolve()
+    h = hashlib.sha256(f"{INDEX_VERSION}\0{root}\0".encode())
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        # Trainer's intermediate checkpoints and logs are not part of this model
+        if not p.is_file() or any(part.startswith("checkpoint-") or part == "runs"
+                                  for part in rel.parts[:-1]):
+            continue
+        st = p.stat()
+        h.update(f"{rel.as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        if p.suffix == ".json" and st.st_size < 1_000_000:
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def resolve_app(app: str | Path | App) -> tuple[str, Path]:
+    """``(name, source path)`` of an app given as an :class:`App`, a path, or the id/name of an
+    app of the default registry (the stdlib, e.g. ``"stdlib/json"`` or ``"json"``; PostgreSQL
+    when ``$DATABASE_URL`` is set)."""
+    if isinstance(app, App):
+        return app.name, Path(app.source_path)
+    path = Path(app)
+    if path.exists():
+        return path.resolve().name, path
+    from cetd_phase1.registry import RegistryError, registry_from
+
+    registry = registry_from(None)
+    try:
+        candidates = registry.apps()
+    except RegistryError as err:
+        raise CETDError(str(err)) from None
+    wanted = str(app)
+    for candidate in candidates:
+        if wanted in (candidate.app_id, candidate.name):
+            return candidate.name, Path(candidate.source_path)
+    raise CETDError(f"{app}: no such app folder or file, and no app of that id or name in "
+                    f"{registry.describe()}")
+
+
+def _stat_fingerprint(root: Path) -> str:
+    """Cheap change detector for the in-memory index: every source file's size and mtime."""
+    h = hashlib.sha256()
+    for path, rel in iter_python_files(root, ExtractionReport(app=str(root))):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()
+
+
+def _bm25_text(text: str) -> str:
+    """Split identifiers (``parseJSON``, ``load_file``) into words so BM25 can match prose."""
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", text).replace("_", " ")
+
+
+class BM25Scorer:
+    """BM25 (``bm25s``) over a fixed list of texts, scoring every text for a query."""
+
+    def __init__(self, texts: list[str]) -> None:
+        import bm25s
+
+        self._bm25s = bm25s
+        self.n = len(texts)
+        self.model = bm25s.BM25()
+        self.model.index(bm25s.tokenize([_bm25_text(t) for t in texts], stopwords="en",
+                                        show_progress=False), show_progress=False)
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every text, float32 [N]; all zero when no query word is indexed."""
+        tokens = self._bm25s.tokenize([_bm25_text(query)], stopwords="en", return_ids=False,
+                                      show_progress=False)[0]
+        ids = self.model.get_tokens_ids(tokens)
+        if not ids:
+            return np.zeros(self.n, dtype=np.float32)
+        return self.model.get_scores_from_ids(ids).astype(np.float32)
+
+
+def rrf_fuse(*score_vectors: np.ndarray, k: int = RRF_K) -> np.ndarray:
+    """Reciprocal rank fusion: sum over scorers of ``1 / (k + rank)`` (rank 1 = best)."""
+    fused = np.zeros(len(score_vectors[0]), dtype=np.float64)
+    for scores in score_vectors:
+        ranks = np.empty(len(scores), dtype=np.int64)
+        ranks[np.argsort(-np.asarray(scores), kind="stable")] = np.arange(1, len(scores) + 1)
+        fused += 1.0 / (k + ranks)
+    return fused
+
+
+@dataclass
+class AppIndex:
+    """The encoded sections of one app."""
+
+    name: str
+    root: Path
+    sections: list[Section]
+    texts: list[str]
+    embeddings: np.ndarray  # float32 [N, D], row i = sections[i]
+    content_hash: str
+    report: ExtractionReport
+    _bm25: BM25Scorer | None = field(default=None, repr=False)
+
+    @property
+    def bm25(self) -> BM25Scorer:
+        """BM25 over the same texts, built on first use."""
+        if self._bm25 is None:
+            self._bm25 = BM25Scorer(self.texts)
+        return self._bm25
+
+
+class Retriever:
+    """A bi-encoder plus a per-app section index cache."""
+
+    def __init__(self, model, tokenizer, *, identity: str,
+                 max_query_length: int = DEFAULT_MAX_QUERY_LENGTH,
+                 max_code_length: int = DEFAULT_MAX_CODE_LENGTH, batch_size: int = 64,
+                 cache_dir: str | Path | None = None, hybrid: bool = False,
+                 show_progress: bool = False) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.identity = identity
+        self.max_query_length, self.max_code_length = max_query_length, max_code_length
+        self.batch_size = batch_size
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "index"
+        self.hybrid = hybrid
+        self.show_progress = show_progress
+        self._indexes: dict[str, tuple[str, AppIndex]] = {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> "Retriever":
+        """Open a trained checkpoint or a plain backbone folder (the untrained baseline).
+
+        Keyword arguments go to :class:`Retriever` (``cache_dir``, ``hybrid``, ``batch_size``...).
+        """
+        from cetd_phase1.model import load_retriever, resolve_backbone
+
+        path = Path(resolve_backbone(path))  # MiniLM aliases name the packaged copy
+        if not (path / "config.json").is_file():
+            raise CETDError(f"{path}: not a model folder (no config.json)")
+        model, tokenizer = load_retriever(path)
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                model = model.to("cuda")
+        except ImportError:
+            pass
+        config = model.config
+        kwargs.setdefault("max_query_length",
+                          getattr(config, "max_req_length", None) or DEFAULT_MAX_QUERY_LENGTH)
+        kwargs.setdefault("max_code_length",
+                          getattr(config, "max_code_length", None) or DEFAULT_MAX_CODE_LENGTH)
+        return cls(model, tokenizer, identity=checkpoint_identity(path), **kwargs)
+
+    # -- encoding ----------------------------------------------------------------------------
+
+    def _encode(self, texts: list[str], max_length: int, show_progress: bool) -> np.ndarray:
+        from cetd_phase1 import model as model_lib
+
+        return model_lib.encode_texts(self.model, self.tokenizer, texts, max_length=max_length,
+                                      batch_size=self.batch_size, show_progress=show_progress)
+
+    def encode_queries(self, requirements: list[str]) -> np.ndarray:
+        """Requirement embeddings, float32 [Q, D]."""
+        return self._encode(list(requirements), self.max_query_length, False)
+
+    # -- indexing ----------------------------------------------------------------------------
+
+    def index(self, app: str | Path | App) -> AppIndex:
+        """The section index of ``app``: from memory, else from disk, else encoded (and saved)."""
+        name, root = resolve_app(app)
+        key = str(Path(root).resolve())
+        stamp = _stat_fingerprint(Path(root))
+        cached = self._indexes.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        sections, report = extract_sections(Path(root), name)
+        texts = [section_text(s) for s in sections]
+        digest = hashlib.sha256(
+            f"{self.max_code_length}\0".encode() + "\0".join(texts).encode()).hexdigest()[:24]
+        path = self.cache_dir / self.identity / f"{digest}.npy"
+        embeddings = self._load_cached(path, len(texts))
+        if embeddings is None:
+            embeddings = self._encode(texts, self.max_code_length,
+                                      self.show_progress) if texts else np.zeros((0, 0), np.float32)
+            atomic_write(path, lambda f: np.save(f, embeddings.astype(np.float32)))
+        index = AppIndex(name=name, root=Path(root), sections=sections, texts=texts,
+                         embeddings=embeddings, content_hash=digest, report=report)
+        self._indexes[key] = (stamp, index)
+        return index
+
+    @staticmethod
+    def _load_cached(path: Path, rows: int) -> np.ndarray | None:
+        if not path.is_file():
+            return None
+        try:
+            arr = np.load(path)
+        except (OSError, ValueError):
+            return None  # a corrupt entry is recomputed, never trusted
+        return arr if arr.ndim == 2 and arr.shape[0] == rows else None
+
+    # -- querying ----------------------------------------------------------------------------
+
+    def dense_scores(self, requirements: list[str], index: AppIndex) -> np.ndarray:
+        """Dot-product scores [Q, N] of requirements against every section of ``index``."""
+        if not index.sections:
+            return np.zeros((len(requirements), 0), dtype=np.float32)
+        return self.encode_queries(requirements) @ index.embeddings.T
+
+    def retrieve(self, requirement: str, app: str | Path | App, k: int = 5,
+                 hybrid: bool | None = None) -> list[dict]:
+        """Top-``k`` sections of ``app`` for ``requirement``, best first.
+
+        Each hit: ``score`` (cosine/dot, or the RRF score when hybrid), ``dense_score``, ``file``,
+        ``qualname``, ``name`` (= qualname, the seed's key), ``kind``, ``line_start``,
+        ``line_end``, ``code`` (the full source, docstring included).
+        """
+        if k < 1:
+            raise CETDError(f"k must be at least 1, got {k}")
+        index = self.index(app)
+        if not index.sections:
+            return []
+        dense = self.dense_scores([requirement], index)[0]
+        use_hybrid = self.hybrid if hybrid is None else hybrid
+        scores = rrf_fuse(dense, index.bm25.scores(requirement)) if use_hybrid else dense
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [{"score": float(scores[i]), "dense_score": float(dense[i]),
+                 "file": index.sections[i].file, "qualname": index.sections[i].qualname,
+                 "name": index.sections[i].qualname, "kind": index.sections[i].kind,
+                 "line_start": index.sections[i].line_start,
+                 "line_end": index.sections[i].line_end, "code": index.sections[i].code}
+                for i in top]
+
+
+# -- export to sentence-transformers --------------------------------------------------------------
+
+_ST_POOLING = {"mean": "mean", "cls": "cls", "last_token": "lasttoken"}
+
+
+def _append_eos_in_tokenizer(tokenizer) -> None:
+    """Make a fast tokenizer append EOS itself, as our encoder does for decoder backbones, so
+    sentence-transformers' last-token pooling reads the same token. Truncation then keeps room
+    for it, matching :func:`cetd_phase1.model.tokenize`.
+
+    The special tokens the tokenizer already adds are found by probing, and the post-processor
+    becomes one template with EOS after them (a ``processors.Sequence`` of templates is not
+    supported by ``tokenizers`` in batch mode).
+    """
+    from tokenizers import processors
+
+    if not getattr(tokenizer, "is_fast", False):
+        raise CETDError("exporting a decoder backbone needs a fast tokenizer (to append EOS)")
+    with_special = tokenizer("a", padding=False, truncation=False)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False, padding=False)["input_ids"]
+    at = next(i for i in range(len(with_special)) if with_special[i:i + len(plain)] == plain)
+    prefix, suffix = with_special[:at], with_special[at + len(plain):]
+    ids = prefix + ["$A"] + suffix + [tokenizer.eos_token_id]
+    names = [i if i == "$A" else tokenizer.convert_ids_to_tokens(i) for i in ids]
+    special = {(tokenizer.convert_ids_to_tokens(i), i) for i in ids if i != "$A"}
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=" ".join(names), special_tokens=sorted(special))
+
+
+def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write ``model_dir`` (trained checkpoint or plain backbone) as a sentence-transformers folder.
+
+    ``SentenceTransformer(out_dir)`` then gives the same embeddings as :class:`Retriever`
+    (Transformer -> Pooling -> [Dense projection] -> [Normalize]); ``encode_query`` and
+    ``encode_document`` use our requirement and code length limits. A LoRA adapter is merged
+    into the backbone first; for decoder backbones the tokenizer appends EOS, as our encoder does.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import (Dense, Normalize, Pooling,
+                                                                    Transformer)
+
+    from cetd_phase1.model import load_retriever
+
+    model, tokenizer = load_retriever(model_dir)
+    config = model.config
+    backbone = model.backbone
+    if getattr(config, "use_lora", False):
+        backbone = backbone.merge_and_unload()
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="cetd-export-") as tmp:
+        backbone.save_pretrained(tmp)
+        if config.append_eos:
+            _append_eos_in_tokenizer(tokenizer)
+        tokenizer.save_pretrained(tmp)
+        transformer = Transformer(tmp, max_seq_length=config.max_code_length,
+                                  query_length=config.max_req_length,
+                                  document_length=config.max_code_length)
+        hidden = backbone.config.hidden_size
+        modules = [transformer, Pooling(hidden, pooling_mode=_ST_POOLING[config.pooling])]
+        if model.head is not None:
+            linear = model.head.dense
+            modules.append(Dense(hidden, linear.out_features, bias=linear.bias is not None,
+                                 activation_function=torch.nn.Identity(),
+                                 init_weight=linear.weight.detach().clone(),
+                                 init_bias=None if linear.bias is None
+                                 else linear.bias.detach().clone()))
+        if config.normalize:
+            modules.append(Normalize())
+        st = SentenceTransformer(modules=modules, device="cpu")
+        st.save(str(out_dir))
+    return out_dir

