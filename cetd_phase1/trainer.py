@@ -1,0 +1,282 @@
+"""Training batches and the Trainer: dataset rows -> grouped requirements -> no-duplicates
+batches -> tokenised tensors; evaluation ranks every requirement against its whole app.
+
+Data flow of one training step::
+
+    rows (one per (requirement, section) pair)  --group_queries-->  one item per requirement
+    NoDuplicatesBatchSampler  -> B requirements, none of whose candidates is another's positive
+    RetrievalCollator         -> 1 positive + up to n negatives each, tokenised and padded
+    CETDRetriever.forward     -> loss (InfoNCE over all B * (1 + n) candidates by default)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from transformers import PreTrainedTokenizerBase, Trainer
+
+from cetd_phase1.metrics import compute_ranking_metrics
+from cetd_phase1.model import CETDRetriever, encode_texts, pad, tokenize
+from cetd_phase1.sections import format_section
+
+logger = logging.getLogger(__name__)
+
+GROUP_FEATURES = datasets.Features({
+    "query_id": datasets.Value("string"), "app_id": datasets.Value("string"),
+    "requirement": datasets.Value("string"),
+    "positives": datasets.Sequence(datasets.Value("string")),
+    "negatives": datasets.Sequence(datasets.Value("string")),
+})
+
+
+def group_queries(rows: datasets.Dataset) -> datasets.Dataset:
+    """One item per requirement (``query_id``): its text and the encoder texts
+    (:func:`~cetd_phase1.sections.format_section`) of its positive and negative sections.
+    Requirements without a positive cannot be trained on and are left out."""
+    cols = rows.select_columns(["query_id", "app_id", "requirement", "file", "qualname",
+                                "code", "label"]).to_dict()
+    groups: dict[str, dict[str, Any]] = {}
+    for qid, app, req, file, qual, code, label in zip(
+            cols["query_id"], cols["app_id"], cols["requirement"], cols["file"],
+            cols["qualname"], cols["code"], cols["label"]):
+        group = groups.setdefault(qid, {"query_id": qid, "app_id": app, "requirement": req,
+                                        "positives": [], "negatives": []})
+        group["positives" if label == 1 else "negatives"].append(format_section(file, qual, code))
+    kept = [g for g in groups.values() if g["positives"]]
+    if len(kept) < len(groups):
+        logger.warning("%d requirement(s) without a positive section left out of training",
+                       len(groups) - len(kept))
+    return datasets.Dataset.from_list(kept, features=GROUP_FEATURES)
+
+
+class NoDuplicatesBatchSampler(Sampler[list[int]]):
+    """Batches of grouped requirements in which no candidate is another requirement's positive.
+
+    In-batch negatives are only negatives if they do not implement the requirement: a section
+    that is a positive of one requirement and a (hard) negative of another - common within one
+    app - must not share a batch with both. Greedy per epoch: shuffle (seeded by ``seed +
+    epoch``), then fill each batch with the next requirements that conflict with nothing in it,
+    deferring the others to later batches. A batch is only smaller than ``batch_size`` when the
+    remaining requirements all conflict. Candidates are compared by their exact text.
+    """
+
+    def __init__(self, groups: datasets.Dataset, batch_size: int, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        ids: dict[str, int] = {}  # text -> small int: exact and the same in every process
+        self.positives = [frozenset(ids.setdefault(t, len(ids)) for t in ps)
+                          for ps in groups["positives"]]
+        self.candidates = [pos | frozenset(ids.setdefault(t, len(ids)) for t in ns)
+                           for pos, ns in zip(self.positives, groups["negatives"])]
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        """The batches of the current epoch (computed once per epoch)."""
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, self._build(self.epoch))
+        return self._cache[1]
+
+    def _build(self, epoch: int) -> list[list[int]]:
+        remaining = list(range(len(self.positives)))
+        random.Random(self.seed + epoch).shuffle(remaining)
+        out = []
+        while remaining:
+            batch: list[int] = []
+            batch_pos: set[int] = set()
+            batch_cand: set[int] = set()
+            deferred: list[int] = []
+            for j, idx in enumerate(remaining):
+                if len(batch) == self.batch_size:
+                    deferred.extend(remaining[j:])
+                    break
+                if self.positives[idx] & batch_cand or self.candidates[idx] & batch_pos:
+                    deferred.append(idx)
+                    continue
+                batch.append(idx)
+                batch_pos |= self.positives[idx]
+                batch_cand |= self.candidates[idx]
+            out.append(batch)
+            remaining = deferred
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+
+@dataclass
+class RetrievalCollator:
+    """Grouped requirements -> model inputs.
+
+    Each requirement contributes one positive (drawn at random among its positives) and up to
+    ``negatives_per_query`` of its negatives (drawn at random), so a step sees different pairs
+    every epoch. Requirements and code are truncated to their own limits and padded to the
+    longest text of the batch (rounded up to a multiple of 8), never to a fixed length.
+    Outputs: ``q_input_ids``/``q_attention_mask`` [B, Lq], ``p_input_ids``/``p_attention_mask``
+    [C, Lp], ``labels`` [B] (index of each positive in the candidates), ``owners`` [C].
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    max_req_length: int = 128
+    max_code_length: int = 256
+    negatives_per_query: int = 5
+    append_eos: bool = False
+    pad_to_multiple_of: int = 8
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        requirements, candidates, labels, owners = [], [], [], []
+        for i, item in enumerate(items):
+            negatives = item["negatives"]
+            chosen = random.sample(negatives, min(self.negatives_per_query, len(negatives)))
+            requirements.append(item["requirement"])
+            labels.append(len(candidates))
+            candidates += [random.choice(item["positives"]), *chosen]
+            owners += [i] * (1 + len(chosen))
+        q = pad(self.tokenizer, tokenize(self.tokenizer, requirements, self.max_req_length,
+                                         self.append_eos), self.pad_to_multiple_of)
+        p = pad(self.tokenizer, tokenize(self.tokenizer, candidates, self.max_code_length,
+                                         self.append_eos), self.pad_to_multiple_of)
+        return {"q_input_ids": q["input_ids"], "q_attention_mask": q["attention_mask"],
+                "p_input_ids": p["input_ids"], "p_attention_mask": p["attention_mask"],
+                "labels": torch.tensor(labels), "owners": torch.tensor(owners)}
+
+
+@dataclass
+class Rankings:
+    """Full-app rankings: per requirement, its candidates' scores and 0/1 labels."""
+
+    query_ids: list[str]
+    app_ids: list[str]
+    scores: list[np.ndarray]
+    labels: list[np.ndarray]
+
+
+def rank_full_app(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
+                  rows: datasets.Dataset, sections: datasets.Dataset, *, max_req_length: int,
+                  max_code_length: int, batch_size: int = 64,
+                  show_progress: bool = False) -> Rankings:
+    """Score every requirement of ``rows`` against **all** sections of its app in ``sections``.
+
+    A section is relevant when ``rows`` holds it as a positive (label 1) of that requirement,
+    matched on (app_id, file, qualname). Each app's sections are encoded once.
+    """
+    cols = rows.select_columns(["query_id", "app_id", "requirement", "file", "qualname",
+                                "label"]).to_dict()
+    text: dict[str, str] = {}
+    app_of: dict[str, str] = {}
+    relevant: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for qid, app, req, file, qual, label in zip(cols["query_id"], cols["app_id"],
+                                                cols["requirement"], cols["file"],
+                                                cols["qualname"], cols["label"]):
+        text[qid], app_of[qid] = req, app
+        if label == 1:
+            relevant[qid].add((file, qual))
+    apps = set(app_of.values())
+    pool_cols = sections.select_columns(["app_id", "file", "qualname", "code"]).to_dict()
+    pool_idx = [i for i, app in enumerate(pool_cols["app_id"]) if app in apps]
+    by_app: dict[str, list[int]] = defaultdict(list)
+    for pos, i in enumerate(pool_idx):
+        by_app[pool_cols["app_id"][i]].append(pos)
+    section_texts = [format_section(pool_cols["file"][i], pool_cols["qualname"][i],
+                                    pool_cols["code"][i]) for i in pool_idx]
+    qids = list(text)
+    q_emb = encode_texts(model, tokenizer, [text[q] for q in qids], max_length=max_req_length,
+                         batch_size=batch_size, show_progress=show_progress)
+    s_emb = encode_texts(model, tokenizer, section_texts, max_length=max_code_length,
+                         batch_size=batch_size, show_progress=show_progress)
+    out = Rankings([], [], [], [])
+    for qi, qid in enumerate(qids):
+        cand = by_app.get(app_of[qid], [])
+        keys = [(pool_cols["file"][pool_idx[c]], pool_cols["qualname"][pool_idx[c]]) for c in cand]
+        out.query_ids.append(qid)
+        out.app_ids.append(app_of[qid])
+        out.scores.append(s_emb[cand] @ q_emb[qi])
+        out.labels.append(np.array([k in relevant[qid] for k in keys], dtype=np.int8))
+    return out
+
+
+class RetrievalTrainer(Trainer):
+    """``Trainer`` for the bi-encoder: no-duplicates batches, the model's own loss, and
+    evaluation by full-app ranking (``eval_accuracy``, ``eval_map``, ``eval_mrr``,
+    ``eval_recall@{1,5,10}``, ``eval_ndcg@10``).
+
+    ``eval_dataset`` holds pair rows (the dataset's validation split) and ``eval_sections`` the
+    candidate pool (``build_sections`` of the same split). Under several processes every rank
+    computes the same evaluation, so all agree on early stopping.
+    """
+
+    # compute_loss returns a per-batch mean: the Trainer divides it for gradient accumulation.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, eval_sections: datasets.Dataset | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.eval_sections = eval_sections
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def get_train_dataloader(self) -> DataLoader:
+        """Grouped requirements through :class:`NoDuplicatesBatchSampler` (an ordinary random
+        sampler could put a requirement's positive among another's negatives)."""
+        if self.train_dataset is None:
+            raise ValueError("RetrievalTrainer: training requires a train_dataset")
+        sampler = NoDuplicatesBatchSampler(self.train_dataset, self._train_batch_size,
+                                           seed=self.args.data_seed or self.args.seed)
+        loader = DataLoader(self.train_dataset, batch_sampler=sampler,
+                            collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers,
+                            pin_memory=self.args.dataloader_pin_memory
+                            and torch.cuda.is_available())
+        return self.accelerator.prepare(loader)
+
+    def evaluate(self, eval_dataset: datasets.Dataset | None = None,
+                 ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval",
+                 sections: datasets.Dataset | None = None) -> dict[str, float]:
+        """Rank each requirement of ``eval_dataset`` against all sections of its app and
+        return (and log) the ranking metrics under ``metric_key_prefix``."""
+        rows = eval_dataset if eval_dataset is not None else self.eval_dataset
+        pool = sections if sections is not None else self.eval_sections
+        if rows is None or pool is None:
+            raise ValueError("RetrievalTrainer.evaluate needs eval rows and their sections")
+        collator = self.data_collator
+        rankings = rank_full_app(self.accelerator.unwrap_model(self.model),
+                                 self.processing_class, rows, pool,
+                                 max_req_length=collator.max_req_length,
+                                 max_code_length=collator.max_code_length,
+                                 batch_size=self.args.per_device_eval_batch_size,
+                                 show_progress=not self.args.disable_tqdm)
+        metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in
+                   compute_ranking_metrics(rankings.scores, rankings.labels).items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control,
+                                                         metrics)
+        return metrics
+
+    # The Trainer only knows how to reload plain PreTrainedModels and bare PeftModels; our
+    # LoRA checkpoints hold an adapter *inside* a PreTrainedModel, so both resuming and
+    # restoring the best checkpoint go through the model's own loader.
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        (model or self.model).load_weights(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        logger.info("Loading best model from %s (score: %s)", self.state.best_model_checkpoint,
+                    self.state.best_metric)
+        self.accelerator.unwrap_model(self.model).load_weights(self.state.best_model_checkpoint)

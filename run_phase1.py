@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""Phase 1 training: a requirement -> code retriever (bi-encoder) on the HuggingFace Trainer.
+
+    python run_phase1.py                                   # embedded default (MiniLM, CPU)
+    python run_phase1.py --config configs/phase1_qwen_coder_1.5b.yaml
+    accelerate launch --config_file configs/accelerate/single_gpu_fp16.yaml \\
+        run_phase1.py --config configs/phase1_qwen_coder_1.5b.yaml
+
+Steps: 1 arguments and config -> 2 logging -> 3 data -> 4 model -> 5 Trainer -> 6 train ->
+7 evaluate on validation and holdout apps (full-app ranking) -> 8 save the final model,
+``metrics.json`` and a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CONFIG = HERE / "configs" / "phase1_minilm_cpu.yaml"
+SUMMARY_KEYS = ("accuracy", "map", "mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
+
+logger = logging.getLogger("run_phase1")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(DEFAULT_CONFIG),
+                   help="YAML with model/training/dataset/evaluation sections (default: %(default)s)")
+    p.add_argument("--output_dir", help="overrides model.output_dir")
+    p.add_argument("--max_steps", type=int, help="overrides training.max_steps (wins over epochs)")
+    p.add_argument("--num_epochs", type=float, help="overrides training.num_epochs")
+    p.add_argument("--batch_size", type=int, help="overrides training.batch_size")
+    p.add_argument("--learning_rate", type=float, help="overrides training.learning_rate")
+    p.add_argument("--resume_from_checkpoint",
+                   help="a checkpoint folder, or 'last' for the newest one in the output dir")
+    return p.parse_args(argv)
+
+
+def setup_logging(args) -> None:
+    import datasets
+    import transformers
+    level = logging.INFO if args.should_log else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", level=level, handlers=[logging.StreamHandler(sys.stdout)])
+    transformers.utils.logging.set_verbosity(level)
+    datasets.utils.logging.set_verbosity(logging.WARNING)
+
+
+def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from cetd_phase1.errors import CETDError
+    if value is None:
+        return None
+    if value == "last":
+        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if last is None:
+            raise CETDError(f"--resume_from_checkpoint last: no checkpoint-* folder in {output_dir}")
+        return last
+    if not Path(value).is_dir():
+        raise CETDError(f"--resume_from_checkpoint: {value} is not a folder")
+    return value
+
+
+def format_metrics(name: str, metrics: dict[str, float], prefix: str) -> str:
+    cells = [f"{k} {metrics[f'{prefix}_{k}']:.3f}" for k in SUMMARY_KEYS
+             if f"{prefix}_{k}" in metrics]
+    queries = metrics.get(f"{prefix}_num_queries")
+    count = f"  ({int(queries)} requirements)" if queries is not None else ""
+    return f"  {name:<10} " + "  ".join(cells) + count
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cetd_phase1.errors import CETDError
+    try:
+        return run(parse_args(argv))
+    except CETDError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def run(cli: argparse.Namespace) -> int:
+    from transformers import EarlyStoppingCallback, set_seed
+
+    from cetd_phase1.config import apply_overrides, load_config, training_arguments
+    from cetd_phase1.dataset import build_dataset, build_sections
+    from cetd_phase1.errors import CETDError
+    from cetd_phase1.model import CETDRetriever, load_tokenizer, resolve_backbone
+    from cetd_phase1.trainer import RetrievalCollator, RetrievalTrainer, group_queries
+
+    # 1. Config: YAML, then command-line overrides, then TrainingArguments.
+    cfg = apply_overrides(load_config(cli.config), output_dir=cli.output_dir,
+                          max_steps=cli.max_steps, num_epochs=cli.num_epochs,
+                          batch_size=cli.batch_size, learning_rate=cli.learning_rate,
+                          resume_from_checkpoint=cli.resume_from_checkpoint)
+    output_dir = Path(cfg.model.output_dir)
+
+    # 2. Logging (INFO on the main process only).
+    probe = training_arguments(cfg)
+    setup_logging(probe)
+    logger.info("config %s -> %s", cfg.path, output_dir)
+    if cfg.training.gather_across_devices and probe.world_size > 1:
+        raise CETDError(f"{cfg.path}: training.gather_across_devices is not available yet; "
+                        f"set it to false (each process then uses its own in-batch negatives)")
+    set_seed(cfg.training.seed)
+
+    # 3. Data: labelled pairs per split, and every section of every app (the ranking pools).
+    d = cfg.dataset
+    with probe.main_process_first(desc="building the dataset"):
+        pairs = build_dataset(cfg.data_source, hard_negatives=d.hard_negatives,
+                              random_negatives=d.random_negatives, max_positives=d.max_positives,
+                              label_sources=tuple(d.label_sources), cache_dir=d.cache_dir,
+                              seed=d.seed)
+        sections = build_sections(cfg.data_source, cache_dir=d.cache_dir)
+    train_groups = group_queries(pairs["train"])
+    if len(train_groups) == 0:
+        raise CETDError(f"{cfg.path}: the training split of {cfg.data_source!r} has no "
+                        f"requirement with a positive section")
+    has_validation = len(pairs["validation"]) > 0
+    if not has_validation:
+        logger.warning("no validation apps: no evaluation, early stopping or best checkpoint")
+    args = training_arguments(cfg, has_validation=has_validation)
+    logger.info("train: %d requirements (%d pairs); validation: %d pairs; holdout: %d pairs",
+                len(train_groups), len(pairs["train"]), len(pairs["validation"]),
+                len(pairs["holdout"]))
+
+    # 4. Model and tokenizer.
+    model = CETDRetriever.from_backbone(cfg.model.base_model, **cfg.model_settings())
+    tokenizer = load_tokenizer(resolve_backbone(cfg.model.base_model))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info("model: %s, pooling %s, LoRA %s, %.2fM of %.2fM parameters trainable",
+                cfg.model.base_model, model.config.pooling, cfg.training.use_lora,
+                trainable / 1e6, total / 1e6)
+
+    # 5. Trainer.
+    collator = RetrievalCollator(tokenizer, max_req_length=d.max_req_length,
+                                 max_code_length=d.max_code_length,
+                                 negatives_per_query=cfg.training.negatives_per_query,
+                                 append_eos=bool(model.config.append_eos))
+    callbacks = []
+    if has_validation and cfg.evaluation.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(cfg.evaluation.early_stopping_patience))
+    trainer = RetrievalTrainer(
+        model=model, args=args, train_dataset=train_groups,
+        eval_dataset=pairs["validation"] if has_validation else None,
+        eval_sections=sections["validation"], data_collator=collator,
+        processing_class=tokenizer, callbacks=callbacks)
+
+    # 6. Train.
+    checkpoint = resolve_checkpoint(cfg.training.resume_from_checkpoint, str(output_dir))
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    # 7. Evaluate the final (best, when validating) model on whole apps.
+    results: dict[str, dict[str, float]] = {"train": train_result.metrics}
+    for split, prefix in (("validation", "eval"), ("holdout", "holdout")):
+        if len(pairs[split]) == 0:
+            logger.warning("no %s apps: not evaluated", split)
+            continue
+        results[split] = trainer.evaluate(pairs[split], sections=sections[split],
+                                          metric_key_prefix=prefix)
+
+    # 8. Save the final model, metrics.json and a summary.
+    final_dir = output_dir / "final"
+    trainer.save_model(str(final_dir))
+    if trainer.is_world_process_zero():
+        report = {"config": cfg.to_dict(), "config_file": cfg.path,
+                  "best_checkpoint": trainer.state.best_model_checkpoint,
+                  "final_model": str(final_dir), "global_step": trainer.state.global_step,
+                  **results}
+        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+        print(f"\nCET-D phase 1: {trainer.state.global_step} steps, "
+              f"final loss {train_result.training_loss:.4f}")
+        for split, prefix in (("validation", "eval"), ("holdout", "holdout")):
+            if split in results:
+                print(format_metrics(split, results[split], prefix))
+        print(f"  model    {final_dir}\n  metrics  {output_dir / 'metrics.json'}\n"
+              f"  logs     tensorboard --logdir {output_dir / 'runs'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
