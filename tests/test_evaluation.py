@@ -1,0 +1,109 @@
+"""The evaluate command end to end on a tiny model and two tiny apps, plus its grouping logic."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _tiny_bert import make_tiny_apps, make_tiny_bert  # noqa: E402
+
+from cetd_phase1 import model as model_lib  # noqa: E402
+from cetd_phase1.__main__ import main  # noqa: E402
+from cetd_phase1.evaluation import PROTOCOLS, queries_from_rows, run_evaluation  # noqa: E402
+
+AVERAGES = {"accuracy", "map", "mrr", "recall@1", "recall@5", "recall@10", "ndcg@10",
+            "num_queries"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    return make_tiny_bert(root / "bert"), make_tiny_apps(root / "apps"), root / "cache"
+
+
+@pytest.fixture(scope="module")
+def evaluated(setup, tmp_path_factory):
+    ckpt, apps, cache = setup
+    out = tmp_path_factory.mktemp("out")
+    metrics = run_evaluation(ckpt, out, apps_dir=apps, cache_dir=cache, hybrid=True)
+    return metrics, out
+
+
+def test_writes_report_files_with_both_protocols(evaluated):
+    metrics, out = evaluated
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "report.md", "recall_at_k.png"}
+    assert (out / "recall_at_k.png").read_bytes()[:4] == b"\x89PNG"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    for protocol in PROTOCOLS:
+        assert AVERAGES <= set(on_disk[protocol])
+        assert set(on_disk[protocol]["per_app"]) == {"calc", "texts"}
+        assert 0 <= on_disk[protocol]["mrr"] <= 1
+    # calc: 4 docstring queries; texts: 2 docstring + 1 gold (the heuristic one kept apart)
+    assert on_disk["full_app"]["num_queries"] == 7
+    assert on_disk["full_app"]["per_app"]["calc"]["num_queries"] == 4
+    report = (out / "report.md").read_text()
+    for heading in ("Full app (headline)", "Candidate set", "Per app", "worst queries"):
+        assert heading in report
+    for method in ("| model |", "| bm25 |", "| model+bm25 (RRF) |"):
+        assert method in report
+    assert metrics["recall_at_k"]["full_app"]["bm25"][-1] == 1.0  # K=20 covers these apps
+
+
+def test_heuristic_labels_never_in_the_headline(evaluated):
+    metrics, _ = evaluated
+    full = metrics["full_app"]
+    assert "heuristic" not in full["label_sources"]
+    assert set(full["label_sources"]) == {"docstring", "gold"}
+    if "heuristic" in full["by_label_source"]:  # the heuristic found a section for it
+        headline = sum(full["by_label_source"][s]["num_queries"] for s in full["label_sources"])
+        assert headline == full["num_queries"]
+
+
+def test_plain_backbone_is_its_own_baseline(evaluated):
+    metrics, _ = evaluated
+    assert set(metrics["baselines"]) == {"bm25", "model+bm25 (RRF)"}
+    assert any("plain backbone" in n for n in metrics["notes"])
+
+
+def test_trained_checkpoint_is_compared_with_its_backbone(setup, evaluated, tmp_path, monkeypatch):
+    ckpt, apps, cache = setup
+    trained = tmp_path / "trained"
+    model_lib.CETDRetriever.from_backbone(str(ckpt), projection_dim=8).save_pretrained(
+        trained, tokenizer=model_lib.load_tokenizer(ckpt))
+    calls = []
+    real = model_lib.encode_texts
+    monkeypatch.setattr(model_lib, "encode_texts",
+                        lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    metrics = run_evaluation(trained, tmp_path / "out", apps_dir=apps, cache_dir=cache)
+    assert "backbone (untrained)" in metrics["baselines"]
+    backbone = metrics["baselines"]["backbone (untrained)"]["full_app"]
+    assert backbone["num_queries"] == metrics["full_app"]["num_queries"]
+    # the backbone's section index was cached by the first evaluation: only queries encoded,
+    # the trained model's sections once per app
+    sections = sorted(n for n in calls if n in (5, 3))
+    assert sections == [3, 5]
+    calls.clear()
+    run_evaluation(trained, tmp_path / "out2", apps_dir=apps, cache_dir=cache)
+    assert 5 not in calls  # re-run: every section index comes from the cache
+
+
+def test_queries_group_rows_and_keep_candidates():
+    rows = {"query_id": ["a", "a", "a", "b", "b"], "app_id": ["x"] * 5, "app_name": ["x"] * 5,
+            "requirement": ["ra"] * 3 + ["rb"] * 2, "label_source": ["docstring"] * 3 + ["gold"] * 2,
+            "file": ["f.py"] * 5, "qualname": ["p", "n1", "n2", "q", "p"],
+            "line_start": [1, 5, 9, 12, 1], "label": [1, 0, 0, 1, 0]}
+    qs = queries_from_rows(rows)
+    assert [q.query_id for q in qs] == ["a", "b"]
+    assert qs[0].positives == [("f.py", "p", 1)] and len(qs[0].candidates) == 3
+    assert qs[1].label_source == "gold" and qs[1].positives == [("f.py", "q", 12)]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "missing"), "--apps",
+                 str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "config.json" in err and "\n" not in err
