@@ -1,0 +1,137 @@
+"""YAML config: the seed's keys, clear errors, TrainingArguments mapping, overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cetd_phase1.config import (apply_overrides, config_from_dict, load_config,
+                                training_arguments)
+from cetd_phase1.errors import CETDError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+SEED_YAML = """
+model:
+  base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+  output_dir: "/mnt/nvme/models/cet-d-phase1"
+training:
+  num_epochs: 10
+  batch_size: 8
+  learning_rate: 2e-5
+  warmup_steps: 500
+  gradient_accumulation_steps: 4
+  max_grad_norm: 1.0
+  use_lora: true
+  lora_r: 16
+  lora_alpha: 32
+  lora_dropout: 0.05
+  target_modules: ["q_proj", "v_proj", "k_proj", "o_proj"]
+dataset:
+  val_split: 0.1
+  max_code_length: 2048
+  max_req_length: 512
+evaluation:
+  eval_steps: 100
+  save_steps: 500
+  metric: "retrieval_accuracy"
+  early_stopping_patience: 3
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "train_config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_seeds_config_loads_with_its_meaning(tmp_path):
+    cfg = load_config(_write(tmp_path, SEED_YAML))
+    assert cfg.training.learning_rate == pytest.approx(2e-5)  # "2e-5" is a string to YAML 1.1
+    assert cfg.training.target_modules == ["q_proj", "v_proj", "k_proj", "o_proj"]
+    assert cfg.metric_key == "accuracy"
+    settings = cfg.model_settings()
+    assert settings["use_lora"] and settings["lora_r"] == 16 and settings["max_code_length"] == 2048
+
+
+@pytest.mark.parametrize("name", ["phase1_minilm_cpu.yaml", "phase1_qwen_coder_1.5b.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIGS / name)
+    assert cfg.evaluation.save_steps % cfg.evaluation.eval_steps == 0
+
+
+def test_qwen_config_keeps_the_seeds_values():
+    cfg = load_config(CONFIGS / "phase1_qwen_coder_1.5b.yaml")
+    raw = yaml.safe_load(SEED_YAML)
+    seed = config_from_dict(raw)
+    for section in ("training", "evaluation"):
+        for key in raw[section]:
+            expected = getattr(getattr(seed, section), key)
+            assert getattr(getattr(cfg, section), key) == expected, f"{section}.{key}"
+    assert cfg.model.base_model == seed.model.base_model
+    assert (cfg.dataset.max_code_length, cfg.dataset.max_req_length) == (2048, 512)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = _write(tmp_path, SEED_YAML.replace("lora_r: 16", "lora_rank: 16"))
+    with pytest.raises(CETDError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "lora_rank" in message and str(path) in message and "training" in message
+    assert "lora_r" in message  # the suggestion
+
+
+def test_unknown_section_fails(tmp_path):
+    with pytest.raises(CETDError, match="unknown key 'optimizer'"):
+        load_config(_write(tmp_path, SEED_YAML + "optimizer:\n  name: adamw\n"))
+
+
+@pytest.mark.parametrize("old,new,match", [
+    ("batch_size: 8", "batch_size: eight", "training.batch_size: expected an integer"),
+    ("use_lora: true", "use_lora: 1", "training.use_lora: expected true or false"),
+    ("learning_rate: 2e-5", "learning_rate: fast", "training.learning_rate: expected a number"),
+    ('target_modules: ["q_proj", "v_proj", "k_proj", "o_proj"]', "target_modules: q_proj",
+     "expected a list of strings"),
+    ('metric: "retrieval_accuracy"', 'metric: "f1"', "evaluation.metric must be one of"),
+    ("save_steps: 500", "save_steps: 250", "multiple of"),
+    ("val_split: 0.1", "val_split: 0.3", "val_split"),
+])
+def test_bad_values_fail_clearly(tmp_path, old, new, match):
+    assert old in SEED_YAML
+    with pytest.raises(CETDError, match=match):
+        load_config(_write(tmp_path, SEED_YAML.replace(old, new)))
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(CETDError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(CETDError, match="invalid YAML"):
+        load_config(_write(tmp_path, "model: [unclosed\n"))
+
+
+def test_training_arguments_mapping(tmp_path):
+    cfg = apply_overrides(load_config(_write(tmp_path, SEED_YAML)),
+                          output_dir=str(tmp_path / "out"), max_steps=7, batch_size=2,
+                          learning_rate=1e-4)
+    args = training_arguments(cfg)
+    assert args.output_dir == str(tmp_path / "out")
+    assert (args.max_steps, args.per_device_train_batch_size) == (7, 2)
+    assert args.learning_rate == pytest.approx(1e-4)
+    assert (args.num_train_epochs, args.warmup_steps, args.gradient_accumulation_steps) == (10, 500, 4)
+    assert args.max_grad_norm == 1.0
+    assert (args.eval_steps, args.save_steps) == (100, 500)
+    assert args.load_best_model_at_end and args.metric_for_best_model == "accuracy"
+    assert "tensorboard" in args.report_to
+    assert not args.fp16  # no CUDA here: fp32
+    assert not args.remove_unused_columns
+    no_val = training_arguments(cfg, has_validation=False)
+    assert no_val.eval_strategy == "no" and not no_val.load_best_model_at_end
+
+
+def test_overrides_are_validated(tmp_path):
+    cfg = load_config(_write(tmp_path, SEED_YAML))
+    with pytest.raises(CETDError, match="batch_size must be > 0"):
+        apply_overrides(cfg, batch_size=0)
+    assert apply_overrides(cfg, num_epochs=None).training.num_epochs == 10
