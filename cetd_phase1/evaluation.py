@@ -106,7 +106,8 @@ class Method:
 
 
 def score_queries(method: Method, apps: dict[str, App], queries: Sequence[Query],
-                  indexes: dict[str, AppIndex], missing: dict[str, int]) -> dict[str, list[QueryResult]]:
+                  indexes: dict[str, AppIndex],
+                  missing: dict[str, int]) -> dict[str, list[QueryResult]]:
     """Rank every query under ``method`` in both protocols."""
     by_app: dict[str, list[Query]] = defaultdict(list)
     for q in queries:

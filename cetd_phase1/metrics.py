@@ -51,7 +51,8 @@ def query_metrics(scores: np.ndarray, labels: np.ndarray,
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     if scores.shape != labels.shape:
-        raise ValueError(f"scores ({scores.shape[0]}) and labels ({labels.shape[0]}) differ in length")
+        raise ValueError(f"scores ({scores.shape[0]}) and labels ({labels.shape[0]}) "
+                         "differ in length")
     ranks = positive_ranks(scores, labels)
     n_pos = len(ranks)
     if n_pos == 0:

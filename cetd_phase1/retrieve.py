@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import tempfile

@@ -68,7 +68,8 @@ def test_plain_backbone_is_its_own_baseline(evaluated):
     assert any("plain backbone" in n for n in metrics["notes"])
 
 
-def test_trained_checkpoint_is_compared_with_its_backbone(setup, evaluated, tmp_path, monkeypatch):
+def test_trained_checkpoint_is_compared_with_its_backbone(setup, evaluated, tmp_path,
+                                                          monkeypatch):
     ckpt, apps, cache = setup
     trained = tmp_path / "trained"
     model_lib.CETDRetriever.from_backbone(str(ckpt), projection_dim=8).save_pretrained(
@@ -92,7 +93,8 @@ def test_trained_checkpoint_is_compared_with_its_backbone(setup, evaluated, tmp_
 
 def test_queries_group_rows_and_keep_candidates():
     rows = {"query_id": ["a", "a", "a", "b", "b"], "app_id": ["x"] * 5, "app_name": ["x"] * 5,
-            "requirement": ["ra"] * 3 + ["rb"] * 2, "label_source": ["docstring"] * 3 + ["gold"] * 2,
+            "requirement": ["ra"] * 3 + ["rb"] * 2,
+            "label_source": ["docstring"] * 3 + ["gold"] * 2,
             "file": ["f.py"] * 5, "qualname": ["p", "n1", "n2", "q", "p"],
             "line_start": [1, 5, 9, 12, 1], "label": [1, 0, 0, 1, 0]}
     qs = queries_from_rows(rows)

