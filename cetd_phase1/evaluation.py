@@ -144,7 +144,10 @@ def summarise(results: list[QueryResult]) -> dict:
     def avg(rs: list[QueryResult]) -> dict:
         full = average_metrics([r.metrics for r in rs], CURVE_KS)
         keys = _summary_keys() + ["num_queries", "num_skipped"]
-        return {k: full[k] for k in keys}
+        # Recall@K is trivially 1 once K reaches the candidate count: say what that count is.
+        sizes = [len(r.scores) for r in rs if r.metrics is not None]
+        return {**{k: full[k] for k in keys},
+                "mean_candidates": float(np.mean(sizes)) if sizes else float("nan")}
 
     headline = [r for r in results if r.query.label_source in HEADLINE_SOURCES]
     per_app: dict[str, list[QueryResult]] = defaultdict(list)
@@ -293,11 +296,11 @@ def _fmt(value: float) -> str:
 
 def _table(rows: list[tuple[str, dict]], first: str) -> list[str]:
     keys = _summary_keys()
-    lines = [f"| {first} | " + " | ".join(keys) + " | queries |",
-             "|---" * (len(keys) + 2) + "|"]
+    lines = [f"| {first} | " + " | ".join(keys) + " | queries | candidates/query |",
+             "|---" * (len(keys) + 3) + "|"]
     for name, m in rows:
         lines.append(f"| {name} | " + " | ".join(_fmt(m[k]) for k in keys)
-                     + f" | {m['num_queries']} |")
+                     + f" | {m['num_queries']} | {m['mean_candidates']:.1f} |")
     return lines
 
 
