@@ -259,6 +259,9 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="cache root for datasets and section indexes (default $CETD_CACHE or "
                         "~/.cache/cetd_phase1)")
     p.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default 64)")
+    p.add_argument("--label-sources", default="docstring,gold,heuristic",
+                   help="comma-separated label sources of the queries (default "
+                        "docstring,gold,heuristic; 'gold' alone for annotated requirements only)")
 
 
 @command("evaluate", "Rank each app's sections for its requirements; compare the model with "
@@ -272,6 +275,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     metrics = run_evaluation(args.checkpoint, args.out, split=args.split, apps_dir=args.apps,
                              registry=registry, hybrid=args.hybrid, backbone=args.backbone,
                              cache_dir=args.cache_dir, batch_size=args.batch_size,
+                             label_sources=[s.strip() for s in args.label_sources.split(",")
+                                            if s.strip()],
                              command="python -m cetd_phase1 " + " ".join(sys.argv[1:]))
     for protocol in PROTOCOLS:
         m = metrics[protocol]

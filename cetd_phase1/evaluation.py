@@ -172,12 +172,12 @@ def recall_curve(results: list[QueryResult]) -> list[float]:
 # -- the command ----------------------------------------------------------------------------------
 
 def _load_queries(registry: Registry, split: str | None, cache_dir, hard_negatives: int,
-                  random_negatives: int) -> list[Query]:
+                  random_negatives: int, label_sources: Sequence[str]) -> list[Query]:
     from cetd_phase1.dataset import build_dataset
 
     dsd = build_dataset(registry=registry, hard_negatives=hard_negatives,
                         random_negatives=random_negatives, max_positives=EVAL_MAX_POSITIVES,
-                        cache_dir=cache_dir)
+                        label_sources=tuple(label_sources), cache_dir=cache_dir)
     splits = [split] if split else list(dsd)
     queries = []
     for s in splits:
@@ -205,7 +205,8 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
                    apps_dir: str | Path | None = None, registry: Registry | None = None,
                    hybrid: bool = False, backbone: str | None = None,
                    cache_dir: str | Path | None = None, hard_negatives: int = 3,
-                   random_negatives: int = 2, batch_size: int = 64, command: str = "") -> dict:
+                   random_negatives: int = 2, batch_size: int = 64, command: str = "",
+                   label_sources: Sequence[str] = ("docstring", "gold", "heuristic")) -> dict:
     """Evaluate ``checkpoint`` on ``split`` of ``registry`` (default: the stdlib, or PostgreSQL
     when ``$DATABASE_URL`` is set), or on every app of ``apps_dir`` (a folder of apps or a
     manifest), against BM25 and the untrained backbone; write the report files to ``out``.
@@ -231,7 +232,7 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
         registry = registry_from(None)
     index_cache = Path(cache_dir) / "index" if cache_dir else None
     queries = _load_queries(registry, split, Path(cache_dir) / "datasets" if cache_dir else None,
-                            hard_negatives, random_negatives)
+                            hard_negatives, random_negatives, label_sources)
     if not queries:
         where = apps_dir or f"split {split!r}"
         raise CETDError(f"{where}: no labelled queries to evaluate (no docstring or gold labels)")
