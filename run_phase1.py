@@ -46,7 +46,8 @@ def setup_logging(args) -> None:
     level = logging.INFO if args.should_log else logging.WARNING
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", level=level, handlers=[logging.StreamHandler(sys.stdout)])
-    transformers.utils.logging.set_verbosity(level)
+    # transformers at INFO dumps every config; its warnings and the Trainer's logs are enough
+    transformers.utils.logging.set_verbosity_warning()
     datasets.utils.logging.set_verbosity(logging.WARNING)
 
 
@@ -158,6 +159,7 @@ def run(cli: argparse.Namespace) -> int:
     trainer.save_state()
 
     # 7. Evaluate the final (best, when validating) model on whole apps.
+    trainer.remove_callback(EarlyStoppingCallback)  # training is over; holdout has no eval_ keys
     results: dict[str, dict[str, float]] = {"train": train_result.metrics}
     for split, prefix in (("validation", "eval"), ("holdout", "holdout")):
         if len(pairs[split]) == 0:
