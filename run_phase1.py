@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_epochs", type=float, help="overrides training.num_epochs")
     p.add_argument("--batch_size", type=int, help="overrides training.batch_size")
     p.add_argument("--learning_rate", type=float, help="overrides training.learning_rate")
+    p.add_argument("--skip_holdout", action="store_true",
+                   help="do not evaluate the holdout apps (model selection must not look at them)")
     p.add_argument("--resume_from_checkpoint",
                    help="a checkpoint folder, or 'last' for the newest one in the output dir")
     return p.parse_args(argv)
@@ -162,6 +164,8 @@ def run(cli: argparse.Namespace) -> int:
     trainer.remove_callback(EarlyStoppingCallback)  # training is over; holdout has no eval_ keys
     results: dict[str, dict[str, float]] = {"train": train_result.metrics}
     for split, prefix in (("validation", "eval"), ("holdout", "holdout")):
+        if split == "holdout" and cli.skip_holdout:
+            continue
         if len(pairs[split]) == 0:
             logger.warning("no %s apps: not evaluated", split)
             continue
