@@ -18,6 +18,7 @@ from typing import Iterator
 
 import datasets
 
+from cetd_phase1.atomic import atomic_write_text
 from cetd_phase1.errors import CETDError
 from cetd_phase1.labels import AppLabels, HeuristicLabeler, label_app
 from cetd_phase1.registry import SPLITS, App, Registry, RegistryError
@@ -261,9 +262,7 @@ def _build(config_name: str, source, registry, cache_dir, report, heuristic,
     if cached and report_file.is_file():
         report.load_json(report_file.read_text(encoding="utf-8"))
     elif not cached:
-        tmp = report_file.with_suffix(".tmp")
-        tmp.write_text(report.to_json(), encoding="utf-8")
-        os.replace(tmp, report_file)
+        atomic_write_text(report_file, report.to_json())
     out = {}
     for split in SPLITS:
         info = builder.info.splits.get(split)

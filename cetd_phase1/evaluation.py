@@ -29,8 +29,8 @@ import numpy as np
 from cetd_phase1.errors import CETDError
 from cetd_phase1.metrics import DEFAULT_KS, average_metrics, positive_ranks, query_metrics
 from cetd_phase1.registry import App, Registry
-from cetd_phase1.retrieve import (AppIndex, BM25Scorer, Retriever, atomic_write,
-                                  atomic_write_text, rrf_fuse)
+from cetd_phase1.atomic import atomic_write, atomic_write_text
+from cetd_phase1.retrieve import AppIndex, BM25Scorer, Retriever, rrf_fuse
 
 PROTOCOLS = ("full_app", "candidate_set")
 #: Label sources whose queries make the headline; heuristic labels are a guess, not ground truth.

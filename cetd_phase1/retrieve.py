@@ -23,10 +23,10 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from cetd_phase1.atomic import atomic_directory, atomic_write
 from cetd_phase1.errors import CETDError
 from cetd_phase1.registry import App
 from cetd_phase1.sections import (ExtractionReport, Section, extract_sections, format_section,
@@ -44,37 +44,6 @@ DEFAULT_MAX_CODE_LENGTH = 256
 def default_cache_dir() -> Path:
     """``$CETD_CACHE`` or ``~/.cache/cetd_phase1`` (shared with the dataset cache)."""
     return Path(os.environ.get("CETD_CACHE", Path.home() / ".cache" / "cetd_phase1"))
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-#: ``mkstemp`` creates files 0600; results are meant to be shared like any other output file.
-_FILE_MODE = 0o666 & ~_current_umask()
-
-
-def atomic_write(path: str | Path, write: Callable[[object], None], mode: str = "wb") -> None:
-    """Write ``path`` through ``write(file)`` into a temporary sibling, then ``os.replace`` it,
-    so a reader never sees a half-written file and an interrupted run leaves the old one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write(f)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """:func:`atomic_write` for text."""
-    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def section_text(section: Section) -> str:
@@ -387,5 +356,6 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
         if config.normalize:
             modules.append(Normalize())
         st = SentenceTransformer(modules=modules, device="cpu")
-        st.save(str(out_dir))
+        with atomic_directory(out_dir) as staging:
+            st.save(str(staging))
     return out_dir
