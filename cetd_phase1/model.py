@@ -215,7 +215,7 @@ class CETDRetriever(PreTrainedModel):
         fields (pooling, projection_dim, use_lora, ...)."""
         path = resolve_backbone(backbone)
         try:
-            base = AutoModel.from_pretrained(path)
+            base = _load_base(path)
         except (OSError, ValueError) as err:
             raise CETDError(f"cannot load backbone {str(backbone)!r} ({path}): {err}") from err
         return cls(_config_for(str(backbone), base.config, settings), backbone=base)
@@ -336,7 +336,7 @@ class CETDRetriever(PreTrainedModel):
         if config.use_lora:
             path = resolve_backbone(config.backbone)
             try:
-                base = AutoModel.from_pretrained(path)
+                base = _load_base(path)
             except (OSError, ValueError) as err:
                 raise CETDError(f"{directory}: its base model {config.backbone!r} cannot be "
                                 f"loaded: {err}") from err
@@ -346,6 +346,13 @@ class CETDRetriever(PreTrainedModel):
         model.load_weights(directory)
         model.train(is_trainable)
         return model
+
+
+def _load_base(path: str) -> PreTrainedModel:
+    # fp32 master weights whatever dtype the checkpoint was saved in (transformers 5 loads
+    # "auto", i.e. bf16 for Qwen2.5-Coder, which a P40 cannot run): fp16 autocast casts
+    # activations, and the optimizer and GradScaler need fp32 parameters.
+    return AutoModel.from_pretrained(path, dtype=torch.float32)
 
 
 def _config_for(backbone: str, backbone_config: PreTrainedConfig,

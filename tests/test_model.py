@@ -182,3 +182,62 @@ def test_bce_scores_only_own_candidates():
                                         rel=1e-2)
     swapped = BCELoss(20.0, -10.0, False)(q, p, torch.tensor([1, 3]), owners)
     assert float(swapped) > 5
+
+
+# --- the decoder (Qwen2) path -----------------------------------------------------------------
+
+QWEN_LORA = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def test_backbone_weights_are_fp32_whatever_the_checkpoint_dtype(decoder_dir, tmp_path):
+    """A half-precision checkpoint (Qwen2.5-Coder ships bf16) still gives fp32 master weights,
+    for a new model and for a LoRA checkpoint reloaded on that base."""
+    from transformers import AutoModel
+    half = tmp_path / "half"
+    AutoModel.from_pretrained(decoder_dir).half().save_pretrained(half)
+    load_tokenizer(decoder_dir).save_pretrained(half)
+    model = CETDRetriever.from_backbone(half, use_lora=True, projection_dim=8,
+                                        lora_target_modules=QWEN_LORA)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = CETDRetriever.from_pretrained(tmp_path / "saved")
+    assert {p.dtype for p in reloaded.parameters()} == {torch.float32}
+    full = CETDRetriever.from_backbone(half)
+    full.save_pretrained(tmp_path / "full")
+    assert {p.dtype for p in CETDRetriever.from_pretrained(tmp_path / "full").parameters()} == {
+        torch.float32}
+
+
+def test_qwen_lora_checkpointing_fp16_autocast_trains_every_trainable_weight(decoder_dir):
+    """LoRA on q/k/v/o_proj of every layer, last-token pooling, non-reentrant activation
+    checkpointing and fp16 autocast: the loss is fp32 and finite, and *every* trainable
+    parameter (and no frozen one) gets a non-zero fp32 gradient. The last point is what lets
+    ``ddp_find_unused_parameters=False`` stand (DDP errors on a parameter without gradient)."""
+    from transformers import AutoConfig
+    model = CETDRetriever.from_backbone(decoder_dir, use_lora=True, projection_dim=8,
+                                        lora_target_modules=QWEN_LORA)
+    assert model.config.pooling == "last_token"
+    layers = AutoConfig.from_pretrained(decoder_dir).num_hidden_layers
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters()
+               if "lora_A" in n}
+    assert adapted == set(QWEN_LORA)
+    assert sum("lora_A" in n for n, _ in model.named_parameters()) == 4 * layers
+    model.activation_checkpointing_enable()
+    model.train()
+    _perturb(model)  # lora_B starts at zero: give lora_A a gradient too
+    tok = load_tokenizer(decoder_dir)
+    q = pad(tok, tokenize(tok, TEXTS[:2], 16, True))
+    p = pad(tok, tokenize(tok, TEXTS, 16, True))
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = model(q["input_ids"], q["attention_mask"], p["input_ids"], p["attention_mask"],
+                    labels=torch.tensor([1, 3]), owners=torch.tensor([0, 0, 1, 1]))
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and param.grad.dtype == torch.float32, name
+            assert float(param.grad.abs().sum()) > 0, name
+        else:
+            assert param.grad is None, name
+    from cetd_phase1.config import Phase1Config, training_arguments
+    assert training_arguments(Phase1Config()).ddp_find_unused_parameters is False
