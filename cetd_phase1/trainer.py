@@ -139,14 +139,18 @@ class RetrievalCollator:
     append_eos: bool = False
     pad_to_multiple_of: int = 8
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[dict[str, Any]],
+                 rng: random.Random | None = None) -> dict[str, torch.Tensor]:
+        """Collate ``items``, drawing positives and negatives from ``rng`` (default: the
+        global generator)."""
+        draw = rng or random
         requirements, candidates, labels, owners = [], [], [], []
         for i, item in enumerate(items):
             negatives = item["negatives"]
-            chosen = random.sample(negatives, min(self.negatives_per_query, len(negatives)))
+            chosen = draw.sample(negatives, min(self.negatives_per_query, len(negatives)))
             requirements.append(item["requirement"])
             labels.append(len(candidates))
-            candidates += [random.choice(item["positives"]), *chosen]
+            candidates += [draw.choice(item["positives"]), *chosen]
             owners += [i] * (1 + len(chosen))
         q = pad(self.tokenizer, tokenize(self.tokenizer, requirements, self.max_req_length,
                                          self.append_eos), self.pad_to_multiple_of)
@@ -155,6 +159,24 @@ class RetrievalCollator:
         return {"q_input_ids": q["input_ids"], "q_attention_mask": q["attention_mask"],
                 "p_input_ids": p["input_ids"], "p_attention_mask": p["attention_mask"],
                 "labels": torch.tensor(labels), "owners": torch.tensor(owners)}
+
+
+@dataclass
+class SeededCollate:
+    """``collate_fn`` drawing each batch's positives and negatives from a generator seeded by
+    (seed, epoch, the batch's query ids) instead of the global one.
+
+    The DataLoader collates one batch ahead and a resumed run skips batches without collating
+    them, so draws from the global generator would differ after ``resume_from_checkpoint``;
+    seeded per batch, a resumed run sees exactly the pairs of an uninterrupted one.
+    """
+
+    collator: RetrievalCollator
+    sampler: NoDuplicatesBatchSampler
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        key = f"{self.sampler.seed}:{self.sampler.epoch}:" + ",".join(i["query_id"] for i in items)
+        return self.collator(items, rng=random.Random(key))
 
 
 @dataclass
@@ -240,8 +262,10 @@ class RetrievalTrainer(Trainer):
             raise ValueError("RetrievalTrainer: training requires a train_dataset")
         sampler = NoDuplicatesBatchSampler(self.train_dataset, self._train_batch_size,
                                            seed=self.args.data_seed or self.args.seed)
-        loader = DataLoader(self.train_dataset, batch_sampler=sampler,
-                            collate_fn=self.data_collator,
+        collate = self.data_collator
+        if isinstance(collate, RetrievalCollator):
+            collate = SeededCollate(collate, sampler)
+        loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=collate,
                             num_workers=self.args.dataloader_num_workers,
                             pin_memory=self.args.dataloader_pin_memory
                             and torch.cuda.is_available())
