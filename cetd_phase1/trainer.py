@@ -66,12 +66,28 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
     epoch``), then fill each batch with the next requirements that conflict with nothing in it,
     deferring the others to later batches. A batch is only smaller than ``batch_size`` when the
     remaining requirements all conflict. Candidates are compared by their exact text.
+
+    The size limit is ``max_batch_size``, deliberately not ``batch_size``: accelerate's
+    ``BatchSamplerShard`` (several processes) takes a sampler with a ``batch_size`` for one of
+    fixed size and silently drops every round of batches holding a short one, which leaves the
+    ranks with different numbers of steps; without it, each rank gets every n-th batch as is.
+
+    With cross-rank negatives (``num_replicas`` W > 1) each requirement is scored against the
+    candidates of all ranks, so the no-duplicates guarantee must hold for the *global* batch:
+    batches of up to ``W * batch_size`` are built as above and each is split into W parts
+    (sizes differing by at most one), yielded one after the other: accelerate's round-robin
+    hands them to ranks 0..W-1, so the ranks of one step hold one conflict-free global batch. A global
+    batch of fewer than W requirements (its requirements conflict with all others left in the
+    epoch) cannot give every rank one and is left out of that epoch (``skipped``).
     """
 
-    def __init__(self, groups: datasets.Dataset, batch_size: int, seed: int = 0) -> None:
+    def __init__(self, groups: datasets.Dataset, batch_size: int, seed: int = 0,
+                 num_replicas: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
+        self.max_batch_size = batch_size
+        self.num_replicas = num_replicas
+        self.skipped = 0  # requirements left out of the current epoch (see above)
         self.seed = seed
         self.epoch = 0
         ids: dict[str, int] = {}  # text -> small int: exact and the same in every process
@@ -91,6 +107,22 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         return self._cache[1]
 
     def _build(self, epoch: int) -> list[list[int]]:
+        world = self.num_replicas
+        if world == 1:
+            return self._greedy(epoch, self.max_batch_size)
+        out = []
+        self.skipped = 0
+        for batch in self._greedy(epoch, world * self.max_batch_size):
+            if len(batch) < world:
+                self.skipped += len(batch)
+                continue
+            out += [batch[r::world] for r in range(world)]
+        if self.skipped:
+            logger.info("epoch %d: %d requirement(s) conflict with all others left and sit out "
+                        "the epoch (cross-rank batches need one per rank)", epoch, self.skipped)
+        return out
+
+    def _greedy(self, epoch: int, size: int) -> list[list[int]]:
         remaining = list(range(len(self.positives)))
         random.Random(self.seed + epoch).shuffle(remaining)
         out = []
@@ -100,7 +132,7 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
             batch_cand: set[int] = set()
             deferred: list[int] = []
             for j, idx in enumerate(remaining):
-                if len(batch) == self.batch_size:
+                if len(batch) == size:
                     deferred.extend(remaining[j:])
                     break
                 if self.positives[idx] & batch_cand or self.candidates[idx] & batch_pos:
@@ -260,8 +292,10 @@ class RetrievalTrainer(Trainer):
         sampler could put a requirement's positive among another's negatives)."""
         if self.train_dataset is None:
             raise ValueError("RetrievalTrainer: training requires a train_dataset")
+        gather = getattr(self.model.config, "gather_across_devices", False)
         sampler = NoDuplicatesBatchSampler(self.train_dataset, self._train_batch_size,
-                                           seed=self.args.data_seed or self.args.seed)
+                                           seed=self.args.data_seed or self.args.seed,
+                                           num_replicas=self.args.world_size if gather else 1)
         collate = self.data_collator
         if isinstance(collate, RetrievalCollator):
             collate = SeededCollate(collate, sampler)

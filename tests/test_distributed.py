@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +86,103 @@ def test_without_gather_each_rank_is_its_own_half_batch(ddp_results):
                                    atol=1e-5, rtol=1e-4)
     # the same batch with cross-rank negatives is a different (harder) objective
     assert sum(ddp_results["gather"]["losses"]) > sum(result["losses"]) + 1e-3
+
+
+def test_cross_rank_batches_are_conflict_free_global_batches():
+    """With num_replicas=2 the batches come in pairs (one per rank) whose union has no
+    requirement's positive among another's candidates, split evenly; without, per-rank
+    batches as before."""
+    import datasets
+
+    from _tiny_models import pair_rows
+    from cetd_phase1.trainer import NoDuplicatesBatchSampler, group_queries
+    rows = pair_rows(apps=("a1", "a2", "a3"))
+    for row in rows:  # the apps' code differs: they only conflict within an app
+        row["code"] += f"  # {row['app_id']}"
+    groups = group_queries(datasets.Dataset.from_list(rows))
+    sampler = NoDuplicatesBatchSampler(groups, batch_size=2, seed=1, num_replicas=2)
+    batches = list(sampler)
+    assert batches and len(batches) % 2 == 0 and all(batches)
+    seen = [i for b in batches for i in b]
+    assert len(seen) == len(set(seen)) and len(seen) + sampler.skipped == len(groups)
+    for step in range(0, len(batches), 2):
+        first, second = batches[step], batches[step + 1]
+        assert abs(len(first) - len(second)) <= 1
+        union = first + second
+        for i in union:
+            others = set().union(*(sampler.candidates[j] for j in union if j != i))
+            assert not sampler.positives[i] & others
+    assert max(len(b) for b in batches) == 2  # 3 apps: up to 3 per global batch, split 2 + 1
+    single = list(NoDuplicatesBatchSampler(groups, batch_size=2, seed=1))
+    assert max(len(b) for b in single) == 2 and sum(map(len, single)) == len(groups)
+
+
+def test_two_rank_training_run_saves_once_and_reloads(tmp_path):
+    """``run_phase1.py`` on 2 ranks: the tiny Qwen2 with LoRA on q/k/v/o_proj, activation
+    checkpointing and cross-rank negatives trains, rank 0 alone writes the checkpoint, the
+    final model and the report, and the final model reloads with ``from_pretrained``."""
+    from test_run_phase1 import APPS, SPLITS
+
+    from cetd_phase1.model import CETDRetriever, encode_texts, load_tokenizer
+    # a second training app: within one app every requirement conflicts with the others, so
+    # one app alone cannot fill a global batch of one requirement per rank
+    apps = {**APPS, "files": {"io.py": '''
+def read_lines(path):
+    """Read every line of a text file into a list."""
+    return open(path).read().splitlines()
+
+
+def write_lines(path, lines):
+    """Write a list of lines to a text file."""
+    open(path, "w").write("\\n".join(lines))
+
+
+def count_words(path):
+    """Count the words in a text file."""
+    return len(open(path).read().split())
+'''}}
+    splits = {**SPLITS, "files": "train"}
+    for app, files in apps.items():
+        for name, text in files.items():
+            (tmp_path / "apps" / app).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "apps" / app / name).write_text(text)
+    manifest = tmp_path / "apps.yaml"
+    manifest.write_text("".join(f"- name: {a}\n  source_path: apps/{a}\n  split: {s}\n"
+                                for a, s in splits.items()))
+    backbone = make_tiny_decoder(tmp_path / "qwen2")
+    out = tmp_path / "out"
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"""
+model: {{base_model: "{backbone}", output_dir: "{out}", gradient_checkpointing: true}}
+training:
+  max_steps: 4
+  batch_size: 2
+  learning_rate: 1e-3
+  warmup_steps: 0
+  gradient_accumulation_steps: 1
+  use_lora: true
+  target_modules: [q_proj, k_proj, v_proj, o_proj]
+  negatives_per_query: 2
+  gather_across_devices: true
+  logging_steps: 2
+dataset:
+  source: "{manifest}"
+  max_code_length: 48
+  max_req_length: 24
+  hard_negatives: 2
+  random_negatives: 1
+  label_sources: [docstring]
+  cache_dir: "{tmp_path / 'cache'}"
+evaluation: {{eval_steps: 4, save_steps: 4, metric: map, eval_batch_size: 8}}
+""")
+    done = launch_two_ranks(str(ROOT / "run_phase1.py"), "--config", str(config), timeout=240)
+    assert "2 process(es) x 2 requirements x (1 + 2 negatives) - 1" in done.stdout
+    assert done.stdout.count("CET-D phase 1: 4 steps") == 1  # the summary: rank 0 only
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    assert (out / "checkpoint-4" / "adapter_model.safetensors").is_file()
+    assert (out / "metrics.json").is_file()
+    model = CETDRetriever.from_pretrained(out / "final")
+    assert model.config.gather_across_devices and model.is_lora
+    tok = load_tokenizer(out / "final")
+    emb = encode_texts(model, tok, ["Convert a distance in kilometres to miles."], max_length=24)
+    assert emb.shape == (1, 32) and np.isfinite(emb).all()
