@@ -1,12 +1,15 @@
-"""Runs ``run_phase1.main`` in this process, killing it with SIGKILL at a chosen point.
+"""Runs ``run_phase1.main`` in child processes, killing them with SIGKILL at chosen points.
 
-    python tests/_fault_driver.py KILL -- <run_phase1 arguments>
+    python tests/_fault_driver.py PLAN.json
 
-``KILL`` is ``none``, ``train:<step>`` (in the forward pass of the step after ``<step>``),
-``save:<step>`` (while writing the weights of ``checkpoint-<step>``, leaving them truncated) or
-``eval:<step>`` (inside the evaluation at ``<step>``). With ``$CETD_BATCH_LOG`` set, every
-training step appends ``{"step", "batch"}`` (a hash of the batch tensors) to that file, so a
-test can compare the data order of two runs.
+``PLAN.json`` is a list of runs ``{"kill", "argv", "out", "batch_log"}``, run one after the
+other; each run is a forked child of this process (which imports torch and transformers once,
+so the runs start in a second) and writes its stdout and stderr to ``out``. ``kill`` is ``none``,
+``train:<step>`` (in the forward pass of the step after ``<step>``), ``save:<step>`` (while
+writing the weights of ``checkpoint-<step>``, leaving them truncated) or ``eval:<step>``
+(inside the evaluation at ``<step>``). Every training step appends ``{"step", "batch"}`` (a hash
+of the batch tensors) to ``batch_log``, so a test can compare the data order of two runs. The
+return codes (``-9`` for a killed run) are printed as one JSON list.
 """
 
 from __future__ import annotations
@@ -67,12 +70,40 @@ def install(kill: str) -> None:
     model_lib.save_model = killed_save_model
 
 
-if __name__ == "__main__":
-    kill, rest = sys.argv[1], sys.argv[sys.argv.index("--") + 1:]
-    install(kill)
+def _child(run: dict, script) -> int:
+    fd = os.open(run["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ["CETD_BATCH_LOG"] = run["batch_log"]
+    install(run["kill"])
+    try:
+        return script.main(run["argv"])
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def main(plan_file: str) -> None:
     import importlib.util
+
+    import cetd_phase1.trainer  # noqa: F401  (the heavy imports, shared by every child)
 
     spec = importlib.util.spec_from_file_location("run_phase1", ROOT / "run_phase1.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    sys.exit(script.main(rest))
+    codes = []
+    for run in json.loads(Path(plan_file).read_text()):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_child(run, script))
+        _, status = os.waitpid(pid, 0)
+        codes.append(os.waitstatus_to_exitcode(status))
+    print(json.dumps(codes))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
