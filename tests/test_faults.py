@@ -322,9 +322,11 @@ def test_commands_write_outputs_through_the_atomic_helpers():
     Trainer's own checkpoints are guarded by checkpoint_problem instead)."""
     import re
 
+    # hub.py fills a scratch upload folder, emptied and refilled on every push: not an output
+    exempt = {"atomic.py", "hub.py"}
     offenders = []
     for path in [*(ROOT / "cetd_phase1").glob("*.py"), ROOT / "run_phase1.py"]:
-        if path.name == "atomic.py":
+        if path.name in exempt:
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if "atomic_write" not in line and re.search(r"\.write_(text|bytes)\(|open\([^)]*['\"][wa]b?['\"]|np\.save\(\w+[,)]|"
