@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from transformers import (AutoConfig, AutoModel, AutoTokenizer, PreTrainedConfig, PreTrainedModel,
@@ -297,12 +298,12 @@ class CETDRetriever(PreTrainedModel):
             adapter = directory / ADAPTER_WEIGHTS
             if not adapter.is_file():
                 raise CETDError(f"{directory}: no {ADAPTER_WEIGHTS} (not a LoRA checkpoint)")
-            result = set_peft_model_state_dict(self.backbone, load_file(str(adapter)))
+            result = set_peft_model_state_dict(self.backbone, _read_weights(adapter))
             if result.unexpected_keys:
                 raise CETDError(f"{adapter}: adapter does not match the model "
                                 f"(e.g. {result.unexpected_keys[0]})")
             if (directory / HEAD_WEIGHTS).is_file():
-                missing, unexpected = self.load_state_dict(load_file(str(directory / HEAD_WEIGHTS)),
+                missing, unexpected = self.load_state_dict(_read_weights(directory / HEAD_WEIGHTS),
                                                            strict=False)
                 if unexpected:
                     raise CETDError(f"{directory / HEAD_WEIGHTS}: unexpected weights {unexpected}")
@@ -314,6 +315,8 @@ class CETDRetriever(PreTrainedModel):
                 load_model(self, str(full), strict=True)
             except RuntimeError as err:
                 raise CETDError(f"{full}: weights do not match the model: {err}") from err
+            except (OSError, SafetensorError) as err:
+                raise CETDError(f"{full}: unreadable or corrupt weights file ({err})") from None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
@@ -353,6 +356,14 @@ def _load_base(path: str) -> PreTrainedModel:
     # "auto", i.e. bf16 for Qwen2.5-Coder, which a P40 cannot run): fp16 autocast casts
     # activations, and the optimizer and GradScaler need fp32 parameters.
     return AutoModel.from_pretrained(path, dtype=torch.float32)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; a truncated or corrupt file is a CETDError naming it."""
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        raise CETDError(f"{path}: unreadable or corrupt weights file ({err})") from None
 
 
 def _config_for(backbone: str, backbone_config: PreTrainedConfig,
