@@ -217,7 +217,7 @@ class CETDRetriever(PreTrainedModel):
         path = resolve_backbone(backbone)
         try:
             base = _load_base(path)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, SafetensorError) as err:
             raise CETDError(f"cannot load backbone {str(backbone)!r} ({path}): {err}") from err
         return cls(_config_for(str(backbone), base.config, settings), backbone=base)
 
@@ -340,7 +340,7 @@ class CETDRetriever(PreTrainedModel):
             path = resolve_backbone(config.backbone)
             try:
                 base = _load_base(path)
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, SafetensorError) as err:
                 raise CETDError(f"{directory}: its base model {config.backbone!r} cannot be "
                                 f"loaded: {err}") from err
             model = cls(config, backbone=base)
