@@ -20,7 +20,7 @@ import datasets
 
 from cetd_phase1.atomic import atomic_write_text
 from cetd_phase1.errors import CETDError
-from cetd_phase1.labels import AppLabels, HeuristicLabeler, label_app
+from cetd_phase1.labels import MIN_REQUIREMENT_WORDS, AppLabels, HeuristicLabeler, label_app
 from cetd_phase1.registry import SPLITS, App, Registry, RegistryError
 from cetd_phase1.sections import ExtractionReport, Section, extract_sections, format_section
 
@@ -205,6 +205,13 @@ class Phase1Builder(datasets.GeneratorBasedBuilder):
             labels = label_app(app.source_path, sections, sources=sources, heuristic=heuristic)
             for p in labels.problems:
                 self.report.problems.append((app.name, f"{p.file}: {p.reason}", p.is_error))
+            if not sections:
+                self.report.problems.append((app.name, f"{app.source_path}: no code sections (no "
+                                             f"parsable non-test .py file): no examples", False))
+            elif not labels.examples:
+                self.report.problems.append((app.name, f"{app.source_path}: no labelled "
+                                             f"requirement (no docstring of {MIN_REQUIREMENT_WORDS}+"
+                                             f" words, no gold annotation): no examples", False))
             rows = app_examples(app, sections, labels, hard_negatives=self.config.hard_negatives,
                                 random_negatives=self.config.random_negatives,
                                 max_positives=self.config.max_positives, seed=self.config.seed,
