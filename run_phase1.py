@@ -209,6 +209,17 @@ def run(cli: argparse.Namespace) -> int:
                 print(format_metrics(split, results[split], prefix))
         print(f"  model    {final_dir}\n  metrics  {output_dir / 'metrics.json'}\n"
               f"  logs     tensorboard --logdir {output_dir / 'runs'}")
+
+    # 9. Publish (main process): adapter or weights, head, config, tokenizer and a model card.
+    if t.push_to_hub and trainer.is_world_process_zero():
+        from cetd_phase1.hub import prepare_upload, push
+        upload = output_dir / "hub_upload"
+        files = prepare_upload(final_dir, upload, repo_id=t.hub_model_id,
+                               training_config=cfg.to_dict(), metrics=results)
+        logger.info("publishing %s to %s", ", ".join(files), t.hub_model_id)
+        url = push(upload, t.hub_model_id, private=t.hub_private_repo)
+        print(f"  hub      {t.hub_model_id} ({'private' if t.hub_private_repo else 'public'}) "
+              f"{url}")
     return 0
 
 

@@ -325,7 +325,7 @@ def training_arguments(cfg: Phase1Config, *, has_validation: bool = True):
         # BERT's position-id buffers trip DDP's in-place check; nothing needs broadcasting.
         ddp_broadcast_buffers=False,
         ddp_find_unused_parameters=False,
-        push_to_hub=t.push_to_hub,
-        hub_model_id=t.hub_model_id,
-        hub_private_repo=t.hub_private_repo,
+        # run_phase1 publishes the final model itself (cetd_phase1.hub): the Trainer's push
+        # would create the repo before training and upload the whole output folder.
+        push_to_hub=False,
     )

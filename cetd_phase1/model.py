@@ -378,6 +378,9 @@ def _config_for(backbone: str, backbone_config: PreTrainedConfig,
 
 
 def _local_folder(name_or_path: str | os.PathLike, revision: str | None) -> Path:
+    """A folder, or the snapshot of hub repo ``org/name`` at ``revision`` (default branch when
+    None): downloaded into the HF cache once, then read from it; with ``HF_HUB_OFFLINE=1`` only
+    from the cache (``refs/<revision>`` -> ``snapshots/<commit>``)."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
@@ -476,9 +479,12 @@ def _sentence_transformers_pooling(folder: Path) -> str | None:
 
 
 def load_retriever(path: str | os.PathLike) -> tuple[CETDRetriever, PreTrainedTokenizerBase]:
-    """Open a trained CETD checkpoint, or a plain backbone folder (the untrained baseline, e.g.
-    the MiniLM folder, pooled as its sentence-transformers config says), in eval mode."""
+    """Open a trained CETD checkpoint (a folder or a hub id), or a plain backbone folder (the
+    untrained baseline, e.g. the MiniLM folder, pooled as its sentence-transformers config
+    says), in eval mode."""
     resolved = Path(resolve_backbone(path))
+    if not resolved.exists() and str(path).count("/") == 1 and not str(path).startswith("."):
+        resolved = _local_folder(path, None)  # a hub id: the cached (or downloaded) snapshot
     config_file = resolved / "config.json"
     if not config_file.is_file():
         raise CETDError(f"{path}: no config.json (not a model folder)")

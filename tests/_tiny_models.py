@@ -71,3 +71,16 @@ def section_rows(apps=("a1", "a2"), split="train") -> list[dict]:
                                           "kind", "line_start", "line_end", "code")}
                        | {"docstring": ""})
     return out
+
+
+def write_apps(root: Path, apps: dict[str, dict[str, str]], splits: dict[str, str]) -> Path:
+    """``apps`` (name -> file name -> source) as folders under ``root/apps`` and a manifest
+    ``root/apps.yaml`` giving each its split; returns the manifest."""
+    for app, files in apps.items():
+        for name, text in files.items():
+            (root / "apps" / app).mkdir(parents=True, exist_ok=True)
+            (root / "apps" / app / name).write_text(text)
+    manifest = root / "apps.yaml"
+    manifest.write_text("".join(f"- name: {a}\n  source_path: apps/{a}\n  split: {s}\n"
+                                for a, s in splits.items()))
+    return manifest

@@ -17,7 +17,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import _ddp_step  # noqa: E402
-from _tiny_models import make_tiny_decoder  # noqa: E402
+from _tiny_models import make_tiny_decoder, write_apps  # noqa: E402
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -141,14 +141,7 @@ def count_words(path):
     """Count the words in a text file."""
     return len(open(path).read().split())
 '''}}
-    splits = {**SPLITS, "files": "train"}
-    for app, files in apps.items():
-        for name, text in files.items():
-            (tmp_path / "apps" / app).mkdir(parents=True, exist_ok=True)
-            (tmp_path / "apps" / app / name).write_text(text)
-    manifest = tmp_path / "apps.yaml"
-    manifest.write_text("".join(f"- name: {a}\n  source_path: apps/{a}\n  split: {s}\n"
-                                for a, s in splits.items()))
+    manifest = write_apps(tmp_path, apps, {**SPLITS, "files": "train"})
     backbone = make_tiny_decoder(tmp_path / "qwen2")
     out = tmp_path / "out"
     config = tmp_path / "tiny.yaml"
