@@ -207,3 +207,82 @@ def test_no_traceback_reaches_the_terminal(checkpoints, tmp_path):
     assert "Traceback" not in done.stderr
     assert len(errors) == 1 and errors[0].startswith("error: ") and \
         str(checkpoints / "corrupt" / "model.safetensors") in errors[0], done.stderr
+
+
+# --- security -------------------------------------------------------------------------------------
+
+EVIL = '''import pathlib
+pathlib.Path({canary!r}).write_text("module body executed")
+
+
+def add_item(cart, item):
+    """Add one item to the shopping cart of the user."""
+    cart.append(item)
+
+
+def total_price(prices):
+    """Compute the total price of every item in the cart."""
+    return sum(prices)
+
+
+def remove_item(cart, item):
+    """Remove one item from the shopping cart of the user."""
+    cart.remove(item)
+'''
+
+
+@pytest.mark.slow
+def test_analysed_code_is_never_imported_or_executed(tmp_path, capsys):
+    """Apps whose module bodies would write a file if run: build, train, evaluate, retrieve."""
+    import importlib.util
+
+    canary = tmp_path / "EXECUTED"
+    splits = {"evil_train": "train", "evil_val": "validation", "evil_hold": "holdout"}
+    for app in splits:
+        for name in ("__init__.py", "cart.py", "setup.py", "__main__.py"):
+            _write(tmp_path / "apps" / app / name, EVIL.format(canary=str(canary)))
+    manifest = _write(tmp_path / "apps.yaml", "".join(
+        f"- name: {a}\n  source_path: apps/{a}\n  split: {s}\n" for a, s in splits.items()))
+    backbone = make_tiny_encoder(tmp_path / "bert")
+    config = _write(tmp_path / "tiny.yaml", json.dumps({
+        "model": {"base_model": str(backbone), "output_dir": str(tmp_path / "out")},
+        "training": {"max_steps": 2, "batch_size": 2, "warmup_steps": 0, "use_lora": False,
+                     "gradient_accumulation_steps": 1, "negatives_per_query": 1,
+                     "logging_steps": 1},
+        "dataset": {"source": str(manifest), "max_code_length": 32, "max_req_length": 16,
+                    "label_sources": ["docstring"], "cache_dir": str(tmp_path / "cache")},
+        "evaluation": {"eval_steps": 2, "save_steps": 2, "metric": "map"}}))
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["build-data", "--apps", str(manifest), "--label-sources", "docstring",
+                 *cache]) == 0
+    spec = importlib.util.spec_from_file_location("run_phase1", ROOT / "run_phase1.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--config", str(config)]) == 0
+    final = str(tmp_path / "out" / "final")
+    assert main(["evaluate", "--checkpoint", final, "--apps", str(tmp_path / "apps"),
+                 "--label-sources", "docstring", "--out", str(tmp_path / "eval"), *cache]) == 0
+    assert main(["retrieve", "add an item to the cart", "--app",
+                 str(tmp_path / "apps" / "evil_train"), "--checkpoint", final, *cache]) == 0
+    assert "add_item" in capsys.readouterr().out
+    assert not canary.exists()
+    assert not list((tmp_path / "apps").rglob("__pycache__"))  # not even compiled
+
+
+def test_weights_load_only_through_safe_formats():
+    """No pickle: weights through safetensors, any torch.load with weights_only=True, and
+    trust_remote_code (which runs a checkpoint's own Python) never set."""
+    import re
+
+    sources = [*(ROOT / "cetd_phase1").rglob("*.py"), ROOT / "run_phase1.py"]
+    offenders = []
+    for path in sources:
+        text = path.read_text()
+        for call in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)", text):
+            if "weights_only=True" not in call.group(0):
+                offenders.append(f"{path.name}: {call.group(0)}")
+        for pattern in (r"trust_remote_code\s*=\s*True", r"\bpickle\.loads?\(",
+                        r"allow_pickle\s*=\s*True", r"(?<![.\w])exec\(", r"(?<![.\w])eval\(",
+                        r"importlib\.import_module\(", r"run_path\("):
+            offenders += [f"{path.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
+    assert offenders == []
