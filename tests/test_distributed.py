@@ -119,8 +119,9 @@ def test_cross_rank_batches_are_conflict_free_global_batches():
 
 def test_two_rank_training_run_saves_once_and_reloads(tmp_path):
     """``run_phase1.py`` on 2 ranks: the tiny Qwen2 with LoRA on q/k/v/o_proj, activation
-    checkpointing and cross-rank negatives trains, rank 0 alone writes the checkpoint, the
-    final model and the report, and the final model reloads with ``from_pretrained``."""
+    checkpointing and cross-rank negatives trains; one checkpoint is written (the weights and
+    state by rank 0, each rank adding its own RNG state), the final model and the report once;
+    the final model reloads with ``from_pretrained``."""
     from test_run_phase1 import APPS, SPLITS
 
     from cetd_phase1.model import CETDRetriever, encode_texts, load_tokenizer
@@ -173,6 +174,8 @@ evaluation: {{eval_steps: 4, save_steps: 4, metric: map, eval_batch_size: 8}}
     assert done.stdout.count("CET-D phase 1: 4 steps") == 1  # the summary: rank 0 only
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
     assert (out / "checkpoint-4" / "adapter_model.safetensors").is_file()
+    assert {p.name for p in (out / "checkpoint-4").glob("rng_state_*")} == {
+        "rng_state_0.pth", "rng_state_1.pth"}
     assert (out / "metrics.json").is_file()
     model = CETDRetriever.from_pretrained(out / "final")
     assert model.config.gather_across_devices and model.is_lora
