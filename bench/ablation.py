@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Ablations of the default recipe, chosen on the VALIDATION split only.
+
+Each variant is the default config (configs/phase1_minilm_cpu.yaml) with a few keys changed; it is
+trained with `run_phase1.py --skip_holdout` (the holdout is never looked at here) and scored on the
+validation apps (full-app ranking: MRR, Recall@5) and, with --feature-requests, on the validation
+half of the feature requests (bench/feature_requests_split.yaml).
+
+    python bench/ablation.py --out outputs/ablation                       # every variant
+    python bench/ablation.py --out outputs/ablation --only default lora   # some of them
+
+Prints a table (variant, change, validation MRR / R@5, feature-request MRR, train seconds, the
+command) and writes it to OUT/ablation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "configs" / "phase1_minilm_cpu.yaml"
+
+#: name -> (what changes, {section.key: value})
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "default": ("the default config", {}),
+    "lora": ("LoRA r=16 instead of full fine-tuning", {"training.use_lora": True,
+                                                       "training.learning_rate": 2e-4}),
+    "lr2e-5": ("learning rate 2e-5", {"training.learning_rate": 2e-5}),
+    "lr1e-4": ("learning rate 1e-4", {"training.learning_rate": 1e-4}),
+    "tau0.1": ("temperature 0.1", {"training.temperature": 0.1}),
+    "neg0": ("in-batch negatives only (no BM25 hard negative)",
+             {"training.negatives_per_query": 0}),
+    "neg3": ("3 hard negatives per requirement", {"training.negatives_per_query": 3}),
+    "code256": ("code cut at 256 tokens instead of 128", {"dataset.max_code_length": 256}),
+    "bce": ("the seed's BCE objective instead of InfoNCE", {"training.loss": "bce"}),
+    "steps300": ("300 steps instead of 150", {"training.max_steps": 300}),
+    "batch32": ("batch 32", {"training.batch_size": 32}),
+}
+
+
+def variant_config(base: dict, changes: dict, output_dir: Path) -> dict:
+    cfg = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        cfg.setdefault(section, {})[key] = value
+    cfg["model"]["output_dir"] = str(output_dir)
+    return cfg
+
+
+def run_variant(name: str, changes: dict, out: Path, feature_requests: bool) -> dict:
+    base = yaml.safe_load(DEFAULT.read_text())
+    vdir = out / name
+    vdir.mkdir(parents=True, exist_ok=True)
+    cfg_file = vdir / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(variant_config(base, changes, vdir / "model")))
+    cmd = [sys.executable, str(REPO / "run_phase1.py"), "--config", str(cfg_file),
+           "--skip_holdout"]
+    start = time.time()
+    with open(vdir / "train.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    metrics = json.loads((vdir / "model" / "metrics.json").read_text())
+    row = {"variant": name, "seconds": round(time.time() - start),
+           "train_seconds": round(metrics["train"].get("train_runtime", 0)),
+           "val_mrr": metrics["validation"]["eval_mrr"],
+           "val_r5": metrics["validation"]["eval_recall@5"],
+           "command": f"python bench/ablation.py --only {name}"}
+    if feature_requests:
+        fr = subprocess.run([sys.executable, str(REPO / "bench" / "feature_requests.py"),
+                             "--checkpoint", str(vdir / "model" / "final"), "--half",
+                             "validation", "--skip-stdlib", "--out", str(vdir / "fr")],
+                            check=True, capture_output=True, text=True, cwd=REPO)
+        summary = json.loads((vdir / "fr" / "summary.json").read_text())
+        full = next(iter(summary.values()))["full_app"]
+        row["fr_mrr"], row["fr_r5"] = full["mrr"], full["recall@5"]
+        del fr
+    (vdir / "row.json").write_text(json.dumps(row, indent=2))
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/ablation")
+    parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS), default=None)
+    parser.add_argument("--feature-requests", action="store_true",
+                        help="also score the validation half of the feature requests")
+    parser.add_argument("--reuse", action="store_true", help="keep rows already measured")
+    args = parser.parse_args()
+    out = Path(args.out)
+    rows = []
+    for name in args.only or list(VARIANTS):
+        done = out / name / "row.json"
+        if args.reuse and done.is_file():
+            rows.append(json.loads(done.read_text()))
+        else:
+            rows.append(run_variant(name, VARIANTS[name][1], out, args.feature_requests))
+        r = rows[-1]
+        print(f"{name}: val MRR {r['val_mrr']:.3f} R@5 {r['val_r5']:.3f}"
+              + (f"  FR MRR {r['fr_mrr']:.3f}" if "fr_mrr" in r else "")
+              + f"  train {r['train_seconds']} s", flush=True)
+    lines = ["| variant | change | val MRR | val R@5 | FR-val MRR | FR-val R@5 | train s | command |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fr = (f"{r['fr_mrr']:.3f} | {r['fr_r5']:.3f}" if "fr_mrr" in r else "- | -")
+        lines.append(f"| {r['variant']} | {VARIANTS[r['variant']][0]} | {r['val_mrr']:.3f} | "
+                     f"{r['val_r5']:.3f} | {fr} | {r['train_seconds']} | `{r['command']}` |")
+    table = "\n".join(lines)
+    print(table)
+    (out / "ablation.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
