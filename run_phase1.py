@@ -197,7 +197,9 @@ def run(cli: argparse.Namespace) -> int:
         with atomic_directory(final_dir) as staging:
             trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
-        report = {"config": cfg.to_dict(), "config_file": cfg.path,
+        from cetd_phase1.hub import redact
+
+        report = {"config": redact(cfg.to_dict()), "config_file": cfg.path,
                   "best_checkpoint": trainer.state.best_model_checkpoint,
                   "final_model": str(final_dir), "global_step": trainer.state.global_step,
                   **results}
