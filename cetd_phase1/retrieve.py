@@ -186,9 +186,12 @@ class Retriever:
 
         Keyword arguments go to :class:`Retriever` (``cache_dir``, ``hybrid``, ``batch_size``...).
         """
-        from cetd_phase1.model import load_retriever, resolve_backbone
+        from cetd_phase1.model import _local_folder, load_retriever, resolve_backbone
 
+        name = str(path)
         path = Path(resolve_backbone(path))  # MiniLM aliases name the packaged copy
+        if not path.exists() and name.count("/") == 1 and not name.startswith("."):
+            path = _local_folder(name, None)  # a hub id: its cached (or downloaded) snapshot
         if not (path / "config.json").is_file():
             raise CETDError(f"{path}: not a model folder (no config.json)")
         model, tokenizer = load_retriever(path)
