@@ -84,3 +84,55 @@ def write_apps(root: Path, apps: dict[str, dict[str, str]], splits: dict[str, st
     manifest.write_text("".join(f"- name: {a}\n  source_path: apps/{a}\n  split: {s}\n"
                                 for a, s in splits.items()))
     return manifest
+
+
+def make_tiny_apps(root: Path) -> Path:
+    """Two small apps: docstring-labelled functions, plus gold files (one annotated
+    requirement, one left to the heuristic labeller) in the second."""
+    calc = root / "calc"
+    calc.mkdir(parents=True)
+    (calc / "ops.py").write_text('''
+def add(a, b):
+    """Add two numbers and return their sum."""
+    return a + b
+
+
+def multiply(a, b):
+    """Multiply two numbers together and return the product."""
+    return a * b
+
+
+class Stack:
+    """A last in first out stack of items."""
+
+    def push(self, item):
+        """Push an item on top of the stack."""
+        self.items.append(item)
+
+    def pop(self):
+        return self.items.pop()
+''')
+    texts = root / "texts"
+    texts.mkdir()
+    (texts / "words.py").write_text('''
+import re
+
+
+def count_words(text):
+    """Count the number of words in a text."""
+    return len(text.split())
+
+
+def shout(text):
+    """Convert the text to upper case letters."""
+    return text.upper()
+
+
+def strip_tags(html):
+    return re.sub("<[^>]+>", "", html)
+''')
+    (texts / "gold_requirements.md").write_text(
+        "- Remove HTML tags from a markup string\n- Make every letter of a text upper case\n")
+    (texts / "gold_annotations.yaml").write_text(
+        '"Remove HTML tags from a markup string": ["words.py::strip_tags"]\n')
+    return root

@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _tiny_bert import make_tiny_apps, make_tiny_bert  # noqa: E402
+from _tiny_models import make_tiny_apps, make_tiny_encoder as make_tiny_bert  # noqa: E402
 
 from cetd_phase1 import model as model_lib  # noqa: E402
 from cetd_phase1.__main__ import main  # noqa: E402
