@@ -12,7 +12,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _tiny_models import make_tiny_encoder  # noqa: E402
+from _tiny_models import make_tiny_encoder, write_apps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,13 +81,7 @@ def _load_script():
 
 @pytest.fixture()
 def setup(tmp_path):
-    for app, files in APPS.items():
-        for name, text in files.items():
-            (tmp_path / "apps" / app).mkdir(parents=True, exist_ok=True)
-            (tmp_path / "apps" / app / name).write_text(text)
-    manifest = tmp_path / "apps.yaml"
-    manifest.write_text("".join(f"- name: {a}\n  source_path: apps/{a}\n  split: {s}\n"
-                                for a, s in SPLITS.items()))
+    manifest = write_apps(tmp_path, APPS, SPLITS)
     backbone = make_tiny_encoder(tmp_path / "bert")
     config = tmp_path / "tiny.yaml"
     config.write_text(f"""
