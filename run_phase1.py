@@ -151,7 +151,9 @@ def run(cli: argparse.Namespace) -> int:
                 len(pairs["holdout"]))
 
     # 4. Model and tokenizer.
-    model = CETDRetriever.from_backbone(cfg.model.base_model, **cfg.model_settings())
+    model = CETDRetriever.from_backbone(cfg.model.base_model,
+                                        attention_dropout=cfg.model.attention_dropout,
+                                        **cfg.model_settings())
     tokenizer = load_tokenizer(resolve_backbone(cfg.model.base_model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

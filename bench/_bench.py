@@ -23,30 +23,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def cpu_flags() -> set[str]:
-    """The processor's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def bf16_supported() -> bool:
-    """True when the CPU has native bf16 matmuls (AVX-512 BF16 or AMX), where bf16 autocast
-    pays; elsewhere bf16 is emulated and slower than fp32."""
-    import torch
-
-    capability = torch.backends.cpu.get_cpu_capability()
-    return "AMX" in capability or bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
 def machine() -> str:
     """One line: CPU model, cores visible, torch threads, torch's CPU capability, bf16."""
     import torch
+
+    from cetd_phase1.model import cpu_has_native_bf16
 
     model = platform.processor() or platform.machine()
     try:
@@ -57,7 +38,7 @@ def machine() -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    bf16 = "native bf16" if bf16_supported() else "no native bf16"
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
     return (f"{model}, {cores} cores, torch {torch.__version__} ({torch.get_num_threads()} "
             f"threads, {torch.backends.cpu.get_cpu_capability()}, {bf16})")
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import _bench  # noqa: F401  (puts the repository root on sys.path, sets HF_HUB_OFFLINE)
-from _bench import bf16_supported, machine, today
+from _bench import machine, today
 
 
 def sample_sections(n: int, seed: int = 0) -> list[str]:
@@ -58,7 +58,9 @@ def fast_setting(precision: str) -> tuple[str, dict, str]:
         if precision == "bf16":
             raise SystemExit("--precision bf16: encode_texts has no dtype option")
         return "fp32", {}, "encode_texts offers no dtype option: fp32"
-    if precision == "auto" and not bf16_supported():
+    from cetd_phase1.model import cpu_has_native_bf16
+
+    if precision == "auto" and not cpu_has_native_bf16():
         return "fp32", {"dtype": torch.float32}, "no native bf16 on this CPU: fp32"
     return "bf16", {"dtype": torch.bfloat16}, "bf16 autocast"
 

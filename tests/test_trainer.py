@@ -161,6 +161,24 @@ def test_a_few_steps_lower_the_loss_and_raise_the_metrics(encoder_dir, rows, sec
     assert any("eval_map" in h for h in trainer.state.log_history)
 
 
+def test_cpu_fast_settings_train_bf16_chunked_without_attention_dropout(encoder_dir, rows,
+                                                                        sections, tmp_path):
+    """The CPU speed settings together (bf16 autocast - emulated here -, length-sorted chunks,
+    no attention dropout) still learn, and the master weights stay fp32."""
+    torch.manual_seed(0)
+    model = CETDRetriever.from_backbone(encoder_dir, attention_dropout=0.0, encode_chunk_size=2)
+    tok = load_tokenizer(encoder_dir)
+    trainer = _trainer(model, tok, rows, sections, tmp_path / "out", max_steps=40,
+                       save_strategy="no", bf16=True, learning_rate=1e-3)
+    import random
+    random.seed(0)
+    before = _fixed_batch_loss(model, trainer)
+    trainer.train()
+    random.seed(0)
+    assert _fixed_batch_loss(model, trainer) < before * 0.7
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_resume_from_checkpoint_continues_the_step_count(encoder_dir, rows, sections, tmp_path):
     tok = load_tokenizer(encoder_dir)
     lora = dict(use_lora=True, projection_dim=8, lora_target_modules=["query", "value"])
