@@ -43,6 +43,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "bce": ("the seed's BCE objective instead of InfoNCE", {"training.loss": "bce"}),
     "steps300": ("300 steps instead of 150", {"training.max_steps": 300}),
     "batch32": ("batch 32", {"training.batch_size": 32}),
+    "attn-dropout": ("the backbone's attention dropout (0.1) kept, as before the speed work",
+                     {"model.attention_dropout": None}),
 }
 
 

@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""Dense + BM25 score fusion, measured: which way of combining the model's cosine scores with
+BM25 ranks the sections best, on the stdlib validation split (docstrings) and the validation
+half of the feature requests (gold labels only). Validation data only: use it to choose
+``retrieve``/``evaluate``'s fusion, never the report half.
+
+    python bench/fusion.py --checkpoint outputs/phase1-minilm/final
+
+For each dense model (the checkpoint and its untrained backbone) prints full-app MRR and R@5 of:
+the model alone, BM25 alone, reciprocal rank fusion for several k, and a convex combination
+``w * z(dense) + (1 - w) * z(bm25)`` of per-query z-scored scores for several weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import _bench  # noqa: F401  (repository root on sys.path, offline hub)
+from _bench import machine, today
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+
+
+def score_sets(checkpoint: str, registry, split, label_sources) -> dict:
+    """Per method, the full-app score vectors and labels of every headline query."""
+    from cetd_phase1.evaluation import (HEADLINE_SOURCES, Method, _backbone_path, _load_queries,
+                                        score_queries)
+    from cetd_phase1.model import resolve_backbone
+    from cetd_phase1.retrieve import Retriever
+
+    queries = _load_queries(registry, split, None, 3, 2, label_sources)
+    apps = {a.app_id: a for a in registry.apps(split)}
+    model = Retriever.from_pretrained(resolve_backbone(checkpoint))
+    methods = [Method("model", model), Method("bm25", None)]
+    backbone = _backbone_path(Path(resolve_backbone(checkpoint)), None)
+    if backbone:
+        methods.append(Method("backbone", Retriever.from_pretrained(
+            backbone, max_query_length=model.max_query_length,
+            max_code_length=model.max_code_length)))
+    indexes = {a: model.index(apps[a]) for a in sorted({q.app_id for q in queries})}
+    out = {}
+    for m in methods:
+        results = [r for r in score_queries(m, apps, queries, indexes, {})["full_app"]
+                   if r.query.label_source in HEADLINE_SOURCES and r.labels.any()]
+        out[m.name] = [(r.scores, r.labels) for r in results]
+    return out
+
+
+def measure(vectors: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    from cetd_phase1.metrics import compute_ranking_metrics
+    m = compute_ranking_metrics([s for s, _ in vectors], [l for _, l in vectors])
+    return float(m["mrr"]), float(m["recall@5"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "cetd_phase1" / "fr"))
+    parser.add_argument("--json", help="also write the table as JSON")
+    args = parser.parse_args(argv)
+
+    from feature_requests import prepare
+
+    from cetd_phase1.registry import DirectoryRegistry, registry_from
+    from cetd_phase1.retrieve import rrf_fuse
+
+    benches = {
+        "stdlib validation": (registry_from(None), "validation", ("docstring", "gold", "heuristic")),
+        "feature requests validation": (
+            DirectoryRegistry(prepare("validation", Path(args.cache)), split="holdout"), None,
+            ("gold",)),
+    }
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for bench, (registry, split, sources) in benches.items():
+        sets = score_sets(args.checkpoint, registry, split, sources)
+        bm25 = sets["bm25"]
+        rows = {"bm25": measure(bm25)}
+        for dense_name in [n for n in sets if n != "bm25"]:
+            dense = sets[dense_name]
+            rows[dense_name] = measure(dense)
+            for k in (10, 30, 60):
+                rows[f"{dense_name} rrf k={k}"] = measure(
+                    [(rrf_fuse(d, b, k=k), l) for (d, l), (b, _) in zip(dense, bm25)])
+            for w in (0.5, 0.6, 0.7, 0.8, 0.9):
+                rows[f"{dense_name} z-convex w={w}"] = measure(
+                    [(w * zscore(d) + (1 - w) * zscore(b), l) for (d, l), (b, _) in
+                     zip(dense, bm25)])
+        table[bench] = rows
+    print(f"\n{today()}, {machine()}\nfull-app MRR / R@5, checkpoint {args.checkpoint}")
+    names = list(next(iter(table.values())))
+    print(f"{'method':32}" + "".join(f"{b:>32}" for b in table))
+    for n in names:
+        print(f"{n:32}" + "".join(f"{table[b][n][0]:>22.3f} / {table[b][n][1]:.3f}"
+                                   for b in table))
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
