@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+import _bench  # noqa: F401  (puts the repository root on sys.path, sets HF_HUB_OFFLINE)
+
 REPO = Path(__file__).resolve().parents[1]
 REQUESTS = REPO.parent / "shared" / "bench" / "feature-requests"
 SPLIT_FILE = Path(__file__).with_name("feature_requests_split.yaml")

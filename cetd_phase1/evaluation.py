@@ -30,7 +30,7 @@ from cetd_phase1.errors import CETDError
 from cetd_phase1.metrics import DEFAULT_KS, average_metrics, positive_ranks, query_metrics
 from cetd_phase1.registry import App, Registry
 from cetd_phase1.atomic import atomic_write, atomic_write_text
-from cetd_phase1.retrieve import AppIndex, BM25Scorer, Retriever, rrf_fuse
+from cetd_phase1.retrieve import AppIndex, BM25Scorer, Retriever, hybrid_fuse
 
 PROTOCOLS = ("full_app", "candidate_set")
 #: Label sources whose queries make the headline; heuristic labels are a guess, not ground truth.
@@ -102,7 +102,8 @@ class Method:
         dense = self.retriever.dense_scores(requirements, self.retriever.index(app))
         if not self.hybrid:
             return dense
-        return np.stack([rrf_fuse(d, index.bm25.scores(r)) for d, r in zip(dense, requirements)])
+        return np.stack([hybrid_fuse(d, index.bm25.scores(r), self.retriever.hybrid_weight)
+                         for d, r in zip(dense, requirements)])
 
 
 def score_queries(method: Method, apps: dict[str, App], queries: Sequence[Query],
@@ -242,7 +243,7 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
                                       show_progress=True)
     methods = [Method("model", model)]
     if hybrid:
-        methods.append(Method("model+bm25 (RRF)", model, hybrid=True))
+        methods.append(Method("model+bm25 (hybrid)", model, hybrid=True))
     methods.append(Method("bm25", None))
     notes = []
     backbone_path = _backbone_path(checkpoint, backbone)

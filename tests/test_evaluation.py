@@ -47,7 +47,7 @@ def test_writes_report_files_with_both_protocols(evaluated):
     report = (out / "report.md").read_text()
     for heading in ("Full app (headline)", "Candidate set", "Per app", "worst queries"):
         assert heading in report
-    for method in ("| model |", "| bm25 |", "| model+bm25 (RRF) |"):
+    for method in ("| model |", "| bm25 |", "| model+bm25 (hybrid) |"):
         assert method in report
     assert metrics["recall_at_k"]["full_app"]["bm25"][-1] == 1.0  # K=20 covers these apps
 
@@ -64,7 +64,7 @@ def test_heuristic_labels_never_in_the_headline(evaluated):
 
 def test_plain_backbone_is_its_own_baseline(evaluated):
     metrics, _ = evaluated
-    assert set(metrics["baselines"]) == {"bm25", "model+bm25 (RRF)"}
+    assert set(metrics["baselines"]) == {"bm25", "model+bm25 (hybrid)"}
     assert any("plain backbone" in n for n in metrics["notes"])
 
 

@@ -12,7 +12,7 @@ from _tiny_models import make_tiny_apps, make_tiny_encoder as make_tiny_bert  # 
 from cetd_phase1 import model as model_lib  # noqa: E402
 from cetd_phase1.errors import CETDError  # noqa: E402
 from cetd_phase1.retrieve import (Retriever, export_sentence_transformers,  # noqa: E402
-                                  resolve_app, rrf_fuse)
+                                  resolve_app, hybrid_fuse, zscore)
 
 QUERY = "Multiply two numbers together"
 
@@ -97,18 +97,31 @@ def test_corrupt_cache_entry_is_recomputed(tiny_model, apps, tmp_path, encode_ca
     assert np.load(entry).shape[0] == 5
 
 
-def test_hybrid_fuses_ranks():
-    fused = rrf_fuse(np.array([3.0, 2.0, 1.0]), np.array([0.0, 0.0, 9.0]))
-    assert fused[0] > fused[1]  # ranks (1,2) beat (2,3)
-    assert fused[0] == pytest.approx(1 / 61 + 1 / 62)
-    assert fused[2] == pytest.approx(1 / 63 + 1 / 61)
+def test_hybrid_mixes_z_scored_dense_and_bm25_scores():
+    dense, bm25 = np.array([0.9, 0.5, 0.1]), np.array([0.0, 0.0, 6.0])
+    np.testing.assert_allclose(zscore(dense), [1.224745, 0.0, -1.224745], atol=1e-6)
+    fused = hybrid_fuse(dense, bm25, 0.7)
+    np.testing.assert_allclose(fused, 0.7 * zscore(dense) + 0.3 * zscore(bm25))
+    assert fused.argmax() == 0  # far ahead on dense, outweighs BM25's single match
+    assert hybrid_fuse(dense, bm25, 0.3).argmax() == 2
+    # no query word in the app's vocabulary: BM25 is flat and the dense order stands
+    assert hybrid_fuse(dense, np.zeros(3)).argsort().tolist() == [2, 1, 0]
+    with pytest.raises(CETDError, match="hybrid weight"):
+        hybrid_fuse(dense, bm25, 1.5)
 
 
-def test_hybrid_retrieval_prefers_word_overlap(tiny_model, apps, tmp_path):
-    r = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache", hybrid=True)
+def test_retrieval_is_hybrid_by_default_and_prefers_word_overlap(tiny_model, apps, tmp_path):
+    r = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache")
     hits = r.retrieve("stack push pop items", app=apps / "calc", k=5)
     assert hits[0]["qualname"].startswith("Stack")
-    assert hits[0]["score"] <= 2 / 61
+    index = r.index(apps / "calc")
+    dense = r.dense_scores(["stack push pop items"], index)[0]
+    expected = hybrid_fuse(dense, index.bm25.scores("stack push pop items"))
+    assert hits[0]["score"] == pytest.approx(float(expected.max()))
+    only = r.retrieve("stack push pop items", app=apps / "calc", k=5, hybrid=False)
+    assert only[0]["score"] == pytest.approx(float(dense.max()), abs=1e-6)
+    with pytest.raises(CETDError, match="hybrid weight"):
+        Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache", hybrid_weight=-1)
 
 
 def test_unknown_app_is_a_clear_error(tiny_model, tmp_path):
