@@ -35,7 +35,7 @@ class ModelSection:
     projection_dim: int | None = None  # the seed's RetrievalHead output size; None = no head
     gradient_checkpointing: bool = False
     attention_dropout: float | None = None  # None = the backbone's own; 0 lets a CPU use flash SDPA
-    encode_chunk_size: int | None = None  # length-sorted chunks per forward; None = whole batch
+    encode_chunk_size: int | None = None  # length-sorted chunks per forward; None = 8 on CPU
 
 
 @dataclass
