@@ -42,6 +42,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "code256": ("code cut at 256 tokens instead of 128", {"dataset.max_code_length": 256}),
     "bce": ("the seed's BCE objective instead of InfoNCE", {"training.loss": "bce"}),
     "steps300": ("300 steps instead of 150", {"training.max_steps": 300}),
+    "steps400": ("400 steps instead of 150 (the 600-step run peaked at 350)",
+                 {"training.max_steps": 400}),
     "batch32": ("batch 32", {"training.batch_size": 32}),
     "attn-dropout": ("the backbone's attention dropout (0.1) kept, as before the speed work",
                      {"model.attention_dropout": None}),

@@ -254,7 +254,7 @@ class CETDRetriever(PreTrainedModel):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, D] in float32 (L2-normalised when ``config.normalize``), computed in
-        length-sorted chunks when ``config.encode_chunk_size`` is set."""
+        length-sorted chunks of ``config.encode_chunk_size`` (by default on a CPU only)."""
         chunk = self.config.encode_chunk_size
         if chunk is None and input_ids.device.type == "cpu":
             chunk = CPU_CHUNK_SIZE
