@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attention-dropout", default="0",
                         help="'keep' (the backbone's own, 0.1 for MiniLM) or a number")
-    parser.add_argument("--chunk", type=int, default=8, help="encode_chunk_size (0: off)")
+    parser.add_argument("--chunk", type=int, default=8,
+                        help="encode_chunk_size (0: off, i.e. one chunk larger than any batch; "
+                             "the model's own default would chunk by 8 on a CPU)")
     parser.add_argument("--negatives", type=int, default=1, help="hard negatives per sample")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=256)
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = group_queries(pairs["train"])
     tokenizer = load_tokenizer(resolve_backbone(cfg.model.base_model))
     dropout = None if args.attention_dropout == "keep" else float(args.attention_dropout)
-    settings = {**cfg.model_settings(), "encode_chunk_size": args.chunk or None}
+    settings = {**cfg.model_settings(), "encode_chunk_size": args.chunk or 1 << 30}
     model = CETDRetriever.from_backbone(cfg.model.base_model, attention_dropout=dropout,
                                         **settings).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)

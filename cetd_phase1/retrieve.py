@@ -140,6 +140,13 @@ def zscore(scores: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
+def check_hybrid_weight(weight: float) -> float:
+    """``weight`` if it is a share in [0, 1]; a CETDError otherwise."""
+    if not 0.0 <= weight <= 1.0:
+        raise CETDError(f"hybrid weight must be in [0, 1], got {weight}")
+    return weight
+
+
 def hybrid_fuse(dense: np.ndarray, bm25: np.ndarray, weight: float = HYBRID_WEIGHT) -> np.ndarray:
     """``weight * z(dense) + (1 - weight) * z(bm25)`` over one query's scores of one app.
 
@@ -148,8 +155,7 @@ def hybrid_fuse(dense: np.ndarray, bm25: np.ndarray, weight: float = HYBRID_WEIG
     (k = 10, 30, 60) on both docstrings and feature-level requirements. A query with no word in
     the app's BM25 vocabulary ranks by the dense score alone.
     """
-    if not 0.0 <= weight <= 1.0:
-        raise CETDError(f"hybrid weight must be in [0, 1], got {weight}")
+    check_hybrid_weight(weight)
     return weight * zscore(dense) + (1.0 - weight) * zscore(bm25)
 
 
@@ -193,8 +199,7 @@ class Retriever:
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "index"
         self.hybrid = hybrid
-        hybrid_fuse(np.zeros(1), np.zeros(1), hybrid_weight)  # a bad weight fails here, early
-        self.hybrid_weight = hybrid_weight
+        self.hybrid_weight = check_hybrid_weight(hybrid_weight)
         self.show_progress = show_progress
         self._indexes: dict[str, tuple[str, AppIndex]] = {}
 

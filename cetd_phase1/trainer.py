@@ -43,7 +43,7 @@ def group_queries(rows: datasets.Dataset) -> datasets.Dataset:
     Requirements without a positive cannot be trained on and are left out."""
     groups: dict[str, dict[str, Any]] = {}
     # Streamed in slices: one to_dict() of every column would hold all rows as Python
-    # objects at once (about 0.6 GB for the stdlib), which stays in the training peak RSS.
+    # objects at once, beside the groups, and that peak stays in the training's peak RSS.
     columns = rows.select_columns(["query_id", "app_id", "requirement", "file", "qualname",
                                    "code", "label"])
     for cols in columns.iter(batch_size=2048):
