@@ -173,7 +173,8 @@ def run(cli: argparse.Namespace) -> int:
         model=model, args=args, train_dataset=train_groups,
         eval_dataset=pairs["validation"] if has_validation else None,
         eval_sections=sections["validation"], data_collator=collator,
-        processing_class=tokenizer, callbacks=callbacks)
+        processing_class=tokenizer, callbacks=callbacks,
+        same_app_batches=cfg.training.same_app_batches)
 
     # 6. Train.
     checkpoint = resolve_checkpoint(cfg.training.resume_from_checkpoint, str(output_dir))

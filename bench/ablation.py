@@ -50,6 +50,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "steps400": ("400 steps instead of 150 (the 600-step run peaked at 350)",
                  {"training.max_steps": 400}),
     "batch32": ("batch 32", {"training.batch_size": 32}),
+    "same-app": ("in-batch negatives from the requirement's own app (same_app_batches)",
+                 {"training.same_app_batches": True}),
+    "same-app-neg0": ("same-app batches, no BM25 hard negative (in-batch negatives only)",
+                      {"training.same_app_batches": True, "training.negatives_per_query": 0}),
+    "same-app-400": ("same-app batches on 400 steps (the default schedule)",
+                     {"training.same_app_batches": True, "training.max_steps": 400}),
+    "same-app-neg0-800": ("same-app batches, no hard negative, 800 steps (about the time of "
+                          "400 steps with one)",
+                          {"training.same_app_batches": True, "training.negatives_per_query": 0,
+                           "training.max_steps": 800}),
     "attn-dropout": ("the backbone's attention dropout (0.1) kept, as before the speed work",
                      {"model.attention_dropout": None}),
 }

@@ -59,6 +59,7 @@ class TrainingSection:
     bce_learnable_bias: bool = True
     negatives_per_query: int = 5  # hard/random negatives per requirement and step
     gather_across_devices: bool = False
+    same_app_batches: bool = False  # in-batch negatives from the requirement's own app
     max_steps: int = -1
     seed: int = 42
     weight_decay: float = 0.0

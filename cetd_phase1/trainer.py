@@ -83,14 +83,21 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
     hands them to ranks 0..W-1, so the ranks of one step hold one conflict-free global batch. A global
     batch of fewer than W requirements (its requirements conflict with all others left in the
     epoch) cannot give every rank one and is left out of that epoch (``skipped``).
+
+    ``same_app``: fill batches app by app (apps in a shuffled order, each app's requirements
+    shuffled), then shuffle the batches. The in-batch negatives of a requirement are then
+    sections of its own app - the candidates it is ranked against at retrieval time - rather
+    than code from unrelated apps that is easy to tell apart. An app's last, partial batch is
+    topped up from the next app.
     """
 
     def __init__(self, groups: datasets.Dataset, batch_size: int, seed: int = 0,
-                 num_replicas: int = 1) -> None:
+                 num_replicas: int = 1, same_app: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.max_batch_size = batch_size
         self.num_replicas = num_replicas
+        self.apps = list(groups["app_id"]) if same_app else None
         self.skipped = 0  # requirements left out of the current epoch (see above)
         self.seed = seed
         self.epoch = 0
@@ -127,8 +134,14 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         return out
 
     def _greedy(self, epoch: int, size: int) -> list[list[int]]:
+        rng = random.Random(self.seed + epoch)
         remaining = list(range(len(self.positives)))
-        random.Random(self.seed + epoch).shuffle(remaining)
+        rng.shuffle(remaining)
+        if self.apps is not None:
+            order = sorted(set(self.apps))
+            rng.shuffle(order)
+            rank = {app: i for i, app in enumerate(order)}
+            remaining.sort(key=lambda idx: rank[self.apps[idx]])  # stable: keeps the shuffle
         out = []
         while remaining:
             batch: list[int] = []
@@ -147,6 +160,8 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
                 batch_cand |= self.candidates[idx]
             out.append(batch)
             remaining = deferred
+        if self.apps is not None:
+            rng.shuffle(out)  # no run of steps on one app
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -283,9 +298,10 @@ class RetrievalTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args: Any, eval_sections: datasets.Dataset | None = None,
-                 **kwargs: Any) -> None:
+                 same_app_batches: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.eval_sections = eval_sections
+        self.same_app_batches = same_app_batches
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
@@ -299,7 +315,8 @@ class RetrievalTrainer(Trainer):
         gather = getattr(self.model.config, "gather_across_devices", False)
         sampler = NoDuplicatesBatchSampler(self.train_dataset, self._train_batch_size,
                                            seed=self.args.data_seed or self.args.seed,
-                                           num_replicas=self.args.world_size if gather else 1)
+                                           num_replicas=self.args.world_size if gather else 1,
+                                           same_app=self.same_app_batches)
         collate = self.data_collator
         if isinstance(collate, RetrievalCollator):
             collate = SeededCollate(collate, sampler)

@@ -49,10 +49,11 @@ def test_group_queries_drops_requirements_without_positive(rows):
     assert "a1-0" not in group_queries(no_pos)["query_id"]
 
 
-def _groups(spec: list[tuple[list[str], list[str]]]) -> datasets.Dataset:
+def _groups(spec: list[tuple[list[str], list[str]]],
+            apps: list[str] | None = None) -> datasets.Dataset:
     return datasets.Dataset.from_list([
-        {"query_id": str(i), "app_id": "a", "requirement": f"r{i}", "positives": pos,
-         "negatives": neg} for i, (pos, neg) in enumerate(spec)])
+        {"query_id": str(i), "app_id": apps[i] if apps else "a", "requirement": f"r{i}",
+         "positives": pos, "negatives": neg} for i, (pos, neg) in enumerate(spec)])
 
 
 def test_no_duplicates_sampler_never_mixes_a_positive_with_another_query():
@@ -75,6 +76,24 @@ def test_no_duplicates_sampler_never_mixes_a_positive_with_another_query():
     assert list(sampler) != batches  # reshuffled per epoch
     sampler.set_epoch(0)
     assert list(sampler) == batches  # and reproducible
+
+
+def test_same_app_batches_hold_one_app_each_in_shuffled_order():
+    # 3 apps of 8, 8 and 5 requirements, interleaved; candidates all distinct (no conflicts)
+    apps = [["x", "y", "z"][i % 3] for i in range(21)]
+    groups = _groups([([f"P{i}"], [f"N{i}"]) for i in range(21)], apps)
+    sampler = NoDuplicatesBatchSampler(groups, batch_size=4, seed=0, same_app=True)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(21))
+    mixed = [b for b in batches if len({apps[i] for i in b}) > 1]
+    # only an app's last, partial batch is topped up from the next app
+    assert len(mixed) <= 2 and all(len({apps[i] for i in b}) == 2 for b in mixed)
+    assert sum(len(b) == 4 for b in batches) == 5
+    plain = list(NoDuplicatesBatchSampler(groups, batch_size=4, seed=0))
+    assert sum(len({apps[i] for i in b}) > 1 for b in plain) > len(mixed)  # the default mixes
+    orders = {tuple(apps[b[0]] for b in NoDuplicatesBatchSampler(
+        groups, batch_size=4, seed=s, same_app=True)) for s in range(6)}
+    assert len(orders) > 1  # apps are not visited in a fixed order
 
 
 def test_collator_layout_and_dynamic_padding(encoder_dir, rows):
