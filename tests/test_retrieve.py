@@ -186,3 +186,19 @@ def test_decoder_export_appends_eos_like_our_encoder(tmp_path):
     st = SentenceTransformer(str(out), device="cpu")
     ours = model_lib.encode_texts(r.model, r.tokenizer, texts, max_length=r.max_code_length)
     np.testing.assert_allclose(st.encode(texts, convert_to_numpy=True), ours, atol=1e-5)
+
+
+def test_bm25_matches_whole_identifiers_and_word_stems():
+    from cetd_phase1.retrieve import BM25Scorer, bm25_text
+
+    assert bm25_text("parseJSON(load_file)").split() == ["parse", "JSON(load", "file)",
+                                                         "parseJSON", "load_file"]
+    texts = ["def stop_after(delay): pass",            # shares two words of the name
+             "def stop_after_delay(x): return x",      # the name itself
+             "def retry(call): return call()",
+             "def close(self): pass"]
+    bm25 = BM25Scorer(texts)
+    named = bm25.scores("accept timedelta in stop_after_delay")
+    assert named.argmax() == 1 and named[1] > named[0] > 0
+    assert bm25.scores("retries the call").argmax() == 2  # "retries" stems to "retri" as "retry"
+    assert not bm25.scores("zzz qqq").any()
