@@ -97,7 +97,12 @@ def _section_row(app: App, s: Section, code: str | None = None) -> dict:
 
 
 class _BM25Index:
-    """Per-app BM25 over the text the encoder reads (``bm25s``: sparse, fast, maintained)."""
+    """Per-app BM25 over the text the encoder reads (``bm25s``: sparse, fast, maintained).
+
+    Plain ``bm25s`` tokens, not ``retrieve.bm25_tokenize``: the mined negatives define the
+    training data and the candidate-set protocol, which every reported number was measured on;
+    switching them is a recipe change to measure as such.
+    """
 
     def __init__(self, texts: list[str]) -> None:
         import bm25s

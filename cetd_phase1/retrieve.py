@@ -17,6 +17,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -123,21 +124,16 @@ def bm25_tokenize(texts: list[str], return_ids: bool = True):
     """``bm25s`` tokens of :func:`bm25_text` with English stop words removed and Snowball
     stemming (``retries``/``retry``); compared on validation data in README."""
     import bm25s
+
+    return bm25s.tokenize([bm25_text(t) for t in texts], stopwords="en", stemmer=_stemmer(),
+                          return_ids=return_ids, show_progress=False)
+
+
+@functools.lru_cache(maxsize=1)  # building one loads the algorithm tables: once per process
+def _stemmer():
     import Stemmer
 
-    return bm25s.tokenize([bm25_text(t) for t in texts], stopwords="en",
-                          stemmer=_stemmer(Stemmer), return_ids=return_ids,
-                          show_progress=False)
-
-
-_STEMMER = None
-
-
-def _stemmer(module):
-    global _STEMMER
-    if _STEMMER is None:  # building one loads the algorithm tables: once per process
-        _STEMMER = module.Stemmer("english")
-    return _STEMMER
+    return Stemmer.Stemmer("english")
 
 
 class BM25Scorer:
