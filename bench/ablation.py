@@ -54,6 +54,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                  {"training.same_app_batches": True}),
     "same-app-neg0": ("same-app batches, no BM25 hard negative (in-batch negatives only)",
                       {"training.same_app_batches": True, "training.negatives_per_query": 0}),
+    "code256-250": ("code cut at 256 tokens, 250 steps (about the default's training time)",
+                    {"dataset.max_code_length": 256, "training.max_steps": 250}),
     "same-app-400": ("same-app batches on 400 steps (the default schedule)",
                      {"training.same_app_batches": True, "training.max_steps": 400}),
     "same-app-neg0-800": ("same-app batches, no hard negative, 800 steps (about the time of "
