@@ -79,7 +79,7 @@ def test_no_duplicates_sampler_never_mixes_a_positive_with_another_query():
 
 
 def test_same_app_batches_hold_one_app_each_in_shuffled_order():
-    # 3 apps of 8, 8 and 5 requirements, interleaved; candidates all distinct (no conflicts)
+    # 3 apps of 7 requirements each, interleaved; candidates all distinct (no conflicts)
     apps = [["x", "y", "z"][i % 3] for i in range(21)]
     groups = _groups([([f"P{i}"], [f"N{i}"]) for i in range(21)], apps)
     sampler = NoDuplicatesBatchSampler(groups, batch_size=4, seed=0, same_app=True)
