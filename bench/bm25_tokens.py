@@ -28,11 +28,19 @@ def split_only(text: str) -> str:
     return re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", text).replace("_", " ")
 
 
-def bench_mrr(registry, split, label_sources, to_text, stemmer) -> tuple[int, float, float]:
+def tokenizer(to_text, stemmer):
+    """A ``BM25Scorer`` tokenizer: ``to_text`` then ``bm25s.tokenize`` (English stop words)."""
+    def tokenize(texts: list[str], return_ids: bool = True):
+        return bm25s.tokenize([to_text(t) for t in texts], stopwords="en", stemmer=stemmer,
+                              return_ids=return_ids, show_progress=False)
+    return tokenize
+
+
+def bench_mrr(registry, split, label_sources, tokenize) -> tuple[int, float, float]:
     """(queries, MRR, R@5) of BM25 over every section of each query's app."""
     from cetd_phase1.evaluation import HEADLINE_SOURCES, _load_queries
     from cetd_phase1.metrics import compute_ranking_metrics
-    from cetd_phase1.retrieve import section_text
+    from cetd_phase1.retrieve import BM25Scorer, section_text
     from cetd_phase1.sections import extract_sections
 
     queries = [q for q in _load_queries(registry, split, None, 3, 2, label_sources)
@@ -42,21 +50,14 @@ def bench_mrr(registry, split, label_sources, to_text, stemmer) -> tuple[int, fl
     for app_id in sorted({q.app_id for q in queries}):
         app = apps[app_id]
         sections, _ = extract_sections(Path(app.source_path), app.name)
-        bm25 = bm25s.BM25()
-        bm25.index(bm25s.tokenize([to_text(section_text(s)) for s in sections], stopwords="en",
-                                  stemmer=stemmer, show_progress=False), show_progress=False)
+        bm25 = BM25Scorer([section_text(s) for s in sections], tokenize=tokenize)
         position = {(s.file, s.qualname, s.line_start): i for i, s in enumerate(sections)}
         for q in (q for q in queries if q.app_id == app_id):
             label = np.zeros(len(sections), np.int8)
             label[[position[k] for k in q.positives if k in position]] = 1
-            if not label.any():
-                continue
-            tokens = bm25s.tokenize([to_text(q.requirement)], stopwords="en", stemmer=stemmer,
-                                    return_ids=False, show_progress=False)[0]
-            ids = bm25.get_tokens_ids(tokens)
-            scores.append(np.asarray(bm25.get_scores_from_ids(ids), np.float64) if ids
-                          else np.zeros(len(sections)))
-            labels.append(label)
+            if label.any():
+                scores.append(bm25.scores(q.requirement).astype(np.float64))
+                labels.append(label)
     m = compute_ranking_metrics(scores, labels)
     return len(scores), float(m["mrr"]), float(m["recall@5"])
 
@@ -79,7 +80,7 @@ def main() -> int:
     print(f"{today()}, {machine()}\nBM25 full-app MRR / R@5")
     for bench, (registry, split, sources) in benches.items():
         for name, (to_text, stemmer) in variants.items():
-            n, mrr, r5 = bench_mrr(registry, split, sources, to_text, stemmer)
+            n, mrr, r5 = bench_mrr(registry, split, sources, tokenizer(to_text, stemmer))
             print(f"{bench:28} {name:18} {n:4d} queries  MRR {mrr:.3f}  R@5 {r5:.3f}", flush=True)
     return 0
 

@@ -137,18 +137,23 @@ def _stemmer():
 
 
 class BM25Scorer:
-    """BM25 (``bm25s``) over a fixed list of texts, scoring every text for a query."""
+    """BM25 (``bm25s``) over a fixed list of texts, scoring every text for a query.
 
-    def __init__(self, texts: list[str]) -> None:
+    ``tokenize`` is :func:`bm25_tokenize` unless a caller compares other ways of reading text
+    (``bench/bm25_tokens.py``); it takes the texts and ``return_ids`` as ``bm25s.tokenize`` does.
+    """
+
+    def __init__(self, texts: list[str], tokenize=None) -> None:
         import bm25s
 
+        self.tokenize = tokenize or bm25_tokenize
         self.n = len(texts)
         self.model = bm25s.BM25()
-        self.model.index(bm25_tokenize(texts), show_progress=False)
+        self.model.index(self.tokenize(texts), show_progress=False)
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every text, float32 [N]; all zero when no query word is indexed."""
-        ids = self.model.get_tokens_ids(bm25_tokenize([query], return_ids=False)[0])
+        ids = self.model.get_tokens_ids(self.tokenize([query], return_ids=False)[0])
         if not ids:
             return np.zeros(self.n, dtype=np.float32)
         return self.model.get_scores_from_ids(ids).astype(np.float32)
