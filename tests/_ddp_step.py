@@ -80,6 +80,10 @@ def main(out_path: str) -> None:
         results[case] = {"world_size": accelerator.num_processes, "losses": losses.tolist(),
                          "grads": {n: p.grad.clone() for n, p in model.named_parameters()
                                    if p.grad is not None}}
+        # DDP's reducer holds gloo work; freeing each wrapper before the next (and before the
+        # process group goes) avoids "terminate called without an active exception" at exit
+        del ddp, loss
+        accelerator.free_memory()
     if accelerator.is_main_process:
         torch.save(results, out_path)
     accelerator.wait_for_everyone()
