@@ -19,12 +19,13 @@ from typing import Iterator
 import datasets
 
 from cetd_phase1.atomic import atomic_write_text
+from cetd_phase1.changelog import find_changelog
 from cetd_phase1.errors import CETDError
 from cetd_phase1.labels import MIN_REQUIREMENT_WORDS, AppLabels, HeuristicLabeler, label_app
 from cetd_phase1.registry import SPLITS, App, Registry, RegistryError
 from cetd_phase1.sections import ExtractionReport, Section, extract_sections, format_section
 
-LABEL_SOURCES = ("docstring", "gold", "heuristic", "git")
+LABEL_SOURCES = ("docstring", "gold", "heuristic", "git", "changelog")
 
 _SECTION_FEATURES = {
     "app_id": datasets.Value("string"), "app_name": datasets.Value("string"),
@@ -230,15 +231,17 @@ def source_fingerprint(registry: Registry) -> str:
     package's data-flow code (so a fix in labelling invalidates stale caches)."""
     h = hashlib.sha256(registry.describe().encode())
     here = Path(__file__).parent
-    for name in ("sections.py", "labels.py", "dataset.py", "git_history.py"):
+    for name in ("sections.py", "labels.py", "dataset.py", "git_history.py", "changelog.py"):
         if (here / name).is_file():
             h.update((here / name).read_bytes())
     for app in registry.apps():
         h.update(f"{app.app_id}\0{app.split}\0{app.source_path}\0".encode())
         root = Path(app.source_path)
+        changelog = None if root.is_file() else find_changelog(root)
         paths = [root] if root.is_file() else sorted(
             p for p in root.rglob("*")
             if p.suffix in (".py", ".md", ".yaml") and "__pycache__" not in p.parts)
+        paths += [changelog] if changelog is not None else []
         for p in paths:
             try:
                 st = p.stat()

@@ -7,7 +7,8 @@ Label sources, each example tagged with its ``label_source``:
 * ``gold`` - ``gold_requirements.md`` + ``gold_annotations.yaml`` in the app folder;
 * ``heuristic`` - gold requirements without annotation, labelled by the seed's embedding +
   keyword heuristic (training only; evaluation can exclude it);
-* ``git`` - commit descriptions -> the sections each commit changed (``git_history.py``).
+* ``git`` - commit descriptions -> the sections each commit changed (``git_history.py``);
+* ``changelog`` - changelog entries -> the sections they name (``changelog.py``).
 """
 
 from __future__ import annotations
@@ -245,6 +246,13 @@ def git_examples(app_root: Path, sections: Sequence[Section]) -> AppLabels:
     return result
 
 
+def changelog_examples(app_root: Path, sections: Sequence[Section]) -> list[Example]:
+    """Entries of the app's changelog file that name 1-8 of its sections (``changelog.py``)."""
+    from cetd_phase1.changelog import changelog_pairs
+
+    return [Example(text, keys, "changelog") for text, keys in changelog_pairs(app_root, sections)]
+
+
 def label_app(app_root: Path, sections: Sequence[Section], *,
               sources: Iterable[str] = ("docstring", "gold", "heuristic"),
               heuristic: HeuristicLabeler | None = None) -> AppLabels:
@@ -266,6 +274,10 @@ def label_app(app_root: Path, sections: Sequence[Section], *,
         git = git_examples(Path(app_root), sections)
         result.examples.extend(git.examples)
         result.problems.extend(git.problems)
+    if "changelog" in sources:
+        taken = {e.requirement for e in result.examples}
+        result.examples.extend(e for e in changelog_examples(Path(app_root), sections)
+                               if e.requirement not in taken)
     if "docstring" in sources:
         taken = {e.requirement for e in result.examples}
         result.examples.extend(e for e in docstring_examples(sections) if e.requirement not in taken)
