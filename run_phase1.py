@@ -51,6 +51,8 @@ def setup_logging(args) -> None:
     # transformers at INFO dumps every config; its warnings and the Trainer's logs are enough
     transformers.utils.logging.set_verbosity_warning()
     datasets.utils.logging.set_verbosity(logging.WARNING)
+    import bm25s  # noqa: F401  (its import sets its logger to DEBUG: one line per app indexed)
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:

@@ -112,6 +112,8 @@ def clean_text(bullet: str) -> str:
     text = _HASH_REF.sub("", text)
     text = _THANKS.sub("", text)
     text = re.sub(r"\(\s*[,;]?\s*\)", "", text)
+    # what the removed references leave behind: "-- by", a dangling "(cf." or "( <"
+    text = re.sub(r"\s*(?:--|\u2014)\s*by\b\.?|\s*\((?:cf\.|see)?[^()]*$", "", text)
     text = re.sub(r"\s+([:;,.])", r"\1", " ".join(text.split()))
     return text.strip(" ,;:")
 
@@ -121,7 +123,8 @@ def parse_changelog(text: str) -> list[ChangelogEntry]:
     entries = []
     for bullet in _bullets(text):
         names = [_name(m.group(1)) for m in _ROLE_REF.finditer(bullet)]
-        names += [_name(m.group(1) or m.group(2)) for m in _CODE.finditer(_ROLE_REF.sub("", bullet))]
+        spans = _CODE.finditer(_ROLE_REF.sub("", bullet))
+        names += [_name(m.group(1) or m.group(2)) for m in spans]
         names = [n for n in dict.fromkeys(names) if n]
         if names:
             entries.append(ChangelogEntry(clean_text(bullet), tuple(names)))

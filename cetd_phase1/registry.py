@@ -5,7 +5,9 @@ Three sources share one small interface (:class:`Registry`):
 * :class:`StdlibRegistry` - the embedded default: the running interpreter's standard library,
   one application per top-level module or package;
 * :class:`DirectoryRegistry` - a folder whose subfolders are applications, or a YAML manifest;
-* :class:`PostgresRegistry` - the seed's ``applications`` table (see ``data/schema.sql``).
+* :class:`PostgresRegistry` - the seed's ``applications`` table (see ``data/schema.sql``);
+* :class:`PyPIRegistry` - pinned PyPI source distributions with changelogs (``pypi.py``), all
+  in the train split; ``stdlib+pypi`` is the stdlib with them added (:class:`CombinedRegistry`).
 """
 
 from __future__ import annotations
@@ -151,6 +153,50 @@ class DirectoryRegistry:
 
     def describe(self) -> str:
         return f"dir:{self.root.resolve()}"
+
+
+class PyPIRegistry:
+    """The packages of a pinned list (``data/pypi_packages.yaml``), fetched from PyPI once into
+    ``cache`` and used for training only: their changelogs are the feature-level requirements
+    that docstrings are not."""
+
+    def __init__(self, packages_file: Path | None = None, cache: Path | None = None) -> None:
+        from cetd_phase1.pypi import PACKAGES_FILE
+
+        self.packages_file = Path(packages_file or PACKAGES_FILE)
+        self.cache = Path(cache) if cache else Path(
+            os.environ.get("CETD_CACHE", Path.home() / ".cache" / "cetd_phase1")) / "pypi"
+        self._apps: list[App] | None = None
+
+    def apps(self, split: str | None = None) -> list[App]:
+        if self._apps is None:
+            from cetd_phase1.pypi import prepare_apps, read_packages
+
+            specs = read_packages(self.packages_file)
+            self._apps = [App(app_id=f"pypi/{spec}", name=spec, split="train", source_path=path)
+                          for spec, path in zip(specs, prepare_apps(specs, self.cache))]
+        return _filter(self._apps, split)
+
+    def describe(self) -> str:
+        return f"pypi:{self.packages_file.resolve()}"
+
+
+class CombinedRegistry:
+    """Several registries as one (app names must not repeat)."""
+
+    def __init__(self, *registries: Registry) -> None:
+        self.registries = registries
+
+    def apps(self, split: str | None = None) -> list[App]:
+        found = [a for r in self.registries for a in r.apps(split)]
+        names = [a.name for a in found]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise RegistryError(f"app names in several sources: {repeated}")
+        return _filter(found, split)
+
+    def describe(self) -> str:
+        return "+".join(r.describe() for r in self.registries)
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------
@@ -438,6 +484,7 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
     """The registry that a config key or command-line option names.
 
     * ``"stdlib"`` -> :class:`StdlibRegistry`;
+    * ``"stdlib+pypi"`` -> the stdlib plus :class:`PyPIRegistry` (train split);
     * ``"postgres"`` / ``"postgresql"`` -> :class:`PostgresRegistry` on ``database_url``, else
       ``$DATABASE_URL``;
     * a ``postgres://`` or ``postgresql://`` URL -> :class:`PostgresRegistry` on that URL;
@@ -454,6 +501,8 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
         return PostgresRegistry(url, source_roots) if url else StdlibRegistry()
     if source == "stdlib":
         return StdlibRegistry()
+    if source == "stdlib+pypi":
+        return CombinedRegistry(StdlibRegistry(), PyPIRegistry())
     if source in ("postgres", "postgresql"):
         if not url:
             raise DatabaseError(f"registry {source!r} needs a database: pass --database-url "

@@ -82,6 +82,10 @@ def test_clean_text_drops_markup_and_references() -> None:
     assert clean_text("Fix :func:`pkg.retry` on errors gh-99 :issue:`5`. Thanks @bob") == \
         "Fix pkg.retry on errors."
     assert clean_text("See [#7](https://x/7) for ``echo()`` details") == "See for echo details"
+    assert clean_text("Fixed ``Client.close()`` hanging -- by :user:`bob`.") == \
+        "Fixed Client.close hanging."
+    assert clean_text("Let ``publish`` prompt for input (cf. :issue:`9`, `#10 <https://x>`__)") \
+        == "Let publish prompt for input"
 
 
 def test_parse_changelog_joins_continuation_lines_and_collects_names() -> None:

@@ -1,0 +1,134 @@
+"""PyPI source distributions as training applications, each with its changelog.
+
+Docstrings teach what a function does; a package's changelog says what users asked of it, in
+the words of feature requests (``changelog.py`` turns its entries into requirements). The pinned
+packages of ``data/pypi_packages.yaml`` are fetched once with pip into a cache and laid out as
+``<cache>/apps/NAME==VER/``: the package's code (its import root) plus its changelog file.
+pip does the fetching (the only network the project uses besides pip installs: PyPI).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cetd_phase1.changelog import find_changelog
+from cetd_phase1.errors import CETDError
+
+PACKAGES_FILE = Path(__file__).resolve().parents[1] / "data" / "pypi_packages.yaml"
+_NOT_CODE = {"tests", "test", "testing", "docs", "doc", "examples", "example", "benchmarks",
+             "bench", "scripts", "tools", "build", "dist"}
+
+
+def read_packages(path: Path = PACKAGES_FILE) -> list[str]:
+    """The pinned ``NAME==VER`` specs of a packages file."""
+    import yaml
+
+    try:
+        specs = yaml.safe_load(Path(path).read_text(encoding="utf-8"))["packages"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise CETDError(f"{path}: cannot read the package list: {err}") from None
+    bad = [s for s in specs if not isinstance(s, str) or s.count("==") != 1]
+    if bad:
+        raise CETDError(f"{path}: packages must be pinned as NAME==VERSION, not {bad}")
+    return specs
+
+
+def _sdist_in(sdists: Path, spec: str) -> Path | None:
+    name, version = spec.lower().split("==")
+    names = {name, name.replace("-", "_"), name.replace("_", "-")}
+    for p in sorted(sdists.glob("*.tar.gz")):
+        stem_name, _, stem_version = p.name.lower().removesuffix(".tar.gz").rpartition("-")
+        if stem_name in names and stem_version == version:
+            return p
+    return None
+
+
+def fetch_sdist(spec: str, sdists: Path) -> Path:
+    """The source distribution of ``NAME==VER``, downloaded once into ``sdists`` by pip."""
+    sdists.mkdir(parents=True, exist_ok=True)
+    found = _sdist_in(sdists, spec)
+    if found is None:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                               "--no-binary=:all:", spec, "-d", str(sdists)],
+                              capture_output=True, text=True)
+        found = _sdist_in(sdists, spec)
+        if found is None:
+            detail = (done.stderr.strip().splitlines() or ["no .tar.gz source distribution"])[-1]
+            raise CETDError(f"cannot fetch {spec} from PyPI: {detail} (training on PyPI apps needs "
+                            f"PyPI; without it use dataset.source: stdlib)")
+    return found
+
+
+def import_root(tree: Path) -> Path:
+    """The top-level package (or single module) with the most Python files outside tests/docs."""
+    candidates = []
+    for init in tree.rglob("__init__.py"):
+        pkg = init.parent
+        if any(p in _NOT_CODE for p in pkg.relative_to(tree).parts):
+            continue
+        if not (pkg.parent / "__init__.py").exists():
+            candidates.append((sum(1 for _ in pkg.rglob("*.py")), str(pkg), pkg))
+    if candidates:
+        return max(candidates)[2]
+    modules = [p for p in [*tree.glob("*.py"), *tree.glob("src/*.py")]
+               if p.name not in ("setup.py", "conftest.py") and not p.name.startswith("test")]
+    if not modules:
+        raise CETDError(f"{tree.name}: no package or module in the source distribution")
+    return max(modules, key=lambda p: p.stat().st_size)
+
+
+def lay_out(spec: str, sdists: Path, apps_dir: Path) -> Path:
+    """``apps_dir/NAME==VER/`` with the package's code and its changelog (made once)."""
+    app = apps_dir / spec
+    if app.is_dir():
+        return app
+    sdist = fetch_sdist(spec, sdists)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with tarfile.open(sdist) as tf:
+                tf.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError) as err:
+            raise CETDError(f"{sdist}: cannot unpack: {err}") from None
+        trees = [p for p in Path(tmp).iterdir() if p.is_dir()]
+        if len(trees) != 1:
+            raise CETDError(f"{sdist}: expected one top-level folder, found {len(trees)}")
+        changelog = find_changelog(trees[0])
+        if changelog is None:
+            raise CETDError(f"{spec}: no changelog at the root of its source distribution")
+        root = import_root(trees[0])
+        staging = Path(tempfile.mkdtemp(dir=apps_dir))
+        try:
+            if root.is_dir():
+                shutil.copytree(root, staging / root.name)
+            else:
+                shutil.copy2(root, staging / root.name)
+            shutil.copy2(changelog, staging / changelog.name)
+            staging.rename(app)  # a killed run never leaves a half-laid app behind
+        except OSError:
+            if not app.is_dir():  # else another rank laid out the same package first
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return app
+
+
+def prepare_apps(specs: list[str], cache: Path) -> list[Path]:
+    """Every package laid out under ``cache/apps`` (fetching what is missing), in spec order."""
+    from tqdm.auto import tqdm
+
+    apps_dir = cache / "apps"
+    apps_dir.mkdir(parents=True, exist_ok=True)
+    missing = [s for s in specs if not (apps_dir / s).is_dir()]
+    if missing:
+        # pip prepares each sdist's metadata with its build backend: minutes in sequence
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            jobs = [pool.submit(lay_out, s, cache / "sdists", apps_dir) for s in missing]
+            for job in tqdm(jobs, desc="PyPI source distributions", unit="package"):
+                job.result()
+    return [apps_dir / s for s in specs]

@@ -1,0 +1,106 @@
+"""PyPI source distributions laid out as training apps (``pypi.py``), without any network:
+the sdists are built here and placed in the cache pip would download into."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cetd_phase1 import pypi
+from cetd_phase1.dataset import build_dataset
+from cetd_phase1.errors import CETDError
+from cetd_phase1.registry import CombinedRegistry, PyPIRegistry, RegistryError, StdlibRegistry
+
+FILES = {
+    "demo_pkg-1.0/CHANGES.rst": "- Add :func:`demo_pkg.core.retry` with exponential backoff "
+                                "between attempts.\n",
+    "demo_pkg-1.0/setup.py": "def setup_helper():\n    return 1\n",
+    "demo_pkg-1.0/src/demo_pkg/__init__.py": "",
+    "demo_pkg-1.0/src/demo_pkg/core.py": "def retry(fn, attempts=3):\n    return fn()\n\n\n"
+                                         "def other():\n    return 2\n",
+    "demo_pkg-1.0/src/demo_pkg/sub/__init__.py": "def nested():\n    return 3\n",
+    "demo_pkg-1.0/tests/__init__.py": "",
+    "demo_pkg-1.0/tests/test_core.py": "def test_retry():\n    assert True\n",
+}
+
+
+def make_sdist(sdists: Path, files: dict[str, str] = FILES, name: str = "demo_pkg-1.0") -> None:
+    sdists.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(sdists / f"{name}.tar.gz", "w:gz") as tf:
+        for path, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture()
+def packages(tmp_path: Path) -> Path:
+    path = tmp_path / "packages.yaml"
+    path.write_text("packages:\n  - demo-pkg==1.0\n")
+    make_sdist(tmp_path / "cache" / "sdists")
+    return path
+
+
+def test_registry_lays_out_the_package_and_its_changelog_in_train(packages: Path,
+                                                                  tmp_path: Path) -> None:
+    registry = PyPIRegistry(packages, tmp_path / "cache")
+    apps = registry.apps()
+    assert [(a.name, a.split) for a in apps] == [("demo-pkg==1.0", "train")]
+    root = apps[0].source_path
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
+        "CHANGES.rst", "demo_pkg/__init__.py", "demo_pkg/core.py", "demo_pkg/sub/__init__.py"]
+    assert registry.apps("validation") == [] and registry.apps("holdout") == []
+    dd = build_dataset(registry=registry, label_sources=("changelog",), hard_negatives=1,
+                       random_negatives=0, cache_dir=tmp_path / "arrow")
+    positives = dd["train"].filter(lambda r: r["label"] == 1)
+    assert positives["requirement"] == ["Add demo_pkg.core.retry with exponential backoff "
+                                        "between attempts."]
+    assert positives["qualname"] == ["retry"] and positives["file"] == ["demo_pkg/core.py"]
+
+
+def test_a_package_that_pip_cannot_fetch_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    class Failed:
+        stderr = "ERROR: No matching distribution found for nope==9"
+
+    monkeypatch.setattr(pypi.subprocess, "run", lambda *a, **k: Failed())
+    (tmp_path / "p.yaml").write_text("packages:\n  - nope==9\n")
+    with pytest.raises(CETDError, match=r"cannot fetch nope==9 from PyPI: ERROR: No matching"):
+        PyPIRegistry(tmp_path / "p.yaml", tmp_path / "cache").apps()
+    assert not any((tmp_path / "cache" / "apps").iterdir())  # nothing half laid out
+
+
+def test_unpinned_or_changelog_less_packages_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("packages:\n  - demo-pkg\n")
+    with pytest.raises(CETDError, match="pinned as NAME==VERSION"):
+        pypi.read_packages(tmp_path / "p.yaml")
+    make_sdist(tmp_path / "cache" / "sdists",
+               {k: v for k, v in FILES.items() if not k.endswith("CHANGES.rst")})
+    (tmp_path / "p.yaml").write_text("packages:\n  - demo-pkg==1.0\n")
+    with pytest.raises(CETDError, match="no changelog"):
+        PyPIRegistry(tmp_path / "p.yaml", tmp_path / "cache").apps()
+
+
+def test_combined_registry_keeps_each_source_split_and_refuses_repeated_names(
+        packages: Path, tmp_path: Path) -> None:
+    stdlib = tmp_path / "lib"
+    stdlib.mkdir()
+    (stdlib / "json_like.py").write_text("def parse(text):\n    return text\n")
+    combined = CombinedRegistry(StdlibRegistry(stdlib), PyPIRegistry(packages, tmp_path / "cache"))
+    names = {a.name: a.split for a in combined.apps()}
+    assert names["demo-pkg==1.0"] == "train"
+    assert names["json_like"] == StdlibRegistry(stdlib).apps()[0].split
+    with pytest.raises(RegistryError, match="json_like"):
+        CombinedRegistry(StdlibRegistry(stdlib), StdlibRegistry(stdlib)).apps()
+
+
+def test_shipped_packages_are_pinned_and_never_a_feature_request_package() -> None:
+    specs = pypi.read_packages()
+    requests = Path(__file__).resolve().parents[2] / "shared" / "bench" / "feature-requests"
+    evaluation_only = {p.stem.split("==")[0].lower() for p in requests.glob("*.yaml")}
+    assert len(evaluation_only) >= 10, f"feature requests not found beside the checkout: {requests}"
+    assert len(specs) == len(set(specs)) == 15
+    assert not {s.split("==")[0].lower() for s in specs} & evaluation_only
