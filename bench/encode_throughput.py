@@ -82,6 +82,25 @@ def sentence_transformer(model: str, max_length: int, workdir: Path):
     return st
 
 
+def variants(model, names: list[str]) -> dict:
+    """Copies of ``model`` whose backbone is compiled or int8-quantised, by run name."""
+    import copy
+
+    import torch
+
+    out = {}
+    if "compile" in names:
+        compiled = copy.deepcopy(model)
+        compiled.backbone = torch.compile(compiled.backbone, dynamic=True)
+        out["ours (fp32, torch.compile)"] = compiled
+    if "int8" in names:
+        quantised = copy.deepcopy(model)
+        quantised.backbone = torch.ao.quantization.quantize_dynamic(
+            quantised.backbone, {torch.nn.Linear}, dtype=torch.qint8)
+        out["ours (fp32, int8 dynamic)"] = quantised
+    return out
+
+
 def min_cosine(a, b) -> float:
     import numpy as np
 
@@ -100,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="our fast setting (auto: bf16 where the CPU has it natively)")
+    parser.add_argument("--also", nargs="*", choices=("compile", "int8"), default=[],
+                        help="also time our fp32 model under torch.compile (dynamic shapes) or "
+                             "with int8 dynamic quantization of its Linear layers")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -125,12 +147,19 @@ def main(argv: list[str] | None = None) -> int:
 
         runs = {f"ours ({fast_name})": lambda b: ours(b, fast_kwargs),
                 "sentence-transformers": peer}
-        if fast_name != "fp32":
+        if fast_name != "fp32" or args.also:
             runs["ours (fp32)"] = lambda b: ours(b, fp32_kwargs)
+        for name, variant in variants(model, args.also).items():
+            runs[name] = lambda b, m=variant: encode_texts(
+                m, tokenizer, b, max_length=args.max_length, batch_size=args.batch_size,
+                **fp32_kwargs)
         times: dict[str, list[float]] = {name: [] for name in runs}
         embeddings = {}
-        for fn in runs.values():  # warm-up: first-call allocations and lazy imports
+        warmup = {}
+        for name, fn in runs.items():  # warm-up: allocations, lazy imports, compilation
+            start = time.perf_counter()
             fn(texts[:16])
+            warmup[name] = time.perf_counter() - start
         for _ in range(args.repeats):
             for name, fn in runs.items():
                 start = time.perf_counter()
@@ -148,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_ours_over_st": rate[fast] / rate[st_name],
         "min_cosine_fast_vs_ours_fp32": min_cosine(embeddings[fast], fp32_ref),
         "min_cosine_fast_vs_st_fp32": min_cosine(embeddings[fast], embeddings[st_name]),
+        "warmup_s": {k: round(v, 1) for k, v in warmup.items()},
+        "min_cosine_vs_ours_fp32": {k: min_cosine(v, fp32_ref) for k, v in embeddings.items()
+                                    if k.startswith("ours (fp32")},
         "command": " ".join(["python", "bench/encode_throughput.py",
                              *(argv if argv is not None else sys.argv[1:])]),
     }
@@ -155,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(texts)} stdlib sections, {args.model}, max length {args.max_length}, "
           f"batch {args.batch_size}, median of {args.repeats}; our fast setting: {note}")
     for name, value in rate.items():
-        print(f"  {name:<24} {value:8.1f} sections/s")
+        cos = result["min_cosine_vs_ours_fp32"].get(name)
+        print(f"  {name:<30} {value:8.1f} sections/s  (warm-up {warmup[name]:.1f} s"
+              + (f", min cosine vs ours fp32 {cos:.6f})" if cos is not None else ")"))
     print(f"  ratio ours ({fast_name}) / sentence-transformers: "
           f"{result['ratio_ours_over_st']:.2f}x")
     same = " (same setting)" if fast_name == "fp32" else ""
