@@ -76,7 +76,7 @@ class TrainingSection:
 
 @dataclass
 class DatasetSection:
-    # stdlib | stdlib+pypi | folder or manifest of apps | postgres | database URL
+    # stdlib | stdlib+pypi[-changelog] | folder or manifest of apps | postgres | database URL
     source: str = "stdlib"
     train_file: str | None = None  # the seed's name for the data source (a folder of apps)
     val_split: float | None = 0.1  # apps are split by name hash, 70/10/20

@@ -208,7 +208,8 @@ class Phase1Builder(datasets.GeneratorBasedBuilder):
                     yield f"{app.app_id}/{k}", {**_section_row(app, s),
                                                 "docstring": s.docstring or ""}
                 continue
-            labels = label_app(app.source_path, sections, sources=sources, heuristic=heuristic)
+            own = [s for s in sources if app.label_sources is None or s in app.label_sources]
+            labels = label_app(app.source_path, sections, sources=own, heuristic=heuristic)
             for p in labels.problems:
                 self.report.problems.append((app.name, f"{p.file}: {p.reason}", p.is_error))
             if not sections:

@@ -47,6 +47,8 @@ class App:
     name: str
     split: str
     source_path: Path
+    #: which of the run's label sources apply to this app (None: all of them)
+    label_sources: tuple[str, ...] | None = None
 
 
 def hash_split(name: str, train: int = 70, validation: int = 10) -> str:
@@ -160,10 +162,12 @@ class PyPIRegistry:
     ``cache`` and used for training only: their changelogs are the feature-level requirements
     that docstrings are not."""
 
-    def __init__(self, packages_file: Path | None = None, cache: Path | None = None) -> None:
+    def __init__(self, packages_file: Path | None = None, cache: Path | None = None,
+                 label_sources: tuple[str, ...] | None = None) -> None:
         from cetd_phase1.pypi import PACKAGES_FILE
 
         self.packages_file = Path(packages_file or PACKAGES_FILE)
+        self.label_sources = label_sources
         self.cache = Path(cache) if cache else Path(
             os.environ.get("CETD_CACHE", Path.home() / ".cache" / "cetd_phase1")) / "pypi"
         self._apps: list[App] | None = None
@@ -173,12 +177,14 @@ class PyPIRegistry:
             from cetd_phase1.pypi import prepare_apps, read_packages
 
             specs = read_packages(self.packages_file)
-            self._apps = [App(app_id=f"pypi/{spec}", name=spec, split="train", source_path=path)
+            self._apps = [App(app_id=f"pypi/{spec}", name=spec, split="train", source_path=path,
+                              label_sources=self.label_sources)
                           for spec, path in zip(specs, prepare_apps(specs, self.cache))]
         return _filter(self._apps, split)
 
     def describe(self) -> str:
-        return f"pypi:{self.packages_file.resolve()}"
+        only = f"[{','.join(self.label_sources)}]" if self.label_sources else ""
+        return f"pypi{only}:{self.packages_file.resolve()}"
 
 
 class CombinedRegistry:
@@ -485,6 +491,7 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
 
     * ``"stdlib"`` -> :class:`StdlibRegistry`;
     * ``"stdlib+pypi"`` -> the stdlib plus :class:`PyPIRegistry` (train split);
+      ``"stdlib+pypi-changelog"`` the same with only their changelog requirements;
     * ``"postgres"`` / ``"postgresql"`` -> :class:`PostgresRegistry` on ``database_url``, else
       ``$DATABASE_URL``;
     * a ``postgres://`` or ``postgresql://`` URL -> :class:`PostgresRegistry` on that URL;
@@ -503,6 +510,8 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
         return StdlibRegistry()
     if source == "stdlib+pypi":
         return CombinedRegistry(StdlibRegistry(), PyPIRegistry())
+    if source == "stdlib+pypi-changelog":
+        return CombinedRegistry(StdlibRegistry(), PyPIRegistry(label_sources=("changelog",)))
     if source in ("postgres", "postgresql"):
         if not url:
             raise DatabaseError(f"registry {source!r} needs a database: pass --database-url "

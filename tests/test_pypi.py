@@ -104,3 +104,21 @@ def test_shipped_packages_are_pinned_and_never_a_feature_request_package() -> No
     assert len(evaluation_only) >= 10, f"feature requests not found beside the checkout: {requests}"
     assert len(specs) == len(set(specs)) == 15
     assert not {s.split("==")[0].lower() for s in specs} & evaluation_only
+
+
+def test_pypi_apps_can_be_limited_to_their_changelog_requirements(packages: Path,
+                                                                  tmp_path: Path) -> None:
+    files = dict(FILES)
+    files["demo_pkg-1.0/src/demo_pkg/core.py"] = (
+        'def retry(fn, attempts=3):\n    """Call fn until it succeeds or attempts run out."""\n'
+        "    return fn()\n")
+    make_sdist(tmp_path / "cache" / "sdists", files)
+
+    def requirements(registry) -> set[str]:
+        dd = build_dataset(registry=registry, label_sources=("docstring", "changelog"),
+                           hard_negatives=0, random_negatives=0, cache_dir=tmp_path / "arrow")
+        return set(dd["train"]["label_source"])
+
+    assert requirements(PyPIRegistry(packages, tmp_path / "cache")) == {"docstring", "changelog"}
+    only = PyPIRegistry(packages, tmp_path / "cache", label_sources=("changelog",))
+    assert requirements(only) == {"changelog"}
