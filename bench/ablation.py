@@ -71,8 +71,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "pypi-docstrings-400": ("+ the same PyPI packages, docstrings only (changelog-400's control), "
                             "400 steps",
                             {"training.max_steps": 400, "dataset.source": "stdlib+pypi"}),
-    "changelog-only-400": ("+ the same PyPI packages, their changelog requirements only (no "
-                           "docstrings: dataset.source: stdlib+pypi-changelog), 400 steps",
+    "changelog-only-400": ("+ the same PyPI packages, their changelog requirements only "
+                           "(dataset.source: stdlib+pypi-changelog), 400 steps; the default",
                            {"training.max_steps": 400, **PYPI_CHANGELOGS,
                             "dataset.source": "stdlib+pypi-changelog"}),
     "attn-dropout": ("the backbone's attention dropout (0.1) kept, as before the speed work",
