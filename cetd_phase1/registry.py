@@ -1,13 +1,14 @@
 """Which applications exist, which split each belongs to, and where its source lives.
 
-Three sources share one small interface (:class:`Registry`):
+These sources share one small interface (:class:`Registry`):
 
 * :class:`StdlibRegistry` - the embedded default: the running interpreter's standard library,
   one application per top-level module or package;
 * :class:`DirectoryRegistry` - a folder whose subfolders are applications, or a YAML manifest;
 * :class:`PostgresRegistry` - the seed's ``applications`` table (see ``data/schema.sql``);
 * :class:`PyPIRegistry` - pinned PyPI source distributions with changelogs (``pypi.py``), all
-  in the train split; ``stdlib+pypi`` is the stdlib with them added (:class:`CombinedRegistry`).
+  in the train split; ``stdlib+pypi`` is the stdlib with them added (:class:`CombinedRegistry`),
+  ``stdlib+pypi-changelog`` the same with only their changelog requirements.
 """
 
 from __future__ import annotations
@@ -164,12 +165,12 @@ class PyPIRegistry:
 
     def __init__(self, packages_file: Path | None = None, cache: Path | None = None,
                  label_sources: tuple[str, ...] | None = None) -> None:
+        from cetd_phase1.dataset import default_cache_dir  # dataset imports this module
         from cetd_phase1.pypi import PACKAGES_FILE
 
         self.packages_file = Path(packages_file or PACKAGES_FILE)
         self.label_sources = label_sources
-        self.cache = Path(cache) if cache else Path(
-            os.environ.get("CETD_CACHE", Path.home() / ".cache" / "cetd_phase1")) / "pypi"
+        self.cache = Path(cache) if cache else default_cache_dir() / "pypi"
         self._apps: list[App] | None = None
 
     def apps(self, split: str | None = None) -> list[App]:
