@@ -75,6 +75,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                            "(dataset.source: stdlib+pypi-changelog), 400 steps; the default",
                            {"training.max_steps": 400, **PYPI_CHANGELOGS,
                             "dataset.source": "stdlib+pypi-changelog"}),
+    "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
+                   "(training.anchor_weight 1.0)",
+                   {"training.max_steps": 400, "training.anchor_weight": 1.0}),
     "attn-dropout": ("the backbone's attention dropout (0.1) kept, as before the speed work",
                      {"model.attention_dropout": None}),
 }

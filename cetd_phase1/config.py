@@ -60,6 +60,7 @@ class TrainingSection:
     negatives_per_query: int = 5  # hard/random negatives per requirement and step
     gather_across_devices: bool = False
     same_app_batches: bool = False  # in-batch negatives from the requirement's own app
+    anchor_weight: float = 0.0  # > 0: keep in-batch rankings near the untrained model's
     max_steps: int = -1
     seed: int = 42
     weight_decay: float = 0.0
@@ -268,6 +269,9 @@ def validate(cfg: Phase1Config) -> None:
         raise CETDError(f"{p}: training.fp16 and training.bf16 are both on; pick one")
     if t.push_to_hub and not t.hub_model_id:
         raise CETDError(f"{p}: training.push_to_hub needs training.hub_model_id")
+    if t.anchor_weight < 0:
+        raise CETDError(f"{p}: training.anchor_weight must be >= 0 (0 = off), got "
+                        f"{t.anchor_weight}")
     if t.gather_across_devices and t.loss != "infonce":
         raise CETDError(f"{p}: training.gather_across_devices needs loss: infonce (the bce "
                         f"loss scores each requirement's own candidates only)")

@@ -7,10 +7,12 @@ Data flow of one training step::
     NoDuplicatesBatchSampler  -> B requirements, none of whose candidates is another's positive
     RetrievalCollator         -> 1 positive + up to n negatives each, tokenised and padded
     CETDRetriever.forward     -> loss (InfoNCE over all B * (1 + n) candidates by default)
+    RetrievalTrainer          -> + anchor_weight x RankingAnchorLoss (optional, off by default)
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from collections import defaultdict
@@ -23,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase, Trainer
 
+from cetd_phase1.losses import RankingAnchorLoss
 from cetd_phase1.metrics import compute_ranking_metrics
 from cetd_phase1.model import CETDRetriever, encode_texts, pad, tokenize
 from cetd_phase1.sections import format_section
@@ -298,14 +301,41 @@ class RetrievalTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args: Any, eval_sections: datasets.Dataset | None = None,
-                 same_app_batches: bool = False, **kwargs: Any) -> None:
+                 same_app_batches: bool = False, anchor_weight: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.eval_sections = eval_sections
         self.same_app_batches = same_app_batches
+        self.anchor_weight = anchor_weight
+        self.anchor_model: CETDRetriever | None = None
+        if anchor_weight > 0:
+            # A frozen copy of the model as handed in (before any step or resumed checkpoint):
+            # the reference of RankingAnchorLoss. It is not a submodule, so never saved.
+            self.anchor_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.anchor_loss = RankingAnchorLoss(self.model.config.loss_temperature)
+        self._anchor_kl: list[float] = []  # since the last log, for the "anchor_kl" entry
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's own loss, plus ``anchor_weight`` x :class:`RankingAnchorLoss` against
+        the frozen reference model when that weight is above 0."""
         outputs = model(**inputs)
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        loss = outputs.loss
+        if self.anchor_model is not None:
+            with torch.no_grad():
+                q_ref = self.anchor_model.encode(inputs["q_input_ids"], inputs["q_attention_mask"])
+                p_ref = self.anchor_model.encode(inputs["p_input_ids"], inputs["p_attention_mask"])
+            kl = self.anchor_loss(outputs.q_reps, outputs.p_reps, q_ref, p_ref)
+            self._anchor_kl.append(float(kl.detach()))
+            loss = loss + self.anchor_weight * kl
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The Trainer's log, with the mean anchor KL since the last training log (the logged
+        ``loss`` includes ``anchor_weight`` times it) when the anchor is on."""
+        if "loss" in logs and self._anchor_kl:
+            logs = {**logs, "anchor_kl": round(sum(self._anchor_kl) / len(self._anchor_kl), 4)}
+            self._anchor_kl.clear()
+        super().log(logs, start_time)
 
     def get_train_dataloader(self) -> DataLoader:
         """Grouped requirements through :class:`NoDuplicatesBatchSampler` (an ordinary random

@@ -103,6 +103,8 @@ def test_unknown_section_fails(tmp_path):
      'base_model: "x"\n  attention_dropout: 1.5', "model.attention_dropout must be in"),
     ('base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"',
      'base_model: "x"\n  encode_chunk_size: 0', "model.encode_chunk_size must be >= 1"),
+    ("max_grad_norm: 1.0", "max_grad_norm: 1.0\n  anchor_weight: -1",
+     "training.anchor_weight must be >= 0"),
 ])
 def test_bad_values_fail_clearly(tmp_path, old, new, match):
     assert old in SEED_YAML

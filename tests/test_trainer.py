@@ -234,3 +234,47 @@ def test_resume_from_checkpoint_continues_the_step_count(encoder_dir, rows, sect
     assert loaded == [True]  # the checkpoint's adapter and head, exactly
     assert steps == [7, 8, 9]  # continues after the checkpoint, nothing re-run
     assert not np.isnan(second.state.log_history[-1]["train_loss"])
+
+
+def test_anchor_weight_adds_the_ranking_kl_to_a_frozen_copy(encoder_dir, rows, sections,
+                                                            tmp_path):
+    """With ``anchor_weight`` the trainer keeps a frozen copy of the model it was given; the
+    loss is the model's own loss plus weight x RankingAnchorLoss(model, copy), zero before any
+    step; training moves the model and never the copy."""
+    from cetd_phase1.losses import RankingAnchorLoss
+
+    torch.manual_seed(0)
+    model = CETDRetriever.from_backbone(encoder_dir, attention_dropout=0.0)
+    tok = load_tokenizer(encoder_dir)
+    trainer = _trainer(model, tok, rows, sections, tmp_path / "out", max_steps=10,
+                       save_strategy="no", learning_rate=1e-3)
+    plain = _trainer(model, tok, rows, sections, tmp_path / "plain", save_strategy="no")
+    trainer_anchor = RetrievalTrainer(model=model, args=trainer.args,
+                                      train_dataset=trainer.train_dataset,
+                                      eval_dataset=rows, eval_sections=sections,
+                                      data_collator=trainer.data_collator, processing_class=tok,
+                                      anchor_weight=0.5)
+    reference = trainer_anchor.anchor_model
+    assert plain.anchor_model is None and reference is not model
+    assert not any(p.requires_grad for p in reference.parameters())
+    snapshot = {k: v.clone() for k, v in reference.state_dict().items()}
+    batch = trainer.data_collator(list(trainer.train_dataset.select(range(8))))
+    model.eval()
+    with torch.no_grad():
+        own = float(model(**batch).loss)
+        assert float(trainer_anchor.compute_loss(model, batch)) == pytest.approx(own, rel=1e-5)
+        for param in model.backbone.encoder.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+        out = model(**batch)
+        ref_q = reference.encode(batch["q_input_ids"], batch["q_attention_mask"])
+        ref_p = reference.encode(batch["p_input_ids"], batch["p_attention_mask"])
+        kl = float(RankingAnchorLoss(0.05)(out.q_reps, out.p_reps, ref_q, ref_p))
+        total = float(trainer_anchor.compute_loss(model, batch))
+    assert kl > 1e-4
+    assert total == pytest.approx(float(out.loss) + 0.5 * kl, rel=1e-5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer_anchor.train()
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in snapshot.items())
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    logged = [h for h in trainer_anchor.state.log_history if "loss" in h]
+    assert logged and all(h["anchor_kl"] >= 0 for h in logged)
