@@ -177,8 +177,7 @@ def run(cli: argparse.Namespace) -> int:
         eval_sections=sections["validation"], data_collator=collator,
         processing_class=tokenizer, callbacks=callbacks,
         same_app_batches=cfg.training.same_app_batches,
-        anchor_weight=cfg.training.anchor_weight,
-        anchor_exclude_positives=cfg.training.anchor_exclude_positives)
+        anchor_weight=cfg.training.anchor_weight)
 
     # 6. Train.
     checkpoint = resolve_checkpoint(cfg.training.resume_from_checkpoint, str(output_dir))

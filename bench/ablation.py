@@ -80,10 +80,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
     "anchor0.3-400": ("the default (400 steps) + RankingAnchorLoss, training.anchor_weight 0.3",
                       {"training.max_steps": 400, "training.anchor_weight": 0.3}),
-    "anchor-nopos-400": ("the default (400 steps) + RankingAnchorLoss without each "
-                         "requirement's positive (anchor_exclude_positives), weight 1.0",
-                         {"training.max_steps": 400, "training.anchor_weight": 1.0,
-                          "training.anchor_exclude_positives": True}),
     "attn-dropout": ("the backbone's attention dropout (0.1) kept, as before the speed work",
                      {"model.attention_dropout": None}),
 }

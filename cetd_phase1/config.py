@@ -61,7 +61,6 @@ class TrainingSection:
     gather_across_devices: bool = False
     same_app_batches: bool = False  # in-batch negatives from the requirement's own app
     anchor_weight: float = 0.0  # > 0: keep in-batch rankings near the untrained model's
-    anchor_exclude_positives: bool = False  # the anchor leaves each requirement's positive out
     max_steps: int = -1
     seed: int = 42
     weight_decay: float = 0.0

@@ -167,33 +167,23 @@ class RankingAnchorLoss(nn.Module):
             \mathrm{KL}\left(\pi^0_i \,\|\, \pi_i\right)
 
     It is 0 at the start of training and grows only where the model reorders candidates
-    differently from the reference. With ``exclude_positives`` (and ``labels`` given) both
-    distributions leave out requirement i's own positive, so the anchor keeps the reference's
-    order of the candidates the labels say nothing about and never pulls against the positive.
-    The trainer adds :math:`\lambda \mathcal{L}_{anchor}` (``training.anchor_weight``) to the
-    main loss. Candidates are this process's own (a regulariser needs no cross-rank negatives).
+    differently from the reference, so the labels still move the positives up. The trainer
+    adds :math:`\lambda \mathcal{L}_{anchor}` (``training.anchor_weight``) to the main
+    loss. Candidates are this process's own (a regulariser needs no cross-rank negatives).
     """
 
-    def __init__(self, temperature: float = 0.05, exclude_positives: bool = False):
+    def __init__(self, temperature: float = 0.05):
         super().__init__()
         self.temperature = temperature
-        self.exclude_positives = exclude_positives
 
     def forward(self, q: torch.Tensor, p: torch.Tensor, q_ref: torch.Tensor,
-                p_ref: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        logits = q.float() @ p.float().T / self.temperature
-        logits_ref = q_ref.float() @ p_ref.float().T / self.temperature
-        if self.exclude_positives and labels is not None:
-            own = F.one_hot(labels, logits.size(1)).bool()
-            # a large finite value, not -inf: KL terms of 0 * (-inf - -inf) would be nan
-            logits = logits.masked_fill(own, -1e4)
-            logits_ref = logits_ref.masked_fill(own, -1e4)
-        log_model = F.log_softmax(logits, dim=-1)
-        log_ref = F.log_softmax(logits_ref, dim=-1)
+                p_ref: torch.Tensor) -> torch.Tensor:
+        log_model = F.log_softmax(q.float() @ p.float().T / self.temperature, dim=-1)
+        log_ref = F.log_softmax(q_ref.float() @ p_ref.float().T / self.temperature, dim=-1)
         return F.kl_div(log_model, log_ref, reduction="batchmean", log_target=True)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, exclude_positives={self.exclude_positives}"
+        return f"temperature={self.temperature}"
 
 
 LOSSES = ("infonce", "bce")

@@ -302,7 +302,7 @@ class RetrievalTrainer(Trainer):
 
     def __init__(self, *args: Any, eval_sections: datasets.Dataset | None = None,
                  same_app_batches: bool = False, anchor_weight: float = 0.0,
-                 anchor_exclude_positives: bool = False, **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.eval_sections = eval_sections
         self.same_app_batches = same_app_batches
@@ -312,8 +312,7 @@ class RetrievalTrainer(Trainer):
             # A frozen copy of the model as handed in (before any step or resumed checkpoint):
             # the reference of RankingAnchorLoss. It is not a submodule, so never saved.
             self.anchor_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-            self.anchor_loss = RankingAnchorLoss(self.model.config.loss_temperature,
-                                                 exclude_positives=anchor_exclude_positives)
+            self.anchor_loss = RankingAnchorLoss(self.model.config.loss_temperature)
         self._anchor_kl: list[float] = []  # since the last log, for the "anchor_kl" entry
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -325,8 +324,7 @@ class RetrievalTrainer(Trainer):
             with torch.no_grad():
                 q_ref = self.anchor_model.encode(inputs["q_input_ids"], inputs["q_attention_mask"])
                 p_ref = self.anchor_model.encode(inputs["p_input_ids"], inputs["p_attention_mask"])
-            kl = self.anchor_loss(outputs.q_reps, outputs.p_reps, q_ref, p_ref,
-                                  inputs.get("labels"))
+            kl = self.anchor_loss(outputs.q_reps, outputs.p_reps, q_ref, p_ref)
             self._anchor_kl.append(float(kl.detach()))
             loss = loss + self.anchor_weight * kl
         return (loss, outputs) if return_outputs else loss

@@ -236,9 +236,8 @@ def test_resume_from_checkpoint_continues_the_step_count(encoder_dir, rows, sect
     assert not np.isnan(second.state.log_history[-1]["train_loss"])
 
 
-@pytest.mark.parametrize("exclude_positives", [False, True])
 def test_anchor_weight_adds_the_ranking_kl_to_a_frozen_copy(encoder_dir, rows, sections,
-                                                            tmp_path, exclude_positives):
+                                                            tmp_path):
     """With ``anchor_weight`` the trainer keeps a frozen copy of the model it was given; the
     loss is the model's own loss plus weight x RankingAnchorLoss(model, copy), zero before any
     step; training moves the model and never the copy."""
@@ -254,8 +253,7 @@ def test_anchor_weight_adds_the_ranking_kl_to_a_frozen_copy(encoder_dir, rows, s
                                       train_dataset=trainer.train_dataset,
                                       eval_dataset=rows, eval_sections=sections,
                                       data_collator=trainer.data_collator, processing_class=tok,
-                                      anchor_weight=0.5,
-                                      anchor_exclude_positives=exclude_positives)
+                                      anchor_weight=0.5)
     reference = trainer_anchor.anchor_model
     assert plain.anchor_model is None and reference is not model
     assert not any(p.requires_grad for p in reference.parameters())
@@ -270,8 +268,7 @@ def test_anchor_weight_adds_the_ranking_kl_to_a_frozen_copy(encoder_dir, rows, s
         out = model(**batch)
         ref_q = reference.encode(batch["q_input_ids"], batch["q_attention_mask"])
         ref_p = reference.encode(batch["p_input_ids"], batch["p_attention_mask"])
-        kl = float(RankingAnchorLoss(0.05, exclude_positives)(out.q_reps, out.p_reps, ref_q,
-                                                              ref_p, batch["labels"]))
+        kl = float(RankingAnchorLoss(0.05)(out.q_reps, out.p_reps, ref_q, ref_p))
         total = float(trainer_anchor.compute_loss(model, batch))
     assert kl > 1e-4
     assert total == pytest.approx(float(out.loss) + 0.5 * kl, rel=1e-5)
