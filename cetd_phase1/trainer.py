@@ -310,7 +310,8 @@ class RetrievalTrainer(Trainer):
         self.anchor_model: CETDRetriever | None = None
         if anchor_weight > 0:
             # A frozen copy of the model as handed in (before any step or resumed checkpoint):
-            # the reference of RankingAnchorLoss. It is not a submodule, so never saved.
+            # the reference of RankingAnchorLoss. It is not a submodule, so never saved; it
+            # doubles the weights in memory (a LoRA model copies its base weights too).
             self.anchor_model = copy.deepcopy(self.model).eval().requires_grad_(False)
             self.anchor_loss = RankingAnchorLoss(self.model.config.loss_temperature)
         self._anchor_kl: list[float] = []  # since the last log, for the "anchor_kl" entry
