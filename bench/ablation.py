@@ -80,6 +80,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
     "anchor0.3-400": ("the default (400 steps) + RankingAnchorLoss, training.anchor_weight 0.3",
                       {"training.max_steps": 400, "training.anchor_weight": 0.3}),
+    "anchor0.1-400": ("the default (400 steps) + RankingAnchorLoss, training.anchor_weight 0.1",
+                      {"training.max_steps": 400, "training.anchor_weight": 0.1}),
     "attn-dropout": ("the backbone's attention dropout (0.1) kept, as before the speed work",
                      {"model.attention_dropout": None}),
 }
