@@ -314,7 +314,7 @@ class RetrievalTrainer(Trainer):
             # doubles the weights in memory (a LoRA model copies its base weights too).
             self.anchor_model = copy.deepcopy(self.model).eval().requires_grad_(False)
             self.anchor_loss = RankingAnchorLoss(self.model.config.loss_temperature)
-        self._anchor_kl: list[float] = []  # since the last log, for the "anchor_kl" entry
+        self._anchor_kl: list[torch.Tensor] = []  # since the last log ("anchor_kl")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The model's own loss, plus ``anchor_weight`` x :class:`RankingAnchorLoss` against
@@ -326,7 +326,7 @@ class RetrievalTrainer(Trainer):
                 q_ref = self.anchor_model.encode(inputs["q_input_ids"], inputs["q_attention_mask"])
                 p_ref = self.anchor_model.encode(inputs["p_input_ids"], inputs["p_attention_mask"])
             kl = self.anchor_loss(outputs.q_reps, outputs.p_reps, q_ref, p_ref)
-            self._anchor_kl.append(float(kl.detach()))
+            self._anchor_kl.append(kl.detach())  # no .item() here: a GPU sync per step
             loss = loss + self.anchor_weight * kl
         return (loss, outputs) if return_outputs else loss
 
@@ -334,7 +334,7 @@ class RetrievalTrainer(Trainer):
         """The Trainer's log, with the mean anchor KL since the last training log (the logged
         ``loss`` includes ``anchor_weight`` times it) when the anchor is on."""
         if "loss" in logs and self._anchor_kl:
-            logs = {**logs, "anchor_kl": round(sum(self._anchor_kl) / len(self._anchor_kl), 4)}
+            logs = {**logs, "anchor_kl": round(torch.stack(self._anchor_kl).mean().item(), 4)}
             self._anchor_kl.clear()
         super().log(logs, start_time)
 
