@@ -135,7 +135,8 @@ def test_rank_full_app_scores_every_section_of_the_app(encoder_dir, rows, sectio
     assert ranked.app_ids[i] == "a2" and ranked.labels[i].tolist().index(1) == 3
 
 
-def _trainer(model, tok, rows, sections, out, **kwargs) -> RetrievalTrainer:
+def _trainer(model, tok, rows, sections, out, anchor_weight: float = 0.0,
+             **kwargs) -> RetrievalTrainer:
     settings = dict(output_dir=str(out), per_device_train_batch_size=4, learning_rate=3e-3,
                     report_to=[], remove_unused_columns=False, logging_steps=5, seed=0,
                     disable_tqdm=True, use_cpu=True)
@@ -145,7 +146,7 @@ def _trainer(model, tok, rows, sections, out, **kwargs) -> RetrievalTrainer:
     return RetrievalTrainer(model=model, args=TrainingArguments(**settings),
                             train_dataset=group_queries(rows), eval_dataset=rows,
                             eval_sections=sections, data_collator=collator,
-                            processing_class=tok)
+                            processing_class=tok, anchor_weight=anchor_weight)
 
 
 def _fixed_batch_loss(model, trainer) -> float:
@@ -246,19 +247,14 @@ def test_anchor_weight_adds_the_ranking_kl_to_a_frozen_copy(encoder_dir, rows, s
     torch.manual_seed(0)
     model = CETDRetriever.from_backbone(encoder_dir, attention_dropout=0.0)
     tok = load_tokenizer(encoder_dir)
-    trainer = _trainer(model, tok, rows, sections, tmp_path / "out", max_steps=10,
-                       save_strategy="no", learning_rate=1e-3)
     plain = _trainer(model, tok, rows, sections, tmp_path / "plain", save_strategy="no")
-    trainer_anchor = RetrievalTrainer(model=model, args=trainer.args,
-                                      train_dataset=trainer.train_dataset,
-                                      eval_dataset=rows, eval_sections=sections,
-                                      data_collator=trainer.data_collator, processing_class=tok,
-                                      anchor_weight=0.5)
+    trainer_anchor = _trainer(model, tok, rows, sections, tmp_path / "out", anchor_weight=0.5,
+                              max_steps=10, save_strategy="no", learning_rate=1e-3)
     reference = trainer_anchor.anchor_model
     assert plain.anchor_model is None and reference is not model
     assert not any(p.requires_grad for p in reference.parameters())
     snapshot = {k: v.clone() for k, v in reference.state_dict().items()}
-    batch = trainer.data_collator(list(trainer.train_dataset.select(range(8))))
+    batch = trainer_anchor.data_collator(list(trainer_anchor.train_dataset.select(range(8))))
     model.eval()
     with torch.no_grad():
         own = float(model(**batch).loss)
