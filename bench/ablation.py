@@ -75,6 +75,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                            "(dataset.source: stdlib+pypi-changelog), 400 steps; the default",
                            {"training.max_steps": 400, **PYPI_CHANGELOGS,
                             "dataset.source": "stdlib+pypi-changelog"}),
+    "default-400": ("the default config as it stands (400 steps): measures a code change "
+                    "against the row of the commit before it",
+                    {"training.max_steps": 400}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),

@@ -94,7 +94,7 @@ class Phase1BuilderConfig(datasets.BuilderConfig):
 def _section_row(app: App, s: Section, code: str | None = None) -> dict:
     return {"app_id": app.app_id, "app_name": app.name, "split": app.split, "file": s.file,
             "qualname": s.qualname, "kind": s.kind, "line_start": s.line_start,
-            "line_end": s.line_end, "code": s.code_without_docstring() if code is None else code}
+            "line_end": s.line_end, "code": s.encoder_code() if code is None else code}
 
 
 class _BM25Index:
@@ -134,7 +134,7 @@ def app_examples(app: App, sections: list[Section], labels: AppLabels, *,
     if not labels.examples or not sections:
         return
     by_key = {s.key: s for s in sections}
-    code = {s.key: s.code_without_docstring() for s in sections}
+    code = {s.key: s.encoder_code() for s in sections}
     texts = [format_section(s.file, s.qualname, code[s.key]) for s in sections]
     bm25 = _BM25Index(texts) if hard_negatives and len(sections) > 1 else None
     wanted = hard_negatives + max_positives + 8

@@ -51,7 +51,7 @@ def default_cache_dir() -> Path:
 def section_text(section: Section) -> str:
     """What the encoder reads for a section: same text as the training rows (docstring removed,
     so a docstring-derived requirement is never matched verbatim)."""
-    return format_section(section.file, section.qualname, section.code_without_docstring())
+    return format_section(section.file, section.qualname, section.encoder_code())
 
 
 def checkpoint_identity(path: str | Path) -> str:

@@ -38,26 +38,30 @@ class Section:
     signature: str
     docstring: str | None
     code: str  # source segment, docstring included
-    #: 0-based line range of the own docstring inside ``code`` (end exclusive), if any
-    doc_span: tuple[int, int] | None = None
+    #: 0-based line ranges inside ``code`` (end exclusive) of the docstrings of this section
+    #: and of every def/class nested in it, each with whether it is its def's whole body
+    docstrings: tuple[tuple[int, int, bool], ...] = ()
 
     @property
     def key(self) -> str:
         """The ``file::qualname`` identifier used by gold annotations."""
         return f"{self.file}::{self.qualname}"
 
-    def code_without_docstring(self) -> str:
-        """Source with this section's own docstring removed (so a docstring-derived
-        requirement never appears verbatim in its positive)."""
-        if self.doc_span is None:
-            return self.code
+    def encoder_code(self) -> str:
+        """What the encoder and BM25 read: the code without any docstring, its own (so a
+        docstring-derived requirement never appears verbatim in its positive) or its methods'
+        and nested functions' (those are sections of their own: a class quoting its methods'
+        docstrings outranks them on their own requirements)."""
         lines = self.code.split("\n")
-        start, end = self.doc_span
-        kept = lines[:start] + lines[end:]
-        if end >= len(lines) or not "".join(lines[end:]).strip():
-            # a docstring-only body must stay valid Python
-            indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
-            kept.insert(start, f"{indent}...")
+        kept: list[str] = []
+        done = 0
+        for start, end, whole_body in self.docstrings:
+            kept += lines[done:start]
+            if whole_body:  # a docstring-only body must stay valid Python
+                indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
+                kept.append(f"{indent}...")
+            done = end
+        kept += lines[done:]
         return "\n".join(kept)
 
     def to_dict(self) -> dict:
@@ -175,6 +179,20 @@ def _signature(node: ast.AST, source_lines: list[str]) -> str:
     return f"{prefix} {node.name}({ast.unparse(node.args)}){ret}"
 
 
+def _docstrings(node: ast.AST, start: int) -> tuple[tuple[int, int, bool], ...]:
+    """The docstrings of ``node`` and every def/class inside it, as 0-based line ranges from
+    line ``start`` (end exclusive), in order; one sharing its line with the header is kept."""
+    spans = []
+    for n in ast.walk(node):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.body:
+            first = n.body[0]
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str) and first.lineno > n.lineno):
+                spans.append((first.lineno - start, first.end_lineno - start + 1,
+                              len(n.body) == 1))
+    return tuple(sorted(spans))
+
+
 def _segment(node: ast.AST, lines: list[str]) -> str:
     """Source of ``node`` including decorators, dedented to its own indentation."""
     start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
@@ -199,11 +217,6 @@ def sections_from_source(source: str, rel: str) -> list[Section]:
                     is_async = isinstance(node, ast.AsyncFunctionDef)
                     kind = ("async_" if is_async else "") + ("method" if in_class else "function")
                 start = min([node.lineno] + [d.lineno for d in node.decorator_list])
-                first = node.body[0] if node.body else None
-                doc_span = None
-                if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-                        and isinstance(first.value.value, str) and first.lineno > node.lineno):
-                    doc_span = (first.lineno - start, first.end_lineno - start + 1)
                 out.append(Section(
                     file=rel, qualname=qual, kind=kind,
                     line_start=start,
@@ -211,7 +224,7 @@ def sections_from_source(source: str, rel: str) -> list[Section]:
                     signature=_signature(node, lines),
                     docstring=ast.get_docstring(node),
                     code=_segment(node, lines),
-                    doc_span=doc_span,
+                    docstrings=_docstrings(node, start),
                 ))
                 visit(node.body, qual, isinstance(node, ast.ClassDef))
             else:

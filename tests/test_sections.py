@@ -78,12 +78,52 @@ def test_every_section_kind_with_qualnames(tmp_path):
 def test_docstring_is_removed_from_the_code_the_encoder_reads(tmp_path):
     _write(tmp_path, "m.py", SOURCE)
     by_name = {s.qualname: s for s in extract_sections(tmp_path)[0]}
-    stripped = by_name["plain"].code_without_docstring()
+    stripped = by_name["plain"].encoder_code()
     assert "Add two numbers" not in stripped and "return a + b" in stripped
-    compile(by_name["cached"].code_without_docstring(), "x", "exec")  # still valid Python
-    assert "Only a docstring" not in by_name["cached"].code_without_docstring()
-    assert by_name["fetch"].code_without_docstring() == by_name["fetch"].code
+    compile(by_name["cached"].encoder_code(), "x", "exec")  # still valid Python
+    assert "Only a docstring" not in by_name["cached"].encoder_code()
+    assert by_name["fetch"].encoder_code() == by_name["fetch"].code
     assert format_section("m.py", "plain", stripped).startswith("# m.py :: plain\n")
+
+
+NESTED_DOCSTRINGS = '''
+class Cache:
+    """A cache."""
+    size = 3
+
+    def get(self, key):
+        """Return the value stored under key."""
+        return self.data[key]
+
+    def clear(self):
+        """Drop every entry."""
+
+    def put(self, key, value): "Store value."; self.data[key] = value
+
+def outer():
+    @wrap
+    def helper():
+        """Help the outer function."""
+        return 1
+    return helper
+'''
+
+
+def test_nested_docstrings_are_removed_too_each_def_still_valid(tmp_path):
+    _write(tmp_path, "m.py", NESTED_DOCSTRINGS)
+    by_name = {s.qualname: s for s in extract_sections(tmp_path)[0]}
+    cache = by_name["Cache"].encoder_code()
+    # the methods' docstrings are theirs: the class must not quote them
+    assert cache == ("class Cache:\n    size = 3\n\n    def get(self, key):\n"
+                     "        return self.data[key]\n\n    def clear(self):\n        ...\n\n"
+                     "    def put(self, key, value): \"Store value.\"; self.data[key] = value")
+    compile(cache, "x", "exec")
+    assert by_name["Cache.get"].encoder_code() == "def get(self, key):\n    return self.data[key]"
+    assert by_name["outer"].encoder_code() == (
+        "def outer():\n    @wrap\n    def helper():\n        return 1\n    return helper")
+    assert by_name["outer.helper"].encoder_code() == "@wrap\ndef helper():\n    return 1"
+    assert by_name["Cache"].docstring == "A cache."  # labels still read the own docstring
+    assert "Return the value" in by_name["Cache"].code  # and users still see the source
 
 
 def test_tests_excluded_by_component_not_substring(tmp_path):
