@@ -49,8 +49,8 @@ def default_cache_dir() -> Path:
 
 
 def section_text(section: Section) -> str:
-    """What the encoder reads for a section: same text as the training rows (docstring removed,
-    so a docstring-derived requirement is never matched verbatim)."""
+    """What the encoder and BM25 read for a section: the same text as the training rows
+    (:meth:`~cetd_phase1.sections.Section.encoder_code`: no docstring, own or nested)."""
     return format_section(section.file, section.qualname, section.encoder_code())
 
 
