@@ -78,6 +78,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "default-400": ("the default config as it stands (400 steps): measures a code change "
                     "against the row of the commit before it",
                     {"training.max_steps": 400}),
+    "batch32-200": ("batch 32 on 200 steps: the default's requirements per run, twice the "
+                    "in-batch negatives per step",
+                    {"training.batch_size": 32, "training.max_steps": 200}),
+    "mined-400": ("400 steps, from step 200 on hard negatives mined by the model itself "
+                  "(training.mine_negatives_step 200; top 3 of the own app)",
+                  {"training.max_steps": 400, "training.mine_negatives_step": 200}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),

@@ -61,6 +61,7 @@ class TrainingSection:
     gather_across_devices: bool = False
     same_app_batches: bool = False  # in-batch negatives from the requirement's own app
     anchor_weight: float = 0.0  # > 0: keep in-batch rankings near the untrained model's
+    mine_negatives_step: int = 0  # > 0: from this step on, hard negatives mined by the model
     max_steps: int = -1
     seed: int = 42
     weight_decay: float = 0.0
@@ -272,6 +273,12 @@ def validate(cfg: Phase1Config) -> None:
     if t.anchor_weight < 0:
         raise CETDError(f"{p}: training.anchor_weight must be >= 0 (0 = off), got "
                         f"{t.anchor_weight}")
+    if t.mine_negatives_step < 0:
+        raise CETDError(f"{p}: training.mine_negatives_step must be >= 0 (0 = off), got "
+                        f"{t.mine_negatives_step}")
+    if t.mine_negatives_step and t.dataloader_num_workers:
+        raise CETDError(f"{p}: training.mine_negatives_step needs dataloader_num_workers: 0 "
+                        f"(worker processes keep the negatives they started with)")
     if t.gather_across_devices and t.loss != "infonce":
         raise CETDError(f"{p}: training.gather_across_devices needs loss: infonce (the bce "
                         f"loss scores each requirement's own candidates only)")

@@ -8,6 +8,9 @@ Data flow of one training step::
     RetrievalCollator         -> 1 positive + up to n negatives each, tokenised and padded
     CETDRetriever.forward     -> loss (InfoNCE over all B * (1 + n) candidates by default)
     RetrievalTrainer          -> + anchor_weight x RankingAnchorLoss (optional, off by default)
+
+Optionally (``mine_negatives_step``), from one step on the negatives are no longer the dataset's
+BM25 and random ones but the sections the model itself ranks highest (:func:`mine_negatives`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import datasets
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
-from transformers import PreTrainedTokenizerBase, Trainer
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from cetd_phase1.losses import RankingAnchorLoss
 from cetd_phase1.metrics import compute_ranking_metrics
@@ -192,6 +195,8 @@ class RetrievalCollator:
     negatives_per_query: int = 5
     append_eos: bool = False
     pad_to_multiple_of: int = 8
+    #: query_id -> negative texts replacing the item's own (set by RetrievalTrainer's mining)
+    mined: dict[str, list[str]] | None = None
 
     def __call__(self, items: list[dict[str, Any]],
                  rng: random.Random | None = None) -> dict[str, torch.Tensor]:
@@ -199,8 +204,13 @@ class RetrievalCollator:
         global generator)."""
         draw = rng or random
         requirements, candidates, labels, owners = [], [], [], []
+        # the sampler kept the dataset's negatives apart from the other items' positives;
+        # mined ones were not known to it
+        batch_positives = {t for item in items for t in item["positives"]} if self.mined else ()
         for i, item in enumerate(items):
             negatives = item["negatives"]
+            if self.mined and item["query_id"] in self.mined:
+                negatives = [t for t in self.mined[item["query_id"]] if t not in batch_positives]
             chosen = draw.sample(negatives, min(self.negatives_per_query, len(negatives)))
             requirements.append(item["requirement"])
             labels.append(len(candidates))
@@ -287,6 +297,55 @@ def rank_full_app(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
     return out
 
 
+def mine_negatives(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
+                   groups: datasets.Dataset, sections: datasets.Dataset, *, k: int,
+                   max_req_length: int, max_code_length: int, batch_size: int = 64,
+                   show_progress: bool = False) -> dict[str, list[str]]:
+    """Per grouped requirement (``query_id``), the encoder texts of the ``k`` sections of its
+    app (in ``sections``) that ``model`` ranks highest, its positives left out: the candidates
+    it confuses now, rather than those BM25 confused when the dataset was built."""
+    apps = set(groups["app_id"])
+    pool = sections.select_columns(["app_id", "file", "qualname", "code"]).to_dict()
+    by_app: dict[str, list[int]] = defaultdict(list)
+    texts: list[str] = []
+    for i, app in enumerate(pool["app_id"]):
+        if app in apps:
+            by_app[app].append(len(texts))
+            texts.append(format_section(pool["file"][i], pool["qualname"][i], pool["code"][i]))
+    s_emb = encode_texts(model, tokenizer, texts, max_length=max_code_length,
+                         batch_size=batch_size, show_progress=show_progress)
+    q_emb = encode_texts(model, tokenizer, list(groups["requirement"]), max_length=max_req_length,
+                         batch_size=batch_size, show_progress=show_progress)
+    out: dict[str, list[str]] = {}
+    for qi, (qid, app, positives) in enumerate(zip(groups["query_id"], groups["app_id"],
+                                                   groups["positives"])):
+        cand = np.array(by_app.get(app, []), dtype=np.int64)
+        own = set(positives)
+        mined: list[str] = []
+        for j in np.argsort(-(s_emb[cand] @ q_emb[qi]), kind="stable") if len(cand) else ():
+            text = texts[cand[j]]
+            if text not in own and text not in mined:
+                mined.append(text)
+                if len(mined) == k:
+                    break
+        out[qid] = mined
+    return out
+
+
+class _MineNegatives(TrainerCallback):
+    """Mines once, before the first step at or after ``trainer.mine_negatives_step``; a run
+    resumed past that step mines again with the restored weights (the first run's negatives
+    are not saved in checkpoints)."""
+
+    def __init__(self, trainer: "RetrievalTrainer") -> None:
+        self.trainer = trainer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        t = self.trainer
+        if t.data_collator.mined is None and state.global_step >= t.mine_negatives_step:
+            t.mine()
+
+
 class RetrievalTrainer(Trainer):
     """``Trainer`` for the bi-encoder: no-duplicates batches, the model's own loss, and
     evaluation by full-app ranking (``eval_accuracy``, ``eval_map``, ``eval_mrr``,
@@ -302,9 +361,18 @@ class RetrievalTrainer(Trainer):
 
     def __init__(self, *args: Any, eval_sections: datasets.Dataset | None = None,
                  same_app_batches: bool = False, anchor_weight: float = 0.0,
-                 **kwargs: Any) -> None:
+                 train_sections: datasets.Dataset | None = None, mine_negatives_step: int = 0,
+                 mined_negatives: int = 3, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.eval_sections = eval_sections
+        self.train_sections = train_sections
+        self.mine_negatives_step = mine_negatives_step
+        self.mined_negatives = mined_negatives
+        if mine_negatives_step > 0:
+            if train_sections is None or not isinstance(self.data_collator, RetrievalCollator):
+                raise ValueError("mine_negatives_step needs train_sections and a "
+                                 "RetrievalCollator")
+            self.add_callback(_MineNegatives(self))
         self.same_app_batches = same_app_batches
         self.anchor_weight = anchor_weight
         self.anchor_model: CETDRetriever | None = None
@@ -329,6 +397,19 @@ class RetrievalTrainer(Trainer):
             self._anchor_kl.append(kl.detach())  # no .item() here: a GPU sync per step
             loss = loss + self.anchor_weight * kl
         return (loss, outputs) if return_outputs else loss
+
+    def mine(self) -> None:
+        """Replace every training requirement's negatives by the ``mined_negatives`` sections
+        of its app the current model ranks highest (:func:`mine_negatives`)."""
+        collator = self.data_collator
+        logger.info("step %d: mining %d hard negatives per requirement with the model",
+                    self.state.global_step, self.mined_negatives)
+        collator.mined = mine_negatives(
+            self.accelerator.unwrap_model(self.model), self.processing_class, self.train_dataset,
+            self.train_sections, k=self.mined_negatives,
+            max_req_length=collator.max_req_length, max_code_length=collator.max_code_length,
+            batch_size=self.args.per_device_eval_batch_size,
+            show_progress=not self.args.disable_tqdm)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """The Trainer's log, with the mean anchor KL since the last training log (the logged

@@ -105,6 +105,10 @@ def test_unknown_section_fails(tmp_path):
      'base_model: "x"\n  encode_chunk_size: 0', "model.encode_chunk_size must be >= 1"),
     ("max_grad_norm: 1.0", "max_grad_norm: 1.0\n  anchor_weight: -1",
      "training.anchor_weight must be >= 0"),
+    ("max_grad_norm: 1.0", "max_grad_norm: 1.0\n  mine_negatives_step: -5",
+     "training.mine_negatives_step must be >= 0"),
+    ("max_grad_norm: 1.0", "max_grad_norm: 1.0\n  mine_negatives_step: 100\n"
+     "  dataloader_num_workers: 2", "mine_negatives_step needs dataloader_num_workers: 0"),
 ])
 def test_bad_values_fail_clearly(tmp_path, old, new, match):
     assert old in SEED_YAML

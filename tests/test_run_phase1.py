@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -98,6 +99,7 @@ training:
   use_lora: true
   target_modules: ["query", "value"]
   negatives_per_query: 2
+  mine_negatives_step: 4
   logging_steps: 2
 dataset:
   source: "{manifest}"
@@ -117,9 +119,10 @@ evaluation:
 
 
 @pytest.mark.slow
-def test_run_phase1_trains_evaluates_saves_and_resumes(setup, capsys):
+def test_run_phase1_trains_evaluates_saves_and_resumes(setup, capsys, caplog):
     tmp_path, config = setup
     script = _load_script()
+    caplog.set_level(logging.INFO, logger="cetd_phase1.trainer")
     assert script.main(["--config", str(config)]) == 0
     out = tmp_path / "out"
     report = json.loads((out / "metrics.json").read_text())
@@ -132,6 +135,8 @@ def test_run_phase1_trains_evaluates_saves_and_resumes(setup, capsys):
     assert any((out / "runs").rglob("events.out.tfevents.*"))  # TensorBoard log
     printed = capsys.readouterr().out
     assert "holdout" in printed and "map" in printed
+    assert "step 4: mining 2 hard negatives per requirement" in caplog.text
+    caplog.clear()
 
     # The final folder reloads and ranks as the run reported.
     from cetd_phase1.model import encode_texts, load_retriever
@@ -143,6 +148,7 @@ def test_run_phase1_trains_evaluates_saves_and_resumes(setup, capsys):
     assert script.main(["--config", str(config), "--max_steps", "8",
                         "--resume_from_checkpoint", "last"]) == 0
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 8
+    assert "step 6: mining 2 hard negatives" in caplog.text  # again, after resuming
 
 
 def test_run_phase1_bad_config_is_one_line(tmp_path, capsys):
