@@ -400,7 +400,8 @@ class RetrievalTrainer(Trainer):
 
     def mine(self) -> None:
         """Replace every training requirement's negatives by the ``mined_negatives`` sections
-        of its app the current model ranks highest (:func:`mine_negatives`)."""
+        of its app the current model ranks highest (:func:`mine_negatives`). Under several
+        processes each mines the same (same weights), like evaluation."""
         collator = self.data_collator
         logger.info("step %d: mining %d hard negatives per requirement with the model",
                     self.state.global_step, self.mined_negatives)
