@@ -61,7 +61,7 @@ class TrainingSection:
     gather_across_devices: bool = False
     same_app_batches: bool = False  # in-batch negatives from the requirement's own app
     anchor_weight: float = 0.0  # > 0: keep in-batch rankings near the untrained model's
-    mine_negatives_step: int = 0  # > 0: from this step on, hard negatives mined by the model
+    mine_negatives_step: int = 0  # > 0: from then on, dataset.hard_negatives mined by the model
     max_steps: int = -1
     seed: int = 42
     weight_decay: float = 0.0
