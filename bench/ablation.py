@@ -86,6 +86,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "mined-400": ("400 steps, from step 200 on hard negatives mined by the model itself "
                   "(training.mine_negatives_step 200; top 3 of the own app)",
                   {"training.max_steps": 400, "training.mine_negatives_step": 200}),
+    "batch32-mined-200": ("batch 32 on 200 steps (the default) with negatives mined by the "
+                          "model from step 100 on",
+                          {"training.batch_size": 32, "training.max_steps": 200,
+                           "training.mine_negatives_step": 100}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
