@@ -253,6 +253,22 @@ class Rankings:
     labels: list[np.ndarray]
 
 
+def _app_pools(sections: datasets.Dataset,
+               apps: set[str]) -> tuple[list[tuple[str, str]], list[str], dict[str, list[int]]]:
+    """The rows of ``sections`` belonging to ``apps``: their (file, qualname) keys, their encoder
+    texts and, per app, their positions in those two lists."""
+    cols = sections.select_columns(["app_id", "file", "qualname", "code"]).to_dict()
+    keys: list[tuple[str, str]] = []
+    texts: list[str] = []
+    by_app: dict[str, list[int]] = defaultdict(list)
+    for app, file, qual, code in zip(cols["app_id"], cols["file"], cols["qualname"], cols["code"]):
+        if app in apps:
+            by_app[app].append(len(texts))
+            keys.append((file, qual))
+            texts.append(format_section(file, qual, code))
+    return keys, texts, by_app
+
+
 def rank_full_app(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
                   rows: datasets.Dataset, sections: datasets.Dataset, *, max_req_length: int,
                   max_code_length: int, batch_size: int = 64,
@@ -273,14 +289,7 @@ def rank_full_app(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
         text[qid], app_of[qid] = req, app
         if label == 1:
             relevant[qid].add((file, qual))
-    apps = set(app_of.values())
-    pool_cols = sections.select_columns(["app_id", "file", "qualname", "code"]).to_dict()
-    pool_idx = [i for i, app in enumerate(pool_cols["app_id"]) if app in apps]
-    by_app: dict[str, list[int]] = defaultdict(list)
-    for pos, i in enumerate(pool_idx):
-        by_app[pool_cols["app_id"][i]].append(pos)
-    section_texts = [format_section(pool_cols["file"][i], pool_cols["qualname"][i],
-                                    pool_cols["code"][i]) for i in pool_idx]
+    section_keys, section_texts, by_app = _app_pools(sections, set(app_of.values()))
     qids = list(text)
     q_emb = encode_texts(model, tokenizer, [text[q] for q in qids], max_length=max_req_length,
                          batch_size=batch_size, show_progress=show_progress)
@@ -289,7 +298,7 @@ def rank_full_app(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
     out = Rankings([], [], [], [])
     for qi, qid in enumerate(qids):
         cand = by_app.get(app_of[qid], [])
-        keys = [(pool_cols["file"][pool_idx[c]], pool_cols["qualname"][pool_idx[c]]) for c in cand]
+        keys = [section_keys[c] for c in cand]
         out.query_ids.append(qid)
         out.app_ids.append(app_of[qid])
         out.scores.append(s_emb[cand] @ q_emb[qi])
@@ -304,14 +313,7 @@ def mine_negatives(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
     """Per grouped requirement (``query_id``), the encoder texts of the ``k`` sections of its
     app (in ``sections``) that ``model`` ranks highest, its positives left out: the candidates
     it confuses now, rather than those BM25 confused when the dataset was built."""
-    apps = set(groups["app_id"])
-    pool = sections.select_columns(["app_id", "file", "qualname", "code"]).to_dict()
-    by_app: dict[str, list[int]] = defaultdict(list)
-    texts: list[str] = []
-    for i, app in enumerate(pool["app_id"]):
-        if app in apps:
-            by_app[app].append(len(texts))
-            texts.append(format_section(pool["file"][i], pool["qualname"][i], pool["code"][i]))
+    _, texts, by_app = _app_pools(sections, set(groups["app_id"]))
     s_emb = encode_texts(model, tokenizer, texts, max_length=max_code_length,
                          batch_size=batch_size, show_progress=show_progress)
     q_emb = encode_texts(model, tokenizer, list(groups["requirement"]), max_length=max_req_length,
