@@ -83,6 +83,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "batch32-200": ("batch 32 on 200 steps (the default since): as many requirements per "
                     "run as 400 of 16, twice the in-batch negatives per step",
                     {"training.batch_size": 32, "training.max_steps": 200}),
+    "batch32-200-fp32": ("batch32-200 in fp32 where the CPU has native bf16 (training.bf16 "
+                         "false): what bf16 autocast costs in quality",
+                         {"training.batch_size": 32, "training.max_steps": 200,
+                          "training.bf16": False}),
     "mined-400": ("400 steps, from step 200 on hard negatives mined by the model itself "
                   "(training.mine_negatives_step 200; top 3 of the own app)",
                   {"training.max_steps": 400, "training.mine_negatives_step": 200}),
@@ -90,6 +94,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                           "model from step 100 on",
                           {"training.batch_size": 32, "training.max_steps": 200,
                            "training.mine_negatives_step": 100}),
+    "batch32-neg3-200": ("batch32-200 with 3 BM25 hard negatives per requirement instead of 1",
+                         {"training.batch_size": 32, "training.max_steps": 200,
+                          "training.negatives_per_query": 3}),
+    "batch32-code256-200": ("batch32-200 with code cut at 256 tokens instead of 128",
+                            {"training.batch_size": 32, "training.max_steps": 200,
+                             "dataset.max_code_length": 256}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
