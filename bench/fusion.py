@@ -8,7 +8,8 @@ half of the feature requests (gold labels only). Validation data only: use it to
 
 For each dense model (the checkpoint and its untrained backbone) prints full-app MRR and R@5 of:
 the model alone, BM25 alone, reciprocal rank fusion for several k, and a convex combination
-``w * z(dense) + (1 - w) * z(bm25)`` of per-query z-scored scores for several weights.
+``w * z(dense) + (1 - w) * z(bm25)`` of per-query z-scored scores for several weights; then
+three-way mixes of the model, its untrained backbone and BM25.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ import numpy as np
 
 import _bench  # noqa: F401  (repository root on sys.path, offline hub)
 from _bench import machine, today
+
+
+#: (model, backbone) weights of the three-way z-score mix; BM25 takes the rest
+THREE_WAY = [(0.6, 0.1), (0.5, 0.2), (0.6, 0.2), (0.4, 0.3), (0.5, 0.3), (0.4, 0.4)]
 
 
 def rrf_fuse(*score_vectors: np.ndarray, k: int = 60) -> np.ndarray:
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from feature_requests import prepare
 
     from cetd_phase1.registry import DirectoryRegistry, registry_from
-    from cetd_phase1.retrieve import hybrid_fuse
+    from cetd_phase1.retrieve import hybrid_fuse, zscore
 
     benches = {
         "stdlib validation": (registry_from(None), "validation", ("docstring", "gold", "heuristic")),
@@ -97,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
             for w in (0.5, 0.6, 0.7, 0.8, 0.9):
                 rows[f"{dense_name} z-convex w={w}"] = measure(
                     [(hybrid_fuse(d, b, w), l) for (d, l), (b, _) in zip(dense, bm25)])
+        if "backbone" in sets:
+            # the trained model, its untrained backbone and BM25 together: the backbone keeps
+            # the generality that docstring training gives up on feature-level requirements
+            for wm, wb in THREE_WAY:
+                rows[f"z model {wm} + backbone {wb}"] = measure(
+                    [(wm * zscore(m) + wb * zscore(b0) + (1 - wm - wb) * zscore(b), l)
+                     for (m, l), (b0, _), (b, _) in zip(sets["model"], sets["backbone"], bm25)])
         table[bench] = rows
     print(f"\n{today()}, {machine()}\nfull-app MRR / R@5, checkpoint {args.checkpoint}")
     names = list(next(iter(table.values())))
