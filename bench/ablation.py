@@ -100,6 +100,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "batch32-code256-200": ("batch32-200 with code cut at 256 tokens instead of 128",
                             {"training.batch_size": 32, "training.max_steps": 200,
                              "dataset.max_code_length": 256}),
+    "batch32-neg3-mined-200": ("batch32-neg3-200 with the 3 negatives mined by the model from "
+                               "step 100 on",
+                               {"training.batch_size": 32, "training.max_steps": 200,
+                                "training.negatives_per_query": 3,
+                                "training.mine_negatives_step": 100}),
+    "batch32-mined-anchor0.3-200": ("batch32-mined-200 + RankingAnchorLoss at weight 0.3: "
+                                    "mining lifted stdlib, the anchor feature requests",
+                                    {"training.batch_size": 32, "training.max_steps": 200,
+                                     "training.mine_negatives_step": 100,
+                                     "training.anchor_weight": 0.3}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
