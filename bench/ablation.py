@@ -83,6 +83,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "batch32-200": ("batch 32 on 200 steps (the default since): as many requirements per "
                     "run as 400 of 16, twice the in-batch negatives per step",
                     {"training.batch_size": 32, "training.max_steps": 200}),
+    "batch32-200-seed1": ("batch32-200 with training seed 1 (batch order): how far two runs of "
+                          "one recipe differ", {"training.batch_size": 32,
+                                                "training.max_steps": 200, "training.seed": 1}),
+    "batch32-200-seed2": ("batch32-200 with training seed 2", {"training.batch_size": 32,
+                                                                "training.max_steps": 200,
+                                                                "training.seed": 2}),
     "batch32-200-fp32": ("batch32-200 in fp32 where the CPU has native bf16 (training.bf16 "
                          "false): what bf16 autocast costs in quality",
                          {"training.batch_size": 32, "training.max_steps": 200,
