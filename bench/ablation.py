@@ -9,9 +9,15 @@ half of the feature requests (bench/feature_requests_split.yaml).
 
     python bench/ablation.py --out outputs/ablation                       # every variant
     python bench/ablation.py --out outputs/ablation --only default lora   # some of them
+    python bench/ablation.py --only batch32-200 --seeds 42 1 2 --feature-requests   # spread
 
-Prints a table (variant, change, validation MRR / R@5, feature-request MRR, train seconds, the
-command) and writes it to OUT/ablation.md.
+With --feature-requests each row also carries the criterion rows are chosen on: the served
+hybrid's MRR on both validation sets (``bench/fusion.py`` at ``retrieve``'s weight) and their
+mean. With --seeds each variant is trained once per training seed and a second table gives
+each variant's spread; a margin inside the default's spread is not a gain.
+
+Prints a table (variant, seed, change, validation MRR / R@5, feature-request MRR / R@5, fused
+scores, train seconds, the command) and writes it to OUT/ablation.md.
 """
 
 from __future__ import annotations
@@ -83,12 +89,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "batch32-200": ("batch 32 on 200 steps (the default since): as many requirements per "
                     "run as 400 of 16, twice the in-batch negatives per step",
                     {"training.batch_size": 32, "training.max_steps": 200}),
-    "batch32-200-seed1": ("batch32-200 with training seed 1 (batch order): how far two runs of "
-                          "one recipe differ", {"training.batch_size": 32,
-                                                "training.max_steps": 200, "training.seed": 1}),
-    "batch32-200-seed2": ("batch32-200 with training seed 2", {"training.batch_size": 32,
-                                                                "training.max_steps": 200,
-                                                                "training.seed": 2}),
     "batch32-200-fp32": ("batch32-200 in fp32 where the CPU has native bf16 (training.bf16 "
                          "false): what bf16 autocast costs in quality",
                          {"training.batch_size": 32, "training.max_steps": 200,
@@ -137,9 +137,27 @@ def variant_config(base: dict, changes: dict, output_dir: Path) -> dict:
     return cfg
 
 
-def run_variant(name: str, changes: dict, out: Path, feature_requests: bool) -> dict:
+def fused_scores(checkpoint: Path, json_out: Path) -> dict:
+    """The criterion every row is chosen on: ``bench/fusion.py``'s MRR of the served hybrid
+    (z-scored dense and BM25 at ``retrieve``'s weight) on both validation sets, and their mean."""
+    from cetd_phase1.retrieve import HYBRID_WEIGHT
+
+    subprocess.run([sys.executable, str(REPO / "bench" / "fusion.py"), "--checkpoint",
+                    str(checkpoint), "--json", str(json_out)],
+                   check=True, capture_output=True, text=True, cwd=REPO)
+    table = json.loads(json_out.read_text())
+    key = f"model z-convex w={HYBRID_WEIGHT}"
+    stdlib = table["stdlib validation"][key][0]
+    fr = table["feature requests validation"][key][0]
+    return {"fused_stdlib": stdlib, "fused_fr": fr, "fused_mean": (stdlib + fr) / 2}
+
+
+def run_variant(name: str, changes: dict, out: Path, feature_requests: bool,
+                seed: int | None = None) -> dict:
     base = yaml.safe_load(DEFAULT.read_text())
-    vdir = out / name
+    if seed is not None:
+        changes = {**changes, "training.seed": seed}
+    vdir = out / run_name(name, seed)
     vdir.mkdir(parents=True, exist_ok=True)
     cfg_file = vdir / "config.yaml"
     cfg_file.write_text(yaml.safe_dump(variant_config(base, {**BASE_CHANGES, **changes},
@@ -154,7 +172,7 @@ def run_variant(name: str, changes: dict, out: Path, feature_requests: bool) -> 
            "train_seconds": round(metrics["train"].get("train_runtime", 0)),
            "val_mrr": metrics["validation"]["eval_mrr"],
            "val_r5": metrics["validation"]["eval_recall@5"],
-           "command": f"python bench/ablation.py --only {name}"}
+           "seed": seed, "command": command(name, seed)}
     if feature_requests:
         fr = subprocess.run([sys.executable, str(REPO / "bench" / "feature_requests.py"),
                              "--checkpoint", str(vdir / "model" / "final"), "--half",
@@ -164,8 +182,24 @@ def run_variant(name: str, changes: dict, out: Path, feature_requests: bool) -> 
         full = next(iter(summary.values()))["full_app"]
         row["fr_mrr"], row["fr_r5"] = full["mrr"], full["recall@5"]
         del fr
+        row.update(fused_scores(vdir / "model" / "final", vdir / "fusion.json"))
     (vdir / "row.json").write_text(json.dumps(row, indent=2))
     return row
+
+
+def run_name(name: str, seed: int | None) -> str:
+    """A run's folder: the variant's name, with ``-seedN`` when a seed was given."""
+    return name if seed is None else f"{name}-seed{seed}"
+
+
+def command(name: str, seed: int | None) -> str:
+    return f"python bench/ablation.py --only {name}" + (f" --seeds {seed}" if seed is not None
+                                                         else "")
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.4f}-{max(values):.4f} (mean {sum(values) / len(values):.4f})" \
+        if values else "-"
 
 
 def main() -> int:
@@ -176,25 +210,49 @@ def main() -> int:
     parser.add_argument("--feature-requests", action="store_true",
                         help="also score the validation half of the feature requests")
     parser.add_argument("--reuse", action="store_true", help="keep rows already measured")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                        help="train each variant once per training seed (batch order and "
+                             "in-batch draws; folders NAME-seedSEED) and print each variant's "
+                             "spread: two runs of one recipe differ by about 0.01 here")
     args = parser.parse_args()
     out = Path(args.out)
     rows = []
     for name in args.only or list(VARIANTS):
-        done = out / name / "row.json"
-        if args.reuse and done.is_file():
-            rows.append(json.loads(done.read_text()))
-        else:
-            rows.append(run_variant(name, VARIANTS[name][1], out, args.feature_requests))
-        r = rows[-1]
-        print(f"{name}: val MRR {r['val_mrr']:.3f} R@5 {r['val_r5']:.3f}"
-              + (f"  FR MRR {r['fr_mrr']:.3f}" if "fr_mrr" in r else "")
-              + f"  train {r['train_seconds']} s", flush=True)
-    lines = ["| variant | change | val MRR | val R@5 | FR-val MRR | FR-val R@5 | train s | command |",
-             "|---|---|---|---|---|---|---|---|"]
+        for seed in args.seeds or [None]:
+            done = out / run_name(name, seed) / "row.json"
+            if args.reuse and done.is_file():
+                rows.append(json.loads(done.read_text()))
+                rows[-1].update(variant=name, seed=seed, command=command(name, seed))
+                final = done.parent / "model" / "final"
+                if args.feature_requests and "fused_mean" not in rows[-1] and final.is_dir():
+                    rows[-1].update(fused_scores(final, done.parent / "fusion.json"))
+                    done.write_text(json.dumps(rows[-1], indent=2))
+            else:
+                rows.append(run_variant(name, VARIANTS[name][1], out, args.feature_requests,
+                                        seed))
+            r = rows[-1]
+            print(f"{run_name(name, seed)}: val MRR {r['val_mrr']:.3f} R@5 {r['val_r5']:.3f}"
+                  + (f"  FR MRR {r['fr_mrr']:.3f}" if "fr_mrr" in r else "")
+                  + (f"  fused mean {r['fused_mean']:.4f}" if "fused_mean" in r else "")
+                  + f"  train {r['train_seconds']} s", flush=True)
+    lines = ["| variant | seed | change | val MRR | val R@5 | FR-val MRR | FR-val R@5 | "
+             "fused stdlib / FR -> mean | train s | command |", "|---" * 10 + "|"]
     for r in rows:
         fr = (f"{r['fr_mrr']:.3f} | {r['fr_r5']:.3f}" if "fr_mrr" in r else "- | -")
-        lines.append(f"| {r['variant']} | {VARIANTS[r['variant']][0]} | {r['val_mrr']:.3f} | "
-                     f"{r['val_r5']:.3f} | {fr} | {r['train_seconds']} | `{r['command']}` |")
+        fused = (f"{r['fused_stdlib']:.3f} / {r['fused_fr']:.3f} -> {r['fused_mean']:.4f}"
+                 if "fused_mean" in r else "-")
+        seed = "config" if r.get("seed") is None else r["seed"]
+        lines.append(f"| {r['variant']} | {seed} | {VARIANTS[r['variant']][0]} | "
+                     f"{r['val_mrr']:.3f} | {r['val_r5']:.3f} | {fr} | {fused} | "
+                     f"{r['train_seconds']} | `{r['command']}` |")
+    if args.seeds and len(args.seeds) > 1:
+        lines += ["", "| variant | runs | val MRR min-max | FR-val MRR min-max | "
+                  "fused mean min-max |", "|---" * 5 + "|"]
+        for name in dict.fromkeys(r["variant"] for r in rows):
+            mine = [r for r in rows if r["variant"] == name]
+            lines.append(f"| {name} | {len(mine)} | " + " | ".join(
+                spread([r[k] for r in mine if k in r]) for k in ("val_mrr", "fr_mrr", "fused_mean"))
+                + " |")
     table = "\n".join(lines)
     print(table)
     (out / "ablation.md").write_text(table + "\n")
