@@ -116,6 +116,22 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                     {"training.batch_size": 32, "training.max_steps": 200,
                                      "training.mine_negatives_step": 100,
                                      "training.anchor_weight": 0.3}),
+    "batch32-bce-200": ("batch32-200 with the seed's objective: BCE on each requirement's own "
+                        "candidates (training.loss bce) instead of InfoNCE over the batch",
+                        {"training.batch_size": 32, "training.max_steps": 200,
+                         "training.loss": "bce"}),
+    "batch32-sym-200": ("batch32-200 with symmetric InfoNCE: each positive is also ranked "
+                        "against the batch's requirements (training.loss infonce-symmetric)",
+                        {"training.batch_size": 32, "training.max_steps": 200,
+                         "training.loss": "infonce-symmetric"}),
+    "batch32-tau0.03-200": ("batch32-200 with temperature 0.03 instead of 0.05 (0.1 lost "
+                            "0.03 at 150 steps of 16)",
+                            {"training.batch_size": 32, "training.max_steps": 200,
+                             "training.temperature": 0.03}),
+    "batch64-100": ("batch 64 on 100 steps (warmup 10): as many requirements per run as "
+                    "the default, 127 candidates per requirement instead of 63",
+                    {"training.batch_size": 64, "training.max_steps": 100,
+                     "training.warmup_steps": 10}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
