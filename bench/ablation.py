@@ -120,10 +120,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                         "candidates (training.loss bce) instead of InfoNCE over the batch",
                         {"training.batch_size": 32, "training.max_steps": 200,
                          "training.loss": "bce"}),
-    "batch32-sym-200": ("batch32-200 with symmetric InfoNCE: each positive is also ranked "
-                        "against the batch's requirements (training.loss infonce-symmetric)",
-                        {"training.batch_size": 32, "training.max_steps": 200,
-                         "training.loss": "infonce-symmetric"}),
     "batch32-tau0.03-200": ("batch32-200 with temperature 0.03 instead of 0.05 (0.1 lost "
                             "0.03 at 150 steps of 16)",
                             {"training.batch_size": 32, "training.max_steps": 200,

@@ -52,7 +52,7 @@ class TrainingSection:
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "k_proj",
                                                                "o_proj"])
-    loss: str = "infonce"  # infonce | infonce-symmetric | bce (the seed's objective)
+    loss: str = "infonce"  # infonce | bce (the seed's objective)
     temperature: float = 0.05
     bce_scale: float = 20.0
     bce_bias: float = -10.0

@@ -77,11 +77,6 @@ class InfoNCELoss(nn.Module):
     ``cross_entropy`` subtracts their maximum, so low temperatures do not overflow under fp16
     autocast.
 
-    With ``symmetric=True`` (loss ``infonce-symmetric``) the loss is the mean of that term and
-    its reverse, each positive :math:`p_i^+` ranked against the batch's requirements:
-    :math:`-\frac{1}{B}\sum_i \log \frac{\exp(s(q_i, p_i^+)/\tau)}{\sum_j
-    \exp(s(q_j, p_i^+)/\tau)}` (sentence-transformers' MultipleNegativesSymmetricRankingLoss).
-
     **Negatives per requirement.** With B requirements per process, n negatives each and W
     processes, :math:`P` holds ``B * (1 + n)`` candidates per process: a requirement sees
     ``B * (1 + n) - 1`` negatives with ``gather=local_candidates`` and ``W * B * (1 + n) - 1``
@@ -103,27 +98,19 @@ class InfoNCELoss(nn.Module):
     gradients, each over its own in-batch negatives.
     """
 
-    def __init__(self, temperature: float = 0.05, gather: CandidateGather = local_candidates,
-                 symmetric: bool = False):
+    def __init__(self, temperature: float = 0.05, gather: CandidateGather = local_candidates):
         super().__init__()
         self.temperature = temperature
         self.gather = gather
-        self.symmetric = symmetric
 
     def forward(self, q: torch.Tensor, p: torch.Tensor, labels: torch.Tensor,
                 owners: torch.Tensor | None = None) -> torch.Tensor:
-        candidates, targets, weight = self.gather(p, labels)
-        loss = F.cross_entropy(q.float() @ candidates.float().T / self.temperature, targets)
-        if self.symmetric:
-            # the same gather over requirements: row i of q is requirement i's own target
-            queries, own, _ = self.gather(q, torch.arange(labels.numel(), device=labels.device))
-            reverse = p[labels].float() @ queries.float().T / self.temperature
-            loss = (loss + F.cross_entropy(reverse, own)) / 2
-        return weight * loss
+        candidates, labels, weight = self.gather(p, labels)
+        logits = q.float() @ candidates.float().T / self.temperature
+        return weight * F.cross_entropy(logits, labels)
 
     def extra_repr(self) -> str:
-        return (f"temperature={self.temperature}, symmetric={self.symmetric}, "
-                f"gather={getattr(self.gather, '__name__', self.gather)}")
+        return f"temperature={self.temperature}, gather={getattr(self.gather, '__name__', self.gather)}"
 
 
 class BCELoss(nn.Module):
@@ -199,16 +186,15 @@ class RankingAnchorLoss(nn.Module):
         return f"temperature={self.temperature}"
 
 
-LOSSES = ("infonce", "infonce-symmetric", "bce")
+LOSSES = ("infonce", "bce")
 
 
 def build_loss(config: Any) -> nn.Module:
     """The loss named by ``config.loss`` with its settings from the config."""
-    if config.loss in ("infonce", "infonce-symmetric"):
+    if config.loss == "infonce":
         gather = (all_ranks_candidates if getattr(config, "gather_across_devices", False)
                   else local_candidates)
-        return InfoNCELoss(temperature=config.loss_temperature, gather=gather,
-                           symmetric=config.loss == "infonce-symmetric")
+        return InfoNCELoss(temperature=config.loss_temperature, gather=gather)
     if config.loss == "bce":
         return BCELoss(scale=config.bce_scale, bias=config.bce_bias,
                        learnable_bias=config.bce_learnable_bias)

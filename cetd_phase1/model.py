@@ -79,8 +79,7 @@ class CETDConfig(PreTrainedConfig):
             ``RetrievalHead``), or ``None`` for no head.
         loss_temperature: InfoNCE temperature tau (logits are ``cos / tau``); not called
             ``temperature``, which transformers reserves for generation.
-        loss: ``"infonce"``, ``"infonce-symmetric"`` or ``"bce"`` (the seed's objective, see
-            :mod:`cetd_phase1.losses`).
+        loss: ``"infonce"`` or ``"bce"`` (the seed's objective, see :mod:`cetd_phase1.losses`).
         gather_across_devices: InfoNCE scores each process's requirements against the
             candidates of all processes (differentiable all-gather); no effect in one process.
         bce_scale, bce_bias, bce_learnable_bias: BCE logit = ``bce_scale * cos + bias``.
