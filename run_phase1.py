@@ -167,7 +167,8 @@ def run(cli: argparse.Namespace) -> int:
     collator = RetrievalCollator(tokenizer, max_req_length=d.max_req_length,
                                  max_code_length=d.max_code_length,
                                  negatives_per_query=cfg.training.negatives_per_query,
-                                 append_eos=bool(model.config.append_eos))
+                                 append_eos=bool(model.config.append_eos),
+                                 split_identifiers=bool(model.config.split_identifiers))
     callbacks = [NonFiniteGuard()]
     if has_validation and cfg.evaluation.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.evaluation.early_stopping_patience))

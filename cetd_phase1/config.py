@@ -36,6 +36,7 @@ class ModelSection:
     gradient_checkpointing: bool = False
     attention_dropout: float | None = None  # None = the backbone's own; 0 lets a CPU use flash SDPA
     encode_chunk_size: int | None = None  # length-sorted chunks per forward; None = 8 on CPU
+    split_identifiers: bool = False  # camelCase -> words before tokenizing (uncased WordPiece)
 
 
 @dataclass
@@ -133,7 +134,7 @@ class Phase1Config:
                     use_lora=t.use_lora, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
                     lora_dropout=t.lora_dropout, lora_target_modules=t.target_modules,
                     max_req_length=d.max_req_length, max_code_length=d.max_code_length,
-                    encode_chunk_size=m.encode_chunk_size)
+                    encode_chunk_size=m.encode_chunk_size, split_identifiers=m.split_identifiers)
 
 
 _SECTIONS = {"model": ModelSection, "training": TrainingSection, "dataset": DatasetSection,

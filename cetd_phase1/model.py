@@ -32,6 +32,7 @@ from transformers.utils import ModelOutput
 
 from cetd_phase1.errors import CETDError
 from cetd_phase1.losses import LOSSES, build_loss
+from cetd_phase1.sections import split_camel_case
 
 POOLINGS = ("mean", "last_token", "cls")
 #: Texts per length-sorted chunk on a CPU when the config does not say: small chunks stay in
@@ -89,6 +90,9 @@ class CETDConfig(PreTrainedConfig):
             to its own longest text. Same embeddings; on a CPU it skips the padding of a batch
             of mixed lengths (about half its tokens) and small chunks stay in cache.
             ``None``: :data:`CPU_CHUNK_SIZE` on a CPU, the batch in one piece on a GPU.
+        split_identifiers: split camelCase identifiers into words in every text before
+            tokenizing (:func:`~cetd_phase1.sections.split_camel_case`), requirements and
+            code alike; for uncased WordPiece vocabularies, which shred them otherwise.
     """
 
     model_type = "cetd_retriever"
@@ -102,7 +106,8 @@ class CETDConfig(PreTrainedConfig):
                  use_lora: bool = False, lora_r: int = 16, lora_alpha: int = 32,
                  lora_dropout: float = 0.05, lora_target_modules: Sequence[str] | None = None,
                  max_req_length: int = 128, max_code_length: int = 256,
-                 encode_chunk_size: int | None = None, **kwargs: Any) -> None:
+                 encode_chunk_size: int | None = None, split_identifiers: bool = False,
+                 **kwargs: Any) -> None:
         if pooling is not None and pooling not in POOLINGS:
             raise CETDError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if loss not in LOSSES:
@@ -131,6 +136,7 @@ class CETDConfig(PreTrainedConfig):
         self.max_req_length = max_req_length
         self.max_code_length = max_code_length
         self.encode_chunk_size = encode_chunk_size
+        self.split_identifiers = split_identifiers
         super().__init__(**kwargs)
 
 
@@ -454,12 +460,14 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int,
-             append_eos: bool) -> list[dict[str, list[int]]]:
-    """Unpadded features, truncated to ``max_length`` tokens including the appended EOS."""
+             append_eos: bool, split_identifiers: bool = False) -> list[dict[str, list[int]]]:
+    """Unpadded features, truncated to ``max_length`` tokens including the appended EOS;
+    with ``split_identifiers``, of the texts split at camelCase boundaries."""
     if append_eos and tokenizer.eos_token_id is None:
         raise CETDError("the backbone needs an EOS token appended but its tokenizer has none")
     limit = max_length - 1 if append_eos else max_length
-    enc = tokenizer(list(texts), max_length=limit, truncation=True, padding=False,
+    texts = [split_camel_case(t) for t in texts] if split_identifiers else list(texts)
+    enc = tokenizer(texts, max_length=limit, truncation=True, padding=False,
                     return_attention_mask=False)
     ids = enc["input_ids"]
     if append_eos:
@@ -521,7 +529,8 @@ def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts
     if dtype is None:
         dtype = autocast_dtype(device)
     mixed = dtype is not None and dtype != torch.float32
-    features = tokenize(tokenizer, texts, max_length, bool(model.config.append_eos))
+    features = tokenize(tokenizer, texts, max_length, bool(model.config.append_eos),
+                        bool(getattr(model.config, "split_identifiers", False)))
     order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
     out = np.zeros((len(texts), _output_dim(model)), dtype=np.float32)
     starts = range(0, len(texts), batch_size)

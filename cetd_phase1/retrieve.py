@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -37,6 +38,8 @@ from cetd_phase1.sections import (ExtractionReport, Section, extract_sections, f
 #: (``bench/fusion.py``: stdlib validation apps and the feature-request validation half).
 HYBRID_WEIGHT = 0.7
 #: Bumped when the index layout or the section text changes, to orphan old cache entries.
+logger = logging.getLogger(__name__)
+
 INDEX_VERSION = "1"
 #: Used when the checkpoint config does not say (MiniLM-sized defaults).
 DEFAULT_MAX_QUERY_LENGTH = 128
@@ -376,6 +379,9 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
     (Transformer -> Pooling -> [Dense projection] -> [Normalize]); ``encode_query`` and
     ``encode_document`` use our requirement and code length limits. A LoRA adapter is merged
     into the backbone first; for decoder backbones the tokenizer appends EOS, as our encoder does.
+    A model trained with ``split_identifiers`` expects its texts split at camelCase boundaries,
+    which a sentence-transformers folder cannot do by itself: the caller passes them through
+    :func:`~cetd_phase1.sections.split_camel_case` (a warning says so).
     """
     import torch
     from sentence_transformers import SentenceTransformer
@@ -386,6 +392,10 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
 
     model, tokenizer = load_retriever(model_dir)
     config = model.config
+    if getattr(config, "split_identifiers", False):
+        logger.warning("%s reads camelCase identifiers as words (split_identifiers): pass texts "
+                       "through cetd_phase1.sections.split_camel_case before "
+                       "SentenceTransformer.encode, or the embeddings differ", model_dir)
     backbone = model.backbone
     if getattr(config, "use_lora", False):
         backbone = backbone.merge_and_unload()

@@ -194,6 +194,7 @@ class RetrievalCollator:
     max_code_length: int = 256
     negatives_per_query: int = 5
     append_eos: bool = False
+    split_identifiers: bool = False
     pad_to_multiple_of: int = 8
     #: query_id -> negative texts replacing the item's own (set by RetrievalTrainer's mining)
     mined: dict[str, list[str]] | None = None
@@ -217,9 +218,11 @@ class RetrievalCollator:
             candidates += [draw.choice(item["positives"]), *chosen]
             owners += [i] * (1 + len(chosen))
         q = pad(self.tokenizer, tokenize(self.tokenizer, requirements, self.max_req_length,
-                                         self.append_eos), self.pad_to_multiple_of)
+                                         self.append_eos, self.split_identifiers),
+                self.pad_to_multiple_of)
         p = pad(self.tokenizer, tokenize(self.tokenizer, candidates, self.max_code_length,
-                                         self.append_eos), self.pad_to_multiple_of)
+                                         self.append_eos, self.split_identifiers),
+                self.pad_to_multiple_of)
         return {"q_input_ids": q["input_ids"], "q_attention_mask": q["attention_mask"],
                 "p_input_ids": p["input_ids"], "p_attention_mask": p["attention_mask"],
                 "labels": torch.tensor(labels), "owners": torch.tensor(owners)}

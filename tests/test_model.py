@@ -77,6 +77,21 @@ def test_encode_texts_keeps_input_order(encoder_dir):
     np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, atol=1e-5)
 
 
+def test_split_identifiers_reads_camel_case_as_words_and_survives_reload(encoder_dir, tmp_path):
+    tok = load_tokenizer(encoder_dir)
+    assert tokenize(tok, ["basicConfig"], 16, False, split_identifiers=True) == \
+        tokenize(tok, ["basic config"], 16, False)
+    model = CETDRetriever.from_backbone(encoder_dir, split_identifiers=True)
+    model.save_pretrained(tmp_path / "m", tokenizer=tok)
+    reloaded = CETDRetriever.from_pretrained(tmp_path / "m")
+    assert reloaded.config.split_identifiers is True
+    pair = ["def parseJsonFile(path):", "def parse Json File(path):"]
+    camel, words = encode_texts(reloaded, tok, pair, max_length=32)
+    np.testing.assert_allclose(camel, words, atol=1e-6)
+    camel, words = encode_texts(CETDRetriever.from_backbone(encoder_dir), tok, pair, max_length=32)
+    assert not np.allclose(camel, words, atol=1e-3)
+
+
 def test_lora_with_gradient_checkpointing_gets_gradients(encoder_dir):
     model = CETDRetriever.from_backbone(encoder_dir, use_lora=True, projection_dim=8,
                                         lora_target_modules=["query", "key", "value", "dense"])

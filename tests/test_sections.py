@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cetd_phase1.sections import extract_sections, format_section, is_test_path
+from cetd_phase1.sections import (extract_sections, format_section, is_test_path,
+                                  split_camel_case)
 from pathlib import PurePosixPath
 
 SOURCE = '''
@@ -163,3 +164,13 @@ def test_missing_directory_is_reported(tmp_path):
 def test_single_module_app(tmp_path):
     path = _write(tmp_path, "solo.py", "def f():\n    pass\n")
     assert [s.key for s in extract_sections(path)[0]] == ["solo.py::f"]
+
+
+def test_split_camel_case_separates_words_and_keeps_everything_else():
+    assert split_camel_case("basicConfig(**kwargs)") == "basic Config(**kwargs)"
+    assert split_camel_case("class HTTPServer(socketserver.TCPServer):") == \
+        "class HTTP Server(socketserver.TCP Server):"
+    assert split_camel_case("TimedRotatingFileHandler.doRollover") == \
+        "Timed Rotating File Handler.do Rollover"
+    assert split_camel_case("parse_json_2 ALL_CAPS plain words, IO") == \
+        "parse_json_2 ALL_CAPS plain words, IO"

@@ -113,6 +113,15 @@ def test_collator_layout_and_dynamic_padding(encoder_dir, rows):
     assert "f _ add _ numbers" in positive or "f_add_numbers" in positive
 
 
+def test_collator_splits_identifiers_when_the_model_does(encoder_dir):
+    tok = load_tokenizer(encoder_dir)
+    groups = _groups([(["def parseJsonFile(path): pass"], ["def b(): return 1"])])
+    for split, expected in ((True, "def parse json file ( path )"),
+                            (False, "def parsejsonfile ( path )")):
+        batch = RetrievalCollator(tok, negatives_per_query=1, split_identifiers=split)(list(groups))
+        assert tok.decode(batch["p_input_ids"][0], skip_special_tokens=True).startswith(expected)
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_collator_appends_eos_for_decoders(tmp_path, side):
     tok = load_tokenizer(make_tiny_decoder(tmp_path / "qwen2"))
