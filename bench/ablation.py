@@ -134,6 +134,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                           "(model.split_identifiers: basicConfig -> basic Config)",
                           {"training.batch_size": 32, "training.max_steps": 200,
                            "model.split_identifiers": True}),
+    "batch32-split-mined-200": ("batch32-split-200 (the default) with negatives mined by the "
+                                "model from step 100 on",
+                                {"training.batch_size": 32, "training.max_steps": 200,
+                                 "model.split_identifiers": True,
+                                 "training.mine_negatives_step": 100}),
+    "batch32-split-neg3-200": ("batch32-split-200 (the default) with 3 BM25 hard negatives per "
+                               "requirement instead of 1",
+                               {"training.batch_size": 32, "training.max_steps": 200,
+                                "model.split_identifiers": True,
+                                "training.negatives_per_query": 3}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
