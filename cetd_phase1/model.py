@@ -530,7 +530,7 @@ def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts
         dtype = autocast_dtype(device)
     mixed = dtype is not None and dtype != torch.float32
     features = tokenize(tokenizer, texts, max_length, bool(model.config.append_eos),
-                        bool(getattr(model.config, "split_identifiers", False)))
+                        model.config.split_identifiers)
     order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
     out = np.zeros((len(texts), _output_dim(model)), dtype=np.float32)
     starts = range(0, len(texts), batch_size)

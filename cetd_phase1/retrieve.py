@@ -34,12 +34,12 @@ from cetd_phase1.registry import App
 from cetd_phase1.sections import (ExtractionReport, Section, extract_sections, format_section,
                                   iter_python_files)
 
+logger = logging.getLogger(__name__)
+
 #: Share of the dense score in the hybrid score; chosen on validation data only
 #: (``bench/fusion.py``: stdlib validation apps and the feature-request validation half).
 HYBRID_WEIGHT = 0.7
 #: Bumped when the index layout or the section text changes, to orphan old cache entries.
-logger = logging.getLogger(__name__)
-
 INDEX_VERSION = "1"
 #: Used when the checkpoint config does not say (MiniLM-sized defaults).
 DEFAULT_MAX_QUERY_LENGTH = 128
@@ -392,7 +392,7 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
 
     model, tokenizer = load_retriever(model_dir)
     config = model.config
-    if getattr(config, "split_identifiers", False):
+    if config.split_identifiers:
         logger.warning("%s reads camelCase identifiers as words (split_identifiers): pass texts "
                        "through cetd_phase1.sections.split_camel_case before "
                        "SentenceTransformer.encode, or the embeddings differ", model_dir)
