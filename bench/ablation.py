@@ -144,6 +144,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                {"training.batch_size": 32, "training.max_steps": 200,
                                 "model.split_identifiers": True,
                                 "training.negatives_per_query": 3}),
+    "batch32-split-anchor0.3-200": ("batch32-split-200 (the default) + RankingAnchorLoss at "
+                                    "weight 0.3 (it lifted dense feature requests before)",
+                                    {"training.batch_size": 32, "training.max_steps": 200,
+                                     "model.split_identifiers": True,
+                                     "training.anchor_weight": 0.3}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
