@@ -108,7 +108,7 @@ def run(cli: argparse.Namespace) -> int:
     from cetd_phase1.atomic import atomic_directory, atomic_write_text
     from cetd_phase1.checkpoints import NonFiniteGuard
     from cetd_phase1.config import apply_overrides, load_config, training_arguments
-    from cetd_phase1.dataset import build_dataset, build_sections
+    from cetd_phase1.dataset import build_dataset, build_sections, registry_for
     from cetd_phase1.errors import CETDError
     from cetd_phase1.model import CETDRetriever, load_tokenizer, resolve_backbone
     from cetd_phase1.trainer import RetrievalCollator, RetrievalTrainer, group_queries
@@ -135,11 +135,12 @@ def run(cli: argparse.Namespace) -> int:
     # 3. Data: labelled pairs per split, and every section of every app (the ranking pools).
     d = cfg.dataset
     with probe.main_process_first(desc="building the dataset"):
-        pairs = build_dataset(cfg.data_source, hard_negatives=d.hard_negatives,
+        registry = registry_for(cfg.data_source, pypi_packages=d.pypi_packages)
+        pairs = build_dataset(registry=registry, hard_negatives=d.hard_negatives,
                               random_negatives=d.random_negatives, max_positives=d.max_positives,
                               label_sources=tuple(d.label_sources), cache_dir=d.cache_dir,
                               seed=d.seed)
-        sections = build_sections(cfg.data_source, cache_dir=d.cache_dir)
+        sections = build_sections(registry=registry, cache_dir=d.cache_dir)
     train_groups = group_queries(pairs["train"])
     if len(train_groups) == 0:
         raise CETDError(f"{cfg.path}: the training split of {cfg.data_source!r} has no "

@@ -149,6 +149,18 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                     {"training.batch_size": 32, "training.max_steps": 200,
                                      "model.split_identifiers": True,
                                      "training.anchor_weight": 0.3}),
+    "batch32-split-notes-200": ("batch32-split-200 (the default) + the PyPI packages' version "
+                                "notes (versionadded/versionchanged/deprecated text -> its "
+                                "section) as requirements",
+                                {"training.batch_size": 32, "training.max_steps": 200,
+                                 "model.split_identifiers": True,
+                                 "dataset.label_sources": ["docstring", "gold", "heuristic",
+                                                           "changelog", "version_notes"]}),
+    "batch32-split-wide-200": ("batch32-split-200 (the default) with the changelog entries of "
+                               "37 PyPI packages instead of 15 (bench/pypi_packages_wide.yaml)",
+                               {"training.batch_size": 32, "training.max_steps": 200,
+                                "model.split_identifiers": True,
+                                "dataset.pypi_packages": "bench/pypi_packages_wide.yaml"}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),

@@ -81,6 +81,8 @@ class TrainingSection:
 class DatasetSection:
     # stdlib | stdlib+pypi[-changelog] | folder or manifest of apps | postgres | database URL
     source: str = "stdlib"
+    # the pinned PyPI packages of the stdlib+pypi sources (None: data/pypi_packages.yaml)
+    pypi_packages: str | None = None
     train_file: str | None = None  # the seed's name for the data source (a folder of apps)
     val_split: float | None = 0.1  # apps are split by name hash, 70/10/20
     max_code_length: int = 2048
@@ -267,6 +269,9 @@ def validate(cfg: Phase1Config) -> None:
         raise CETDError(f"{p}: dataset.train_file: the seed's JSONL of examples is built here "
                         f"from the applications; name the apps instead (dataset.source: stdlib, "
                         f"a folder of apps, or postgres)")
+    if d.pypi_packages and not cfg.data_source.startswith("stdlib+pypi"):
+        raise CETDError(f"{p}: dataset.pypi_packages is read by the stdlib+pypi sources only, "
+                        f"not {cfg.data_source!r}")
     if t.fp16 and t.bf16:
         raise CETDError(f"{p}: training.fp16 and training.bf16 are both on; pick one")
     if t.push_to_hub and not t.hub_model_id:

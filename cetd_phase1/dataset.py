@@ -25,7 +25,7 @@ from cetd_phase1.labels import MIN_REQUIREMENT_WORDS, AppLabels, HeuristicLabele
 from cetd_phase1.registry import SPLITS, App, Registry, RegistryError
 from cetd_phase1.sections import ExtractionReport, Section, extract_sections, format_section
 
-LABEL_SOURCES = ("docstring", "gold", "heuristic", "git", "changelog")
+LABEL_SOURCES = ("docstring", "gold", "heuristic", "git", "changelog", "version_notes")
 
 _SECTION_FEATURES = {
     "app_id": datasets.Value("string"), "app_name": datasets.Value("string"),
@@ -252,11 +252,15 @@ def source_fingerprint(registry: Registry) -> str:
     return h.hexdigest()[:16]
 
 
-def registry_for(source: str | Path | None, database_url: str | None = None) -> Registry:
-    """``"stdlib"`` (default), a folder/manifest of apps, or ``postgres``/a database URL."""
+def registry_for(source: str | Path | None, database_url: str | None = None,
+                 pypi_packages: str | Path | None = None) -> Registry:
+    """``"stdlib"`` (default), ``stdlib+pypi[-changelog]`` (with ``pypi_packages``, a pinned
+    list other than ``data/pypi_packages.yaml``), a folder/manifest of apps, or ``postgres``/a
+    database URL."""
     from cetd_phase1.registry import registry_from
 
-    return registry_from(None if source is None else str(source), database_url)
+    return registry_from(None if source is None else str(source), database_url,
+                         pypi_packages=pypi_packages)
 
 
 def _build(config_name: str, source, registry, cache_dir, report, heuristic,

@@ -8,7 +8,9 @@ Label sources, each example tagged with its ``label_source``:
 * ``heuristic`` - gold requirements without annotation, labelled by the seed's embedding +
   keyword heuristic (training only; evaluation can exclude it);
 * ``git`` - commit descriptions -> the sections each commit changed (``git_history.py``);
-* ``changelog`` - changelog entries -> the sections they name (``changelog.py``).
+* ``changelog`` - changelog entries -> the sections they name (``changelog.py``);
+* ``version_notes`` - the text of a docstring's ``versionadded`` / ``versionchanged`` /
+  ``deprecated`` notes -> the section that carries them: what changed, said in a release's words.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ MIN_REQUIREMENT_WORDS = 4
 
 _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(.*\S)\s*$")
 _WORD = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])|\d+")
+_VERSION_NOTE = re.compile(r"^([ \t]*)\.\.\s+(?:versionadded|versionchanged|deprecated)::"
+                           r"[ \t]*\S*[ \t]*(.*)$")
+_ROLE = re.compile(r":[\w.:+-]+:`[!~]?([^`<]+?)(?:\s*<[^>]*>)?`")
+_MARKUP = re.compile(r"``([^`]+)``|`([^`]+)`_{0,2}|\*\*?([^*\s][^*]*?)\*\*?")
 
 
 @dataclass
@@ -76,6 +82,43 @@ def docstring_examples(sections: Sequence[Section]) -> list[Example]:
         grouped.setdefault(req, []).append(s.key)
     # conditionally defined twins share one key; keep it once
     return [Example(req, list(dict.fromkeys(keys)), "docstring") for req, keys in grouped.items()]
+
+
+def version_notes(docstring: str) -> list[str]:
+    """The first paragraph of each ``versionadded`` / ``versionchanged`` / ``deprecated`` note of
+    a docstring (the version argument dropped, reST roles and markup reduced to their words);
+    notes with no text are left out."""
+    lines = docstring.splitlines()
+    notes = []
+    for i, line in enumerate(lines):
+        m = _VERSION_NOTE.match(line)
+        if not m:
+            continue
+        indent, body = len(m.group(1).expandtabs()), [m.group(2)]
+        for nxt in lines[i + 1:]:
+            if not nxt.strip():
+                if "".join(body).strip():  # the note's first paragraph, as for docstrings
+                    break
+                continue
+            if len(nxt.expandtabs()) - len(nxt.expandtabs().lstrip()) <= indent:
+                break
+            body.append(nxt)
+        text = _MARKUP.sub(lambda t: next(g for g in t.groups() if g is not None),
+                           _ROLE.sub(r"\1", normalise(" ".join(body))))
+        if text:
+            notes.append(text)
+    return notes
+
+
+def version_note_examples(sections: Sequence[Section]) -> list[Example]:
+    """Requirements from version notes; sections sharing one note form one example."""
+    grouped: dict[str, list[str]] = {}
+    for s in sections:
+        for note in version_notes(s.docstring or ""):
+            if len(note.split()) >= MIN_REQUIREMENT_WORDS:
+                grouped.setdefault(note, []).append(s.key)
+    return [Example(req, list(dict.fromkeys(keys)), "version_notes")
+            for req, keys in grouped.items()]
 
 
 def parse_requirements(markdown: str) -> list[str]:
@@ -277,6 +320,10 @@ def label_app(app_root: Path, sections: Sequence[Section], *,
     if "changelog" in sources:
         taken = {e.requirement for e in result.examples}
         result.examples.extend(e for e in changelog_examples(Path(app_root), sections)
+                               if e.requirement not in taken)
+    if "version_notes" in sources:
+        taken = {e.requirement for e in result.examples}
+        result.examples.extend(e for e in version_note_examples(sections)
                                if e.requirement not in taken)
     if "docstring" in sources:
         taken = {e.requirement for e in result.examples}

@@ -487,12 +487,14 @@ def list_apps(database_url: str, split: str | None = None,
 
 
 def registry_from(source: str | Path | None, database_url: str | None = None,
-                  source_roots: Iterable[str | Path] = ()) -> Registry:
+                  source_roots: Iterable[str | Path] = (),
+                  pypi_packages: str | Path | None = None) -> Registry:
     """The registry that a config key or command-line option names.
 
     * ``"stdlib"`` -> :class:`StdlibRegistry`;
     * ``"stdlib+pypi"`` -> the stdlib plus :class:`PyPIRegistry` (train split);
-      ``"stdlib+pypi-changelog"`` the same with only their changelog requirements;
+      ``"stdlib+pypi-changelog"`` the same with only their changelog (and, where the config
+      lists that source, version-note) requirements;
     * ``"postgres"`` / ``"postgresql"`` -> :class:`PostgresRegistry` on ``database_url``, else
       ``$DATABASE_URL``;
     * a ``postgres://`` or ``postgresql://`` URL -> :class:`PostgresRegistry` on that URL;
@@ -500,7 +502,8 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
       else :class:`StdlibRegistry`;
     * anything else (a folder of apps or a YAML manifest) -> :class:`DirectoryRegistry`.
 
-    ``source_roots`` applies to the PostgreSQL registry only.
+    ``source_roots`` applies to the PostgreSQL registry only; ``pypi_packages`` (a pinned list,
+    default ``data/pypi_packages.yaml``) to the PyPI ones.
     """
     if isinstance(source, Path):
         return DirectoryRegistry(source)
@@ -510,9 +513,11 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
     if source == "stdlib":
         return StdlibRegistry()
     if source == "stdlib+pypi":
-        return CombinedRegistry(StdlibRegistry(), PyPIRegistry())
+        return CombinedRegistry(StdlibRegistry(), PyPIRegistry(pypi_packages))
     if source == "stdlib+pypi-changelog":
-        return CombinedRegistry(StdlibRegistry(), PyPIRegistry(label_sources=("changelog",)))
+        return CombinedRegistry(StdlibRegistry(),
+                                PyPIRegistry(pypi_packages,
+                                             label_sources=("changelog", "version_notes")))
     if source in ("postgres", "postgresql"):
         if not url:
             raise DatabaseError(f"registry {source!r} needs a database: pass --database-url "

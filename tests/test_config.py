@@ -109,6 +109,8 @@ def test_unknown_section_fails(tmp_path):
      "training.mine_negatives_step must be >= 0"),
     ("max_grad_norm: 1.0", "max_grad_norm: 1.0\n  mine_negatives_step: 100\n"
      "  dataloader_num_workers: 2", "mine_negatives_step needs dataloader_num_workers: 0"),
+    ("val_split: 0.1", "val_split: 0.1\n  pypi_packages: more.yaml",
+     "dataset.pypi_packages is read by the stdlib\\+pypi sources only"),
 ])
 def test_bad_values_fail_clearly(tmp_path, old, new, match):
     assert old in SEED_YAML

@@ -1,4 +1,4 @@
-"""The three label sources: docstring, gold annotations, heuristic."""
+"""The label sources: docstring, version notes, gold annotations, heuristic, git."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from cetd_phase1.labels import (HeuristicLabeler, docstring_examples, label_app,
-                                parse_requirements)
+                                parse_requirements, version_notes)
 from cetd_phase1.sections import extract_sections
 
 EXAMPLE_APP = Path(__file__).resolve().parents[1] / "data" / "example_apps" / "json_parser"
@@ -37,6 +37,61 @@ def c():
     examples = docstring_examples(sections)
     assert [(e.requirement, e.positives, e.label_source) for e in examples] == [
         ("Load the configuration file from disk.", ["m.py::a", "m.py::c"], "docstring")]
+
+
+def test_version_notes_first_paragraph_without_version_or_markup():
+    doc = """Do a thing.
+
+.. versionchanged:: 2.0
+    Added the :func:`~pkg.mod.foo` and ``bar``
+    parameters, see *this*.
+
+    A second paragraph, left out.
+.. versionadded:: 1.0
+.. deprecated:: 3.0 Use `baz` instead of qux.
+Args:
+    x: .. versionadded:: 1.1 not a note: mid-line
+"""
+    assert version_notes(doc) == ["Added the pkg.mod.foo and bar parameters, see this.",
+                                  "Use baz instead of qux."]
+
+
+def test_version_notes_label_source_groups_sections_and_skips_short_notes(tmp_path):
+    _app(tmp_path, {"m.py": '''
+class Client:
+    """An HTTP client.
+
+    .. versionchanged:: 3.1
+        Enums are left to the caller, speeding them up.
+    """
+
+    def send(self, request, timeout=None):
+        """Send a request.
+
+        .. versionadded:: 2.0
+            The timeout parameter is honoured for every request.
+        .. versionchanged:: 2.1
+            Renamed.
+        """
+
+def fetch():
+    """Fetch.
+
+    .. versionchanged:: 3.1
+       Enums are left to the caller,
+       speeding them up.
+    """
+'''})
+    sections, _ = extract_sections(tmp_path)
+    labels = label_app(tmp_path, sections, sources=("version_notes",))
+    assert [(e.requirement, e.positives, e.label_source) for e in labels.examples] == [
+        ("Enums are left to the caller, speeding them up.", ["m.py::Client", "m.py::fetch"],
+         "version_notes"),
+        ("The timeout parameter is honoured for every request.", ["m.py::Client.send"],
+         "version_notes")]
+    # off unless listed: the docstring source alone never reads the notes
+    assert all(e.label_source == "docstring"
+               for e in label_app(tmp_path, sections, sources=("docstring",)).examples)
 
 
 def test_parse_requirements_bullets_and_numbers():
