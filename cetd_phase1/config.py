@@ -37,6 +37,7 @@ class ModelSection:
     attention_dropout: float | None = None  # None = the backbone's own; 0 lets a CPU use flash SDPA
     encode_chunk_size: int | None = None  # length-sorted chunks per forward; None = 8 on CPU
     split_identifiers: bool = False  # camelCase -> words before tokenizing (uncased WordPiece)
+    section_chunks: int = 1  # texts a long function is ranked by (its best); 1 = its first
 
 
 @dataclass
@@ -136,7 +137,8 @@ class Phase1Config:
                     use_lora=t.use_lora, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
                     lora_dropout=t.lora_dropout, lora_target_modules=t.target_modules,
                     max_req_length=d.max_req_length, max_code_length=d.max_code_length,
-                    encode_chunk_size=m.encode_chunk_size, split_identifiers=m.split_identifiers)
+                    encode_chunk_size=m.encode_chunk_size, split_identifiers=m.split_identifiers,
+                    section_chunks=m.section_chunks)
 
 
 _SECTIONS = {"model": ModelSection, "training": TrainingSection, "dataset": DatasetSection,
@@ -254,6 +256,9 @@ def validate(cfg: Phase1Config) -> None:
     if m.encode_chunk_size is not None and m.encode_chunk_size < 1:
         raise CETDError(f"{p}: model.encode_chunk_size must be >= 1 or null, got "
                         f"{m.encode_chunk_size}")
+    if m.section_chunks < 1:
+        raise CETDError(f"{p}: model.section_chunks must be >= 1 (1 = the first "
+                        f"max_code_length tokens only), got {m.section_chunks}")
     if min(d.max_code_length, d.max_req_length) < 8:
         raise CETDError(f"{p}: dataset.max_req_length/max_code_length must be at least 8 tokens")
     if t.num_epochs <= 0 and t.max_steps <= 0:

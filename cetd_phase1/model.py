@@ -32,7 +32,7 @@ from transformers.utils import ModelOutput
 
 from cetd_phase1.errors import CETDError
 from cetd_phase1.losses import LOSSES, build_loss
-from cetd_phase1.sections import split_camel_case
+from cetd_phase1.sections import format_section, split_camel_case
 
 POOLINGS = ("mean", "last_token", "cls")
 #: Texts per length-sorted chunk on a CPU when the config does not say: small chunks stay in
@@ -93,6 +93,9 @@ class CETDConfig(PreTrainedConfig):
         split_identifiers: split camelCase identifiers into words in every text before
             tokenizing (:func:`~cetd_phase1.sections.split_camel_case`), requirements and
             code alike; for uncased WordPiece vocabularies, which shred them otherwise.
+        section_chunks: how many texts a long function or method is read as when sections are
+            ranked (:func:`section_texts`; it scores as its best one); 1 = its first
+            ``max_code_length`` tokens only. Training reads the first text either way.
     """
 
     model_type = "cetd_retriever"
@@ -107,7 +110,7 @@ class CETDConfig(PreTrainedConfig):
                  lora_dropout: float = 0.05, lora_target_modules: Sequence[str] | None = None,
                  max_req_length: int = 128, max_code_length: int = 256,
                  encode_chunk_size: int | None = None, split_identifiers: bool = False,
-                 **kwargs: Any) -> None:
+                 section_chunks: int = 1, **kwargs: Any) -> None:
         if pooling is not None and pooling not in POOLINGS:
             raise CETDError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if loss not in LOSSES:
@@ -116,6 +119,8 @@ class CETDConfig(PreTrainedConfig):
             raise CETDError(f"temperature must be > 0, got {loss_temperature}")
         if encode_chunk_size is not None and encode_chunk_size < 1:
             raise CETDError(f"encode_chunk_size must be >= 1 or null, got {encode_chunk_size}")
+        if section_chunks < 1:
+            raise CETDError(f"section_chunks must be >= 1, got {section_chunks}")
         self.backbone = backbone
         self.backbone_config = backbone_config
         self.pooling = pooling
@@ -137,6 +142,7 @@ class CETDConfig(PreTrainedConfig):
         self.max_code_length = max_code_length
         self.encode_chunk_size = encode_chunk_size
         self.split_identifiers = split_identifiers
+        self.section_chunks = section_chunks
         super().__init__(**kwargs)
 
 
@@ -545,6 +551,57 @@ def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts
     finally:
         model.train(was_training)
     return out
+
+
+def section_texts(sections: Sequence[tuple[str, str, str, str]],
+                  tokenizer: PreTrainedTokenizerBase, max_length: int,
+                  max_chunks: int) -> tuple[list[str], np.ndarray | None]:
+    """The texts to encode for ranking ``sections`` (``(file, qualname, kind, code)`` each) and,
+    when a section has several, the index of each section's first text (else ``None``).
+
+    A section is read as its :func:`~cetd_phase1.sections.format_section` text, which the encoder
+    cuts at ``max_length`` tokens. With ``max_chunks > 1`` a function or method whose code runs
+    past that cut gets up to ``max_chunks - 1`` more texts: its header and first line (the
+    signature) followed by the next lines that fit, so the lines a change touches further down
+    count too; the section then scores as its best text (max over passages, as for long
+    documents). Classes keep one text: their code holds their methods, sections of their own.
+    """
+    texts, starts = [], []
+    split = {i: code.splitlines() for i, (_, _, kind, code) in enumerate(sections)
+             if max_chunks > 1 and kind != "class"}
+    flat = [line for lines in split.values() for line in lines]
+    sizes_flat = iter([len(ids) + 1 for ids in  # + the newline
+                       tokenizer(flat, add_special_tokens=False)["input_ids"]] if flat else [])
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    for i, (file, qualname, _, code) in enumerate(sections):
+        starts.append(len(texts))
+        texts.append(format_section(file, qualname, code))
+        if i not in split:
+            continue
+        lines = split[i]
+        sizes = [next(sizes_flat) for _ in lines]
+        room = max_length - 2  # [CLS] and [SEP], or BOS/EOS
+        used, k = n_tokens(format_section(file, qualname, "")) + (sizes[0] if sizes else 0), 1
+        while k < len(lines) and used + sizes[k] <= room:  # what the first text holds
+            used, k = used + sizes[k], k + 1
+        header = format_section(file, qualname, lines[0] if lines else "")
+        budget = room - n_tokens(header)
+        while k < len(lines) and len(texts) - starts[-1] < max_chunks:
+            window, used = [], 0
+            while k < len(lines) and (not window or used + sizes[k] <= budget):
+                window.append(lines[k])
+                used, k = used + sizes[k], k + 1
+            texts.append(header + "\n" + "\n".join(window))
+    return texts, (np.asarray(starts, dtype=np.int64) if len(texts) > len(sections) else None)
+
+
+def best_text_scores(scores: np.ndarray, starts: np.ndarray | None) -> np.ndarray:
+    """Per-section scores [..., N] from per-text scores [..., M] (:func:`section_texts`): each
+    section's best text."""
+    return scores if starts is None else np.maximum.reduceat(scores, starts, axis=-1)
 
 
 def _output_dim(model: CETDRetriever) -> int:

@@ -196,9 +196,10 @@ class AppIndex:
     root: Path
     sections: list[Section]
     texts: list[str]
-    embeddings: np.ndarray  # float32 [N, D], row i = sections[i]
+    embeddings: np.ndarray  # float32 [M, D]: the texts of section i from row chunk_starts[i]
     content_hash: str
     report: ExtractionReport
+    chunk_starts: np.ndarray | None = None  # None: one row per section
     _bm25: BM25Scorer | None = field(default=None, repr=False)
 
     @property
@@ -277,6 +278,8 @@ class Retriever:
 
     def index(self, app: str | Path | App) -> AppIndex:
         """The section index of ``app``: from memory, else from disk, else encoded (and saved)."""
+        from cetd_phase1 import model as model_lib
+
         name, root = resolve_app(app)
         key = str(Path(root).resolve())
         stamp = _stat_fingerprint(Path(root))
@@ -285,16 +288,20 @@ class Retriever:
             return cached[1]
         sections, report = extract_sections(Path(root), name)
         texts = [section_text(s) for s in sections]
+        encoded, starts = model_lib.section_texts(
+            [(s.file, s.qualname, s.kind, s.encoder_code()) for s in sections], self.tokenizer,
+            self.max_code_length, self.model.config.section_chunks)
         digest = hashlib.sha256(
-            f"{self.max_code_length}\0".encode() + "\0".join(texts).encode()).hexdigest()[:24]
+            f"{self.max_code_length}\0".encode() + "\0".join(encoded).encode()).hexdigest()[:24]
         path = self.cache_dir / self.identity / f"{digest}.npy"
-        embeddings = self._load_cached(path, len(texts))
+        embeddings = self._load_cached(path, len(encoded))
         if embeddings is None:
-            embeddings = self._encode(texts, self.max_code_length,
-                                      self.show_progress) if texts else np.zeros((0, 0), np.float32)
+            embeddings = self._encode(encoded, self.max_code_length, self.show_progress) \
+                if encoded else np.zeros((0, 0), np.float32)
             atomic_write(path, lambda f: np.save(f, embeddings.astype(np.float32)))
         index = AppIndex(name=name, root=Path(root), sections=sections, texts=texts,
-                         embeddings=embeddings, content_hash=digest, report=report)
+                         embeddings=embeddings, content_hash=digest, report=report,
+                         chunk_starts=starts)
         self._indexes[key] = (stamp, index)
         return index
 
@@ -314,7 +321,10 @@ class Retriever:
         """Dot-product scores [Q, N] of requirements against every section of ``index``."""
         if not index.sections:
             return np.zeros((len(requirements), 0), dtype=np.float32)
-        return self.encode_queries(requirements) @ index.embeddings.T
+        from cetd_phase1.model import best_text_scores
+
+        return best_text_scores(self.encode_queries(requirements) @ index.embeddings.T,
+                                index.chunk_starts)
 
     def retrieve(self, requirement: str, app: str | Path | App, k: int = 5,
                  hybrid: bool | None = None) -> list[dict]:

@@ -30,7 +30,8 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from cetd_phase1.losses import RankingAnchorLoss
 from cetd_phase1.metrics import compute_ranking_metrics
-from cetd_phase1.model import CETDRetriever, encode_texts, pad, tokenize
+from cetd_phase1.model import (CETDRetriever, best_text_scores, encode_texts, pad, section_texts,
+                               tokenize)
 from cetd_phase1.sections import format_section
 
 logger = logging.getLogger(__name__)
@@ -256,20 +257,19 @@ class Rankings:
     labels: list[np.ndarray]
 
 
-def _app_pools(sections: datasets.Dataset,
-               apps: set[str]) -> tuple[list[tuple[str, str]], list[str], dict[str, list[int]]]:
-    """The rows of ``sections`` belonging to ``apps``: their (file, qualname) keys, their encoder
-    texts and, per app, their positions in those two lists."""
-    cols = sections.select_columns(["app_id", "file", "qualname", "code"]).to_dict()
-    keys: list[tuple[str, str]] = []
-    texts: list[str] = []
+def _app_pools(sections: datasets.Dataset, apps: set[str]
+               ) -> tuple[list[tuple[str, str, str, str]], dict[str, list[int]]]:
+    """The rows of ``sections`` belonging to ``apps`` as (file, qualname, kind, code) and, per
+    app, their positions in that list."""
+    cols = sections.select_columns(["app_id", "file", "qualname", "kind", "code"]).to_dict()
+    items: list[tuple[str, str, str, str]] = []
     by_app: dict[str, list[int]] = defaultdict(list)
-    for app, file, qual, code in zip(cols["app_id"], cols["file"], cols["qualname"], cols["code"]):
+    for app, file, qual, kind, code in zip(cols["app_id"], cols["file"], cols["qualname"],
+                                           cols["kind"], cols["code"]):
         if app in apps:
-            by_app[app].append(len(texts))
-            keys.append((file, qual))
-            texts.append(format_section(file, qual, code))
-    return keys, texts, by_app
+            by_app[app].append(len(items))
+            items.append((file, qual, kind, code))
+    return items, by_app
 
 
 def rank_full_app(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
@@ -279,7 +279,8 @@ def rank_full_app(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
     """Score every requirement of ``rows`` against **all** sections of its app in ``sections``.
 
     A section is relevant when ``rows`` holds it as a positive (label 1) of that requirement,
-    matched on (app_id, file, qualname). Each app's sections are encoded once.
+    matched on (app_id, file, qualname). Each app's sections are encoded once, as the retriever
+    reads them (:func:`~cetd_phase1.model.section_texts`, the model's ``section_chunks``).
     """
     cols = rows.select_columns(["query_id", "app_id", "requirement", "file", "qualname",
                                 "label"]).to_dict()
@@ -292,20 +293,28 @@ def rank_full_app(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
         text[qid], app_of[qid] = req, app
         if label == 1:
             relevant[qid].add((file, qual))
-    section_keys, section_texts, by_app = _app_pools(sections, set(app_of.values()))
+    items, by_app = _app_pools(sections, set(app_of.values()))
     qids = list(text)
     q_emb = encode_texts(model, tokenizer, [text[q] for q in qids], max_length=max_req_length,
                          batch_size=batch_size, show_progress=show_progress)
-    s_emb = encode_texts(model, tokenizer, section_texts, max_length=max_code_length,
+    texts, starts = section_texts(items, tokenizer, max_code_length, model.config.section_chunks)
+    t_emb = encode_texts(model, tokenizer, texts, max_length=max_code_length,
                          batch_size=batch_size, show_progress=show_progress)
+    bounds = np.append(starts, len(texts)) if starts is not None else np.arange(len(texts) + 1)
+    pools: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # app -> its texts, starts
+    for app, cand in by_app.items():
+        spans = [np.arange(bounds[c], bounds[c + 1]) for c in cand]
+        local = np.cumsum([0] + [len(s) for s in spans[:-1]]) if starts is not None else None
+        pools[app] = (np.concatenate(spans) if spans else np.zeros(0, np.int64), local)
     out = Rankings([], [], [], [])
     for qi, qid in enumerate(qids):
         cand = by_app.get(app_of[qid], [])
-        keys = [section_keys[c] for c in cand]
+        rows_of_app, local = pools.get(app_of[qid], (np.zeros(0, np.int64), None))
         out.query_ids.append(qid)
         out.app_ids.append(app_of[qid])
-        out.scores.append(s_emb[cand] @ q_emb[qi])
-        out.labels.append(np.array([k in relevant[qid] for k in keys], dtype=np.int8))
+        out.scores.append(best_text_scores(t_emb[rows_of_app] @ q_emb[qi], local)
+                          if len(cand) else np.zeros(0, np.float32))
+        out.labels.append(np.array([items[c][:2] in relevant[qid] for c in cand], dtype=np.int8))
     return out
 
 
@@ -316,7 +325,8 @@ def mine_negatives(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
     """Per grouped requirement (``query_id``), the encoder texts of the ``k`` sections of its
     app (in ``sections``) that ``model`` ranks highest, its positives left out: the candidates
     it confuses now, rather than those BM25 confused when the dataset was built."""
-    _, texts, by_app = _app_pools(sections, set(groups["app_id"]))
+    items, by_app = _app_pools(sections, set(groups["app_id"]))
+    texts = [format_section(file, qual, code) for file, qual, _, code in items]
     s_emb = encode_texts(model, tokenizer, texts, max_length=max_code_length,
                          batch_size=batch_size, show_progress=show_progress)
     q_emb = encode_texts(model, tokenizer, list(groups["requirement"]), max_length=max_req_length,

@@ -13,8 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from _tiny_models import make_tiny_decoder, make_tiny_encoder  # noqa: E402
 from cetd_phase1.errors import CETDError  # noqa: E402
 from cetd_phase1.losses import BCELoss, InfoNCELoss, RankingAnchorLoss  # noqa: E402
-from cetd_phase1.model import (CETDConfig, CETDRetriever, encode_texts, load_retriever,  # noqa: E402
-                               load_tokenizer, pad, pool, resolve_backbone, tokenize)
+from cetd_phase1.model import (CETDConfig, CETDRetriever, best_text_scores,  # noqa: E402
+                               encode_texts, load_retriever, load_tokenizer, pad, pool,
+                               resolve_backbone, section_texts, tokenize)
 
 TEXTS = ["parse json strings into objects", "def parse_json(s):\n    return json.loads(s)",
          "x", "format an error message for the user with its code and a hint"]
@@ -90,6 +91,36 @@ def test_split_identifiers_reads_camel_case_as_words_and_survives_reload(encoder
     np.testing.assert_allclose(camel, words, atol=1e-6)
     camel, words = encode_texts(CETDRetriever.from_backbone(encoder_dir), tok, pair, max_length=32)
     assert not np.allclose(camel, words, atol=1e-3)
+
+
+def test_section_texts_read_a_long_function_as_its_first_cut_then_windows(encoder_dir):
+    tok = load_tokenizer(encoder_dir)
+    body = [f"    total = total + value_{i}" for i in range(12)]  # 8 tokens + newline each
+    code = "\n".join(["def summing(values):", *body, "    return total"])
+    short = "def tiny():\n    return 1"
+    sections = [("m.py", "Klass", "class", code), ("m.py", "summing", "function", code),
+                ("m.py", "tiny", "function", short)]
+    one, starts = section_texts(sections, tok, 48, 1)
+    assert one == [f"# m.py :: {q}\n{c}" for _, q, _, c in sections] and starts is None
+    texts, starts = section_texts(sections, tok, 48, 3)
+    # the class and the short function keep one text; the long one gets two more, each its
+    # header and signature, then the lines after the previous cut that fit in 48 tokens
+    assert starts.tolist() == [0, 1, 4]
+    assert texts[0] == one[0] and texts[1] == one[1] and texts[4] == one[2]
+    header = "# m.py :: summing\ndef summing(values):"
+    first_cut = len(tok(one[1], truncation=True, max_length=48)["input_ids"])
+    assert first_cut == 48
+    for extra in texts[2:4]:
+        assert extra.startswith(header + "\n    total = total + value_")
+        assert len(tok(extra)["input_ids"]) <= 48
+    windows = [t[len(header) + 1:].splitlines() for t in texts[2:4]]
+    shown = [line for w in windows for line in w]
+    assert shown == body[body.index(windows[0][0]):][:len(shown)]  # in order, no repeats
+    # the first cut ([CLS] + 46 tokens + [SEP]) ends inside value_3's line: read again whole
+    assert windows[0][0] == body[3]
+    assert len(section_texts(sections, tok, 48, 2)[0]) == 4  # capped at max_chunks
+    scores = np.array([[0.1, 0.5, 0.9, 0.2, 0.3]])
+    assert best_text_scores(scores, starts).tolist() == [[0.1, 0.9, 0.3]]
 
 
 def test_lora_with_gradient_checkpointing_gets_gradients(encoder_dir):

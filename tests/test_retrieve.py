@@ -219,3 +219,43 @@ def test_bm25_matches_whole_identifiers_and_word_stems():
     assert named.argmax() == 1 and named[1] > named[0] > 0
     assert bm25.scores("retries the call").argmax() == 2  # "retries" stems to "retri" as "retry"
     assert not bm25.scores("zzz qqq").any()
+
+
+def test_a_long_function_scores_as_its_best_text_everywhere_it_is_ranked(tiny_model, tmp_path):
+    """``section_chunks`` > 1: the retriever's index, its cache and the trainer's full-app
+    evaluation all score a long function as the best of its texts (``section_texts``)."""
+    import datasets
+
+    from cetd_phase1.trainer import rank_full_app
+
+    body = "\n".join(f"    total = total + value_{i}" for i in range(40))
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "m.py").write_text(f"def summing(values):\n{body}\n    return total\n\n\n"
+                              "def tiny():\n    return 1\n")
+    ckpt = _perturbed_checkpoint(tiny_model, tmp_path / "ckpt", section_chunks=3,
+                                 max_code_length=32)
+    r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
+    assert r.model.config.section_chunks == 3
+    index = r.index(app)
+    assert [s.qualname for s in index.sections] == ["summing", "tiny"]
+    assert index.embeddings.shape[0] == 4 and index.chunk_starts.tolist() == [0, 3]
+    items = [(s.file, s.qualname, s.kind, s.encoder_code()) for s in index.sections]
+    texts, _ = model_lib.section_texts(items, r.tokenizer, 32, 3)
+    query = "add up the values into a total"
+    q = r.encode_queries([query])[0]
+    per_text = model_lib.encode_texts(r.model, r.tokenizer, texts, max_length=32) @ q
+    expected = [per_text[:3].max(), per_text[3]]
+    np.testing.assert_allclose(r.dense_scores([query], index)[0], expected, rtol=1e-5)
+    again = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache").index(app)
+    np.testing.assert_array_equal(again.embeddings, index.embeddings)  # from the cache
+    # the trainer's evaluation ranks the same texts the same way
+    sections = datasets.Dataset.from_list([
+        {"app_id": "a", "file": f, "qualname": qn, "kind": k, "code": c} for f, qn, k, c in items])
+    rows = datasets.Dataset.from_list([
+        {"query_id": "q", "app_id": "a", "requirement": query, "file": "m.py",
+         "qualname": "summing", "label": 1}])
+    ranked = rank_full_app(r.model, r.tokenizer, rows, sections, max_req_length=128,
+                           max_code_length=32)
+    np.testing.assert_allclose(ranked.scores[0], expected, rtol=1e-5)
+    assert ranked.labels[0].tolist() == [1, 0]
