@@ -39,7 +39,8 @@ def rrf_fuse(*score_vectors: np.ndarray, k: int = 60) -> np.ndarray:
     return fused
 
 
-def score_sets(checkpoint: str, registry, split, label_sources) -> dict:
+def score_sets(checkpoint: str, registry, split, label_sources,
+               section_chunks: int | None = None) -> dict:
     """Per method, the full-app score vectors and labels of every headline query."""
     from cetd_phase1.evaluation import (HEADLINE_SOURCES, Method, _backbone_path, _load_queries,
                                         score_queries)
@@ -48,7 +49,7 @@ def score_sets(checkpoint: str, registry, split, label_sources) -> dict:
 
     queries = _load_queries(registry, split, None, 3, 2, label_sources)
     apps = {a.app_id: a for a in registry.apps(split)}
-    model = Retriever.from_pretrained(resolve_backbone(checkpoint))
+    model = Retriever.from_pretrained(resolve_backbone(checkpoint), section_chunks=section_chunks)
     methods = [Method("model", model), Method("bm25", None)]
     backbone = _backbone_path(Path(resolve_backbone(checkpoint)), None)
     if backbone:
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "cetd_phase1" / "fr"))
     parser.add_argument("--json", help="also write the table as JSON")
+    parser.add_argument("--section-chunks", type=int,
+                        help="texts per long function for the checkpoint (model.section_chunks; "
+                             "default: the checkpoint's own)")
     args = parser.parse_args(argv)
 
     from feature_requests import prepare
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for bench, (registry, split, sources) in benches.items():
-        sets = score_sets(args.checkpoint, registry, split, sources)
+        sets = score_sets(args.checkpoint, registry, split, sources, args.section_chunks)
         bm25 = sets["bm25"]
         rows = {"bm25": measure(bm25)}
         for dense_name in [n for n in sets if n != "bm25"]:
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                     [(wm * zscore(m) + wb * zscore(b0) + (1 - wm - wb) * zscore(b), l)
                      for (m, l), (b0, _), (b, _) in zip(sets["model"], sets["backbone"], bm25)])
         table[bench] = rows
-    print(f"\n{today()}, {machine()}\nfull-app MRR / R@5, checkpoint {args.checkpoint}")
+    chunks = "" if args.section_chunks is None else f", section_chunks {args.section_chunks}"
+    print(f"\n{today()}, {machine()}\nfull-app MRR / R@5, checkpoint {args.checkpoint}{chunks}")
     names = list(next(iter(table.values())))
     print(f"{'method':32}" + "".join(f"{b:>32}" for b in table))
     for n in names:

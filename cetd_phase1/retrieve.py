@@ -222,7 +222,8 @@ class Retriever:
                  max_query_length: int = DEFAULT_MAX_QUERY_LENGTH,
                  max_code_length: int = DEFAULT_MAX_CODE_LENGTH, batch_size: int = 64,
                  cache_dir: str | Path | None = None, hybrid: bool = True,
-                 hybrid_weight: float = HYBRID_WEIGHT, show_progress: bool = False) -> None:
+                 hybrid_weight: float = HYBRID_WEIGHT, show_progress: bool = False,
+                 section_chunks: int | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.identity = identity
         self.max_query_length, self.max_code_length = max_query_length, max_code_length
@@ -231,6 +232,11 @@ class Retriever:
         self.hybrid = hybrid
         self.hybrid_weight = check_hybrid_weight(hybrid_weight)
         self.show_progress = show_progress
+        # texts per long function (model.section_texts); None: what the checkpoint was made with
+        self.section_chunks = model.config.section_chunks if section_chunks is None \
+            else section_chunks
+        if self.section_chunks < 1:
+            raise CETDError(f"section_chunks must be >= 1, got {self.section_chunks}")
         self._indexes: dict[str, tuple[str, AppIndex]] = {}
 
     @classmethod
@@ -290,7 +296,7 @@ class Retriever:
         texts = [section_text(s) for s in sections]
         encoded, starts = model_lib.section_texts(
             [(s.file, s.qualname, s.kind, s.encoder_code()) for s in sections], self.tokenizer,
-            self.max_code_length, self.model.config.section_chunks)
+            self.max_code_length, self.section_chunks)
         digest = hashlib.sha256(
             f"{self.max_code_length}\0".encode() + "\0".join(encoded).encode()).hexdigest()[:24]
         path = self.cache_dir / self.identity / f"{digest}.npy"

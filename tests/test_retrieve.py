@@ -249,6 +249,12 @@ def test_a_long_function_scores_as_its_best_text_everywhere_it_is_ranked(tiny_mo
     np.testing.assert_allclose(r.dense_scores([query], index)[0], expected, rtol=1e-5)
     again = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache").index(app)
     np.testing.assert_array_equal(again.embeddings, index.embeddings)  # from the cache
+    first_only = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache", section_chunks=1)
+    assert first_only.index(app).chunk_starts is None
+    np.testing.assert_allclose(first_only.dense_scores([query], first_only.index(app))[0],
+                               [per_text[0], per_text[3]], rtol=1e-5)
+    with pytest.raises(CETDError, match="section_chunks must be >= 1"):
+        Retriever.from_pretrained(ckpt, section_chunks=0)
     # the trainer's evaluation ranks the same texts the same way
     sections = datasets.Dataset.from_list([
         {"app_id": "a", "file": f, "qualname": qn, "kind": k, "code": c} for f, qn, k, c in items])
