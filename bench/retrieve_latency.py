@@ -7,7 +7,7 @@ source change check, query encoding, scoring (the hybrid dense + BM25 score that
 serves by default, or the dense score alone with ``--dense-only``) and top-k selection.
 
     python bench/retrieve_latency.py [--checkpoint DIR] [--queries 50] [--dense-only]
-        [--query-threads 1] [--json FILE]
+        [--query-threads 1] [--section-chunks N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--query-threads", type=int, default=1,
                         help="torch threads while timing queries (default 1: a one-query batch "
                              "gains nothing from intra-op threads and loses much on a busy CPU)")
+    parser.add_argument("--section-chunks", type=int,
+                        help="texts per long function (default: the checkpoint's own)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
 
@@ -71,7 +73,9 @@ def main() -> None:
                "device": "cuda" if torch.cuda.is_available() else "cpu", "apps": {}}
     with tempfile.TemporaryDirectory(prefix="cetd-bench-") as tmp:
         retriever = Retriever.from_pretrained(args.checkpoint, cache_dir=Path(tmp) / "index",
-                                              hybrid=not args.dense_only, show_progress=True)
+                                              hybrid=not args.dense_only, show_progress=True,
+                                              section_chunks=args.section_chunks)
+        results["section_chunks"] = retriever.section_chunks
         for label, app in build_apps(Path(tmp)).items():
             torch.set_num_threads(index_threads)
             start = time.perf_counter()
@@ -89,13 +93,15 @@ def main() -> None:
                 start = time.perf_counter()
                 retriever.encode_queries([q])
                 encode.append((time.perf_counter() - start) * 1000)
-            row = {"sections": len(index.sections), "index_build_s": round(index_s, 1),
+            row = {"sections": len(index.sections), "texts": int(index.embeddings.shape[0]),
+                   "index_build_s": round(index_s, 1),
                    "queries": len(total),
                    "median_ms": round(statistics.median(total), 1),
                    "p95_ms": round(percentile(total, 0.95), 1),
                    "query_encoding_median_ms": round(statistics.median(encode), 1)}
             results["apps"][label] = row
-            print(f"{label}: {row['sections']} sections, index {row['index_build_s']} s; "
+            print(f"{label}: {row['sections']} sections ({row['texts']} texts), index "
+                  f"{row['index_build_s']} s; "
                   f"per query median {row['median_ms']} ms, p95 {row['p95_ms']} ms "
                   f"(query encoding {row['query_encoding_median_ms']} ms)")
     if args.json:
