@@ -576,6 +576,8 @@ def section_texts(sections: Sequence[tuple[str, str, str, str]],
     def n_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    # lengths of the text as written: split at camelCase (split_identifiers) it counts about the
+    # same, and a line more or less at a window's edge does not matter
     for i, (file, qualname, _, code) in enumerate(sections):
         starts.append(len(texts))
         texts.append(format_section(file, qualname, code))

@@ -397,7 +397,9 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
     into the backbone first; for decoder backbones the tokenizer appends EOS, as our encoder does.
     A model trained with ``split_identifiers`` expects its texts split at camelCase boundaries,
     which a sentence-transformers folder cannot do by itself: the caller passes them through
-    :func:`~cetd_phase1.sections.split_camel_case` (a warning says so).
+    :func:`~cetd_phase1.sections.split_camel_case` (a warning says so). Likewise a model with
+    ``section_chunks`` > 1 ranks a long function by the best of several texts, which the caller
+    builds with :func:`~cetd_phase1.model.section_texts` (a warning says so).
     """
     import torch
     from sentence_transformers import SentenceTransformer
@@ -412,6 +414,10 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
         logger.warning("%s reads camelCase identifiers as words (split_identifiers): pass texts "
                        "through cetd_phase1.sections.split_camel_case before "
                        "SentenceTransformer.encode, or the embeddings differ", model_dir)
+    if config.section_chunks > 1:
+        logger.warning("%s ranks a long function by the best of up to %d texts (section_chunks):"
+                       " build them with cetd_phase1.model.section_texts and keep each "
+                       "section's best score", model_dir, config.section_chunks)
     backbone = model.backbone
     if getattr(config, "use_lora", False):
         backbone = backbone.merge_and_unload()

@@ -163,16 +163,17 @@ def test_sentence_transformers_export_round_trip(tiny_model, tmp_path, settings,
     np.testing.assert_allclose(st.encode_query(texts), r.encode_queries(texts), atol=1e-5)
 
 
-def test_export_of_a_split_identifiers_model_says_to_split_first(tiny_model, tmp_path, fp32_cpu,
-                                                                 caplog):
+def test_export_says_to_split_identifiers_and_build_section_texts_first(tiny_model, tmp_path,
+                                                                        fp32_cpu, caplog):
     from sentence_transformers import SentenceTransformer
 
     from cetd_phase1.sections import split_camel_case
 
-    ckpt = _perturbed_checkpoint(tiny_model, tmp_path / "ckpt", split_identifiers=True)
+    ckpt = _perturbed_checkpoint(tiny_model, tmp_path / "ckpt", split_identifiers=True,
+                                 section_chunks=4)
     with caplog.at_level("WARNING", logger="cetd_phase1.retrieve"):
         out = export_sentence_transformers(ckpt, tmp_path / "st")
-    assert "split_camel_case" in caplog.text
+    assert "split_camel_case" in caplog.text and "section_texts" in caplog.text
     texts = ["def parseJsonFile(path):", "Load the HTTPServer config"]
     r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
     ours = model_lib.encode_texts(r.model, r.tokenizer, texts, max_length=r.max_code_length)
