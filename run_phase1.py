@@ -141,11 +141,7 @@ def run(cli: argparse.Namespace) -> int:
                               label_sources=tuple(d.label_sources), cache_dir=d.cache_dir,
                               seed=d.seed)
         sections = build_sections(registry=registry, cache_dir=d.cache_dir)
-    tokenizer = load_tokenizer(resolve_backbone(cfg.model.base_model))
-    train_groups = group_queries(pairs["train"], tokenizer=tokenizer,
-                                 max_code_length=d.max_code_length,
-                                 section_chunks=cfg.model.section_chunks
-                                 if cfg.training.chunk_positives else 1)
+    train_groups = group_queries(pairs["train"])
     if len(train_groups) == 0:
         raise CETDError(f"{cfg.path}: the training split of {cfg.data_source!r} has no "
                         f"requirement with a positive section")
@@ -161,6 +157,7 @@ def run(cli: argparse.Namespace) -> int:
     model = CETDRetriever.from_backbone(cfg.model.base_model,
                                         attention_dropout=cfg.model.attention_dropout,
                                         **cfg.model_settings())
+    tokenizer = load_tokenizer(resolve_backbone(cfg.model.base_model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info("model: %s, pooling %s, LoRA %s, %.2fM of %.2fM parameters trainable",

@@ -167,13 +167,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                   "(model.section_chunks 4)",
                                   {"training.batch_size": 32, "training.max_steps": 200,
                                    "model.split_identifiers": True, "model.section_chunks": 4}),
-    "batch32-split-chunks4-train-200": ("batch32-split-chunks4-200 (the default) trained on every "
-                                        "text a positive is ranked by, one drawn per step "
-                                        "(training.chunk_positives)",
-                                        {"training.batch_size": 32, "training.max_steps": 200,
-                                         "model.split_identifiers": True,
-                                         "model.section_chunks": 4,
-                                         "training.chunk_positives": True}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),

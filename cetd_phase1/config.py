@@ -64,7 +64,6 @@ class TrainingSection:
     same_app_batches: bool = False  # in-batch negatives from the requirement's own app
     anchor_weight: float = 0.0  # > 0: keep in-batch rankings near the untrained model's
     mine_negatives_step: int = 0  # > 0: from then on, dataset.hard_negatives mined by the model
-    chunk_positives: bool = False  # train on every text a positive is ranked by (section_chunks)
     max_steps: int = -1
     seed: int = 42
     weight_decay: float = 0.0
@@ -285,9 +284,6 @@ def validate(cfg: Phase1Config) -> None:
     if t.anchor_weight < 0:
         raise CETDError(f"{p}: training.anchor_weight must be >= 0 (0 = off), got "
                         f"{t.anchor_weight}")
-    if t.chunk_positives and m.section_chunks < 2:
-        raise CETDError(f"{p}: training.chunk_positives needs model.section_chunks >= 2 (the "
-                        f"texts a positive is ranked by), got {m.section_chunks}")
     if t.mine_negatives_step < 0:
         raise CETDError(f"{p}: training.mine_negatives_step must be >= 0 (0 = off), got "
                         f"{t.mine_negatives_step}")

@@ -44,38 +44,23 @@ GROUP_FEATURES = datasets.Features({
 })
 
 
-def group_queries(rows: datasets.Dataset, *, tokenizer: PreTrainedTokenizerBase | None = None,
-                  max_code_length: int = 128, section_chunks: int = 1) -> datasets.Dataset:
+def group_queries(rows: datasets.Dataset) -> datasets.Dataset:
     """One item per requirement (``query_id``): its text and the encoder texts
     (:func:`~cetd_phase1.sections.format_section`) of its positive and negative sections.
-    Requirements without a positive cannot be trained on and are left out.
-
-    With ``section_chunks`` > 1 (and ``tokenizer``) a positive contributes every text it is
-    ranked by (:func:`~cetd_phase1.model.section_texts`), so training sees the later parts of a
-    long function that retrieval scores it by; the collator draws one text per step."""
+    Requirements without a positive cannot be trained on and are left out."""
     groups: dict[str, dict[str, Any]] = {}
     # Streamed in slices: one to_dict() of every column would hold all rows as Python
     # objects at once, beside the groups, and that peak stays in the training's peak RSS.
     columns = rows.select_columns(["query_id", "app_id", "requirement", "file", "qualname",
-                                   "kind", "code", "label"])
+                                   "code", "label"])
     for cols in columns.iter(batch_size=2048):
-        passages: dict[int, list[str]] = {}
-        if section_chunks > 1:
-            pos = [j for j, label in enumerate(cols["label"]) if label == 1]
-            texts, starts = section_texts(
-                [(cols["file"][j], cols["qualname"][j], cols["kind"][j], cols["code"][j])
-                 for j in pos], tokenizer, max_code_length, section_chunks)
-            bounds = [*starts, len(texts)] if starts is not None else range(len(texts) + 1)
-            passages = {j: texts[bounds[n]:bounds[n + 1]] for n, j in enumerate(pos)}
-        for j, (qid, app, req, file, qual, code, label) in enumerate(zip(
+        for qid, app, req, file, qual, code, label in zip(
                 cols["query_id"], cols["app_id"], cols["requirement"], cols["file"],
-                cols["qualname"], cols["code"], cols["label"])):
+                cols["qualname"], cols["code"], cols["label"]):
             group = groups.setdefault(qid, {"query_id": qid, "app_id": app, "requirement": req,
                                             "positives": [], "negatives": []})
-            if label == 1:
-                group["positives"].extend(passages.get(j) or [format_section(file, qual, code)])
-            else:
-                group["negatives"].append(format_section(file, qual, code))
+            group["positives" if label == 1 else "negatives"].append(
+                format_section(file, qual, code))
     kept = [g for g in groups.values() if g["positives"]]
     if len(kept) < len(groups):
         logger.warning("%d requirement(s) without a positive section left out of training",

@@ -45,22 +45,6 @@ def test_group_queries(rows):
     assert first["positives"][0].startswith("# m.py :: f_parse_json\ndef f_parse_json")
 
 
-def test_group_queries_can_train_on_every_text_a_positive_is_ranked_by(encoder_dir, rows):
-    from cetd_phase1.model import section_texts
-
-    long_code = "def f_parse_json():\n" + "\n".join(f"    step_{i} = parse(step_{i - 1})"
-                                                    for i in range(30))
-    longer = rows.map(lambda r: {"code": long_code if r["qualname"] == "f_parse_json"
-                                 else r["code"]})
-    tok = load_tokenizer(encoder_dir)
-    grouped = group_queries(longer, tokenizer=tok, max_code_length=32, section_chunks=3)
-    first = grouped[0]  # a1-0: its positive is the long function
-    expected, _ = section_texts([("m.py", "f_parse_json", "function", long_code)], tok, 32, 3)
-    assert len(expected) == 3 and first["positives"] == expected
-    assert first["negatives"] == group_queries(longer)[0]["negatives"]  # first texts only
-    assert grouped[1]["positives"] == group_queries(longer)[1]["positives"]  # short: one text
-
-
 def test_group_queries_drops_requirements_without_positive(rows):
     no_pos = rows.filter(lambda r: not (r["query_id"] == "a1-0" and r["label"] == 1))
     assert "a1-0" not in group_queries(no_pos)["query_id"]
