@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     ours.add_argument("--train-ours", action="store_true",
                       help="train ours here first: python run_phase1.py --output_dir OUT/ours")
     parser.add_argument("--ours-config", help="config for --train-ours (default: the default)")
+    parser.add_argument("--peer-section-chunks", type=int, default=None, metavar="N",
+                        help="read the peer's long functions as up to N texts, ranked by the best "
+                             "(what model.section_chunks does for ours; default 1)")
     parser.add_argument("--hybrid", action="store_true",
                         help="also report the hybrid (BM25 + dense) ranking of both, as separate rows")
     args = parser.parse_args(argv)
@@ -241,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         for split in args.split:
             peer_eval = run_evaluation(peer_dir, out / f"eval-peer-{split}", split=split,
                                        backbone=resolve_backbone(None), hybrid=args.hybrid,
-                                       command=command)
+                                       command=command, section_chunks=args.peer_section_chunks)
             ours_eval = None if ours_dir is None else run_evaluation(
                 ours_dir, out / f"eval-ours-{split}", split=split, hybrid=args.hybrid,
                 command=command)

@@ -260,6 +260,9 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="cache root for datasets and section indexes (default $CETD_CACHE or "
                         "~/.cache/cetd_phase1)")
     p.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default 64)")
+    p.add_argument("--section-chunks", type=int, default=None, metavar="N",
+                   help="read a long function as up to N texts, ranked by its best (default: "
+                        "the checkpoint's model.section_chunks)")
     p.add_argument("--label-sources", default="docstring,gold,heuristic",
                    help="comma-separated label sources of the queries (default "
                         "docstring,gold,heuristic; 'gold' alone for annotated requirements only)")
@@ -276,6 +279,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     metrics = run_evaluation(args.checkpoint, args.out, split=args.split, apps_dir=args.apps,
                              registry=registry, hybrid=args.hybrid, backbone=args.backbone,
                              cache_dir=args.cache_dir, batch_size=args.batch_size,
+                             section_chunks=args.section_chunks,
                              label_sources=[s.strip() for s in args.label_sources.split(",")
                                             if s.strip()],
                              command="python -m cetd_phase1 " + " ".join(sys.argv[1:]))

@@ -207,10 +207,13 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
                    hybrid: bool = False, backbone: str | None = None,
                    cache_dir: str | Path | None = None, hard_negatives: int = 3,
                    random_negatives: int = 2, batch_size: int = 64, command: str = "",
-                   label_sources: Sequence[str] = ("docstring", "gold", "heuristic")) -> dict:
+                   label_sources: Sequence[str] = ("docstring", "gold", "heuristic"),
+                   section_chunks: int | None = None) -> dict:
     """Evaluate ``checkpoint`` on ``split`` of ``registry`` (default: the stdlib, or PostgreSQL
     when ``$DATABASE_URL`` is set), or on every app of ``apps_dir`` (a folder of apps or a
     manifest), against BM25 and the untrained backbone; write the report files to ``out``.
+    ``section_chunks`` overrides how many texts the checkpoint reads a long function as (None:
+    its own ``model.section_chunks``; the backbone always reads one).
 
     Returns the ``metrics.json`` content.
     """
@@ -223,6 +226,8 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
     checkpoint, out = Path(resolve_backbone(checkpoint)), Path(out)
     if not (checkpoint / "config.json").is_file():
         raise CETDError(f"{checkpoint}: not a model folder (no config.json)")
+    if section_chunks is not None and section_chunks < 1:
+        raise CETDError(f"section_chunks must be >= 1, got {section_chunks}")
     if apps_dir is not None:
         if not Path(apps_dir).exists():
             raise CETDError(f"{apps_dir}: no such apps folder or manifest")
@@ -240,7 +245,7 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
     apps = {a.app_id: a for a in registry.apps(split)}
 
     model = Retriever.from_pretrained(checkpoint, cache_dir=index_cache, batch_size=batch_size,
-                                      show_progress=True)
+                                      show_progress=True, section_chunks=section_chunks)
     methods = [Method("model", model)]
     if hybrid:
         methods.append(Method("model+bm25 (hybrid)", model, hybrid=True))

@@ -109,3 +109,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "config.json" in err and "\n" not in err
+
+
+def test_cli_section_chunks_overrides_the_checkpoint_and_bad_values_are_one_line(
+        setup, tmp_path, capsys, monkeypatch):
+    ckpt, apps, cache = setup
+    seen = []
+    real = model_lib.section_texts
+
+    def recording(sections, tokenizer, max_length, max_chunks):
+        seen.append(max_chunks)
+        return real(sections, tokenizer, max_length, max_chunks)
+
+    monkeypatch.setattr(model_lib, "section_texts", recording)
+    args = ["evaluate", "--checkpoint", str(ckpt), "--apps", str(apps), "--cache-dir",
+            str(cache)]
+    assert main([*args, "--out", str(tmp_path / "o"), "--section-chunks", "3"]) == 0
+    assert seen and set(seen) == {3}
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "o2"), "--section-chunks", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "section_chunks must be >= 1" in err and "\n" not in err
