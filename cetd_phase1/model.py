@@ -553,6 +553,9 @@ def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts
     return out
 
 
+_DEF = ("def ", "async def ")
+
+
 def section_texts(sections: Sequence[tuple[str, str, str, str]],
                   tokenizer: PreTrainedTokenizerBase, max_length: int,
                   max_chunks: int) -> tuple[list[str], np.ndarray | None]:
@@ -561,8 +564,8 @@ def section_texts(sections: Sequence[tuple[str, str, str, str]],
 
     A section is read as its :func:`~cetd_phase1.sections.format_section` text, which the encoder
     cuts at ``max_length`` tokens. With ``max_chunks > 1`` a function or method whose code runs
-    past that cut gets up to ``max_chunks - 1`` more texts: its header and first line (the
-    signature) followed by the next lines that fit, so the lines a change touches further down
+    past that cut gets up to ``max_chunks - 1`` more texts: its header and ``def`` line (the
+    signature, not a decorator) followed by the next lines that fit, so the lines a change touches further down
     count too; the section then scores as its best text (max over passages, as for long
     documents). Classes keep one text: their code holds their methods, sections of their own.
     """
@@ -589,7 +592,10 @@ def section_texts(sections: Sequence[tuple[str, str, str, str]],
         used, k = n_tokens(format_section(file, qualname, "")) + (sizes[0] if sizes else 0), 1
         while k < len(lines) and used + sizes[k] <= room:  # what the first text holds
             used, k = used + sizes[k], k + 1
-        header = format_section(file, qualname, lines[0] if lines else "")
+        # the def line, not a decorator above it
+        signature = next((line for line in lines if line.lstrip().startswith(_DEF)),
+                         lines[0] if lines else "")
+        header = format_section(file, qualname, signature)
         budget = room - n_tokens(header)
         while k < len(lines) and len(texts) - starts[-1] < max_chunks:
             window, used = [], 0

@@ -119,6 +119,10 @@ def test_section_texts_read_a_long_function_as_its_first_cut_then_windows(encode
     # the first cut ([CLS] + 46 tokens + [SEP]) ends inside value_3's line: read again whole
     assert windows[0][0] == body[3]
     assert len(section_texts(sections, tok, 48, 2)[0]) == 4  # capped at max_chunks
+    decorated = "@functools.cache\n" + code
+    texts, _ = section_texts([("m.py", "summing", "function", decorated)], tok, 48, 3)
+    assert texts[0] == f"# m.py :: summing\n{decorated}"
+    assert all(t.startswith(header + "\n    total = ") for t in texts[1:])  # the def line
     scores = np.array([[0.1, 0.5, 0.9, 0.2, 0.3]])
     assert best_text_scores(scores, starts).tolist() == [[0.1, 0.9, 0.3]]
 
