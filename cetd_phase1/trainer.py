@@ -301,19 +301,22 @@ def rank_full_app(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
     t_emb = encode_texts(model, tokenizer, texts, max_length=max_code_length,
                          batch_size=batch_size, show_progress=show_progress)
     bounds = np.append(starts, len(texts)) if starts is not None else np.arange(len(texts) + 1)
-    pools: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # app -> its texts, starts
+    # app -> the embeddings of its sections' texts and where each section's texts start
+    pools: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     for app, cand in by_app.items():
         spans = [np.arange(bounds[c], bounds[c + 1]) for c in cand]
         local = np.cumsum([0] + [len(s) for s in spans[:-1]]) if starts is not None else None
-        pools[app] = (np.concatenate(spans) if spans else np.zeros(0, np.int64), local)
+        pools[app] = (t_emb[np.concatenate(spans)], local)
     out = Rankings([], [], [], [])
     for qi, qid in enumerate(qids):
         cand = by_app.get(app_of[qid], [])
-        rows_of_app, local = pools.get(app_of[qid], (np.zeros(0, np.int64), None))
         out.query_ids.append(qid)
         out.app_ids.append(app_of[qid])
-        out.scores.append(best_text_scores(t_emb[rows_of_app] @ q_emb[qi], local)
-                          if len(cand) else np.zeros(0, np.float32))
+        if cand:
+            app_emb, local = pools[app_of[qid]]
+            out.scores.append(best_text_scores(app_emb @ q_emb[qi], local))
+        else:
+            out.scores.append(np.zeros(0, np.float32))
         out.labels.append(np.array([items[c][:2] in relevant[qid] for c in cand], dtype=np.int8))
     return out
 
