@@ -167,6 +167,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                   "(model.section_chunks 4)",
                                   {"training.batch_size": 32, "training.max_steps": 200,
                                    "model.split_identifiers": True, "model.section_chunks": 4}),
+    "batch32-split-chunks4-wide-200": ("batch32-split-chunks4-200 (the default) with the "
+                                       "changelog entries of 37 PyPI packages instead of 15",
+                                       {"training.batch_size": 32, "training.max_steps": 200,
+                                        "model.split_identifiers": True,
+                                        "model.section_chunks": 4,
+                                        "dataset.pypi_packages":
+                                            "bench/pypi_packages_wide.yaml"}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
