@@ -16,15 +16,14 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _bench  # noqa: F401  (puts the repository root on sys.path)
+from feature_requests import REQUESTS
 
-from cetd_phase1.changelog import changelog_pairs  # noqa: E402
-from cetd_phase1.errors import CETDError  # noqa: E402
-from cetd_phase1.labels import version_note_examples  # noqa: E402
-from cetd_phase1.pypi import lay_out  # noqa: E402
-from cetd_phase1.sections import extract_sections  # noqa: E402
-
-FEATURE_REQUESTS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "feature-requests"
+from cetd_phase1.changelog import changelog_pairs
+from cetd_phase1.errors import CETDError
+from cetd_phase1.labels import version_note_examples
+from cetd_phase1.pypi import lay_out
+from cetd_phase1.sections import extract_sections
 
 
 def _canonical(name: str) -> str:
@@ -33,7 +32,7 @@ def _canonical(name: str) -> str:
 
 def evaluation_packages() -> set[str]:
     """Names of the feature-request packages (evaluation only: never scouted for training)."""
-    return {_canonical(p.name.split("==")[0]) for p in FEATURE_REQUESTS.glob("*==*.yaml")}
+    return {_canonical(p.name.split("==")[0]) for p in REQUESTS.glob("*==*.yaml")}
 
 
 def newest_spec(name: str, sdists: Path) -> str:

@@ -221,13 +221,13 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
 
     from cetd_phase1.registry import DirectoryRegistry, registry_from
 
-    from cetd_phase1.model import resolve_backbone
+    from cetd_phase1.model import check_section_chunks, resolve_backbone
 
     checkpoint, out = Path(resolve_backbone(checkpoint)), Path(out)
     if not (checkpoint / "config.json").is_file():
         raise CETDError(f"{checkpoint}: not a model folder (no config.json)")
-    if section_chunks is not None and section_chunks < 1:
-        raise CETDError(f"section_chunks must be >= 1, got {section_chunks}")
+    if section_chunks is not None:  # before any work, not after the queries are built
+        check_section_chunks(section_chunks)
     if apps_dir is not None:
         if not Path(apps_dir).exists():
             raise CETDError(f"{apps_dir}: no such apps folder or manifest")

@@ -119,8 +119,7 @@ class CETDConfig(PreTrainedConfig):
             raise CETDError(f"temperature must be > 0, got {loss_temperature}")
         if encode_chunk_size is not None and encode_chunk_size < 1:
             raise CETDError(f"encode_chunk_size must be >= 1 or null, got {encode_chunk_size}")
-        if section_chunks < 1:
-            raise CETDError(f"section_chunks must be >= 1, got {section_chunks}")
+        check_section_chunks(section_chunks)
         self.backbone = backbone
         self.backbone_config = backbone_config
         self.pooling = pooling
@@ -556,6 +555,13 @@ def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts
 _DEF = ("def ", "async def ")
 
 
+def check_section_chunks(n: int) -> int:
+    """``n`` if it is a usable number of texts per section (>= 1); a CETDError otherwise."""
+    if n < 1:
+        raise CETDError(f"section_chunks must be >= 1, got {n}")
+    return n
+
+
 def section_texts(sections: Sequence[tuple[str, str, str, str]],
                   tokenizer: PreTrainedTokenizerBase, max_length: int,
                   max_chunks: int) -> tuple[list[str], np.ndarray | None]:
@@ -565,9 +571,9 @@ def section_texts(sections: Sequence[tuple[str, str, str, str]],
     A section is read as its :func:`~cetd_phase1.sections.format_section` text, which the encoder
     cuts at ``max_length`` tokens. With ``max_chunks > 1`` a function or method whose code runs
     past that cut gets up to ``max_chunks - 1`` more texts: its header and ``def`` line (the
-    signature, not a decorator) followed by the next lines that fit, so the lines a change touches further down
-    count too; the section then scores as its best text (max over passages, as for long
-    documents). Classes keep one text: their code holds their methods, sections of their own.
+    signature, not a decorator) followed by the next lines that fit, so the lines a change
+    touches further down count too; the section then scores as its best text (max over
+    passages, as for long documents). Classes keep one text: their code holds their methods, sections of their own.
     """
     texts, starts = [], []
     split = {i: code.splitlines() for i, (_, _, kind, code) in enumerate(sections)

@@ -232,11 +232,11 @@ class Retriever:
         self.hybrid = hybrid
         self.hybrid_weight = check_hybrid_weight(hybrid_weight)
         self.show_progress = show_progress
+        from cetd_phase1.model import check_section_chunks
+
         # texts per long function (model.section_texts); None: what the checkpoint was made with
-        self.section_chunks = model.config.section_chunks if section_chunks is None \
-            else section_chunks
-        if self.section_chunks < 1:
-            raise CETDError(f"section_chunks must be >= 1, got {self.section_chunks}")
+        self.section_chunks = check_section_chunks(
+            model.config.section_chunks if section_chunks is None else section_chunks)
         self._indexes: dict[str, tuple[str, AppIndex]] = {}
 
     @classmethod
@@ -293,10 +293,11 @@ class Retriever:
         if cached is not None and cached[0] == stamp:
             return cached[1]
         sections, report = extract_sections(Path(root), name)
-        texts = [section_text(s) for s in sections]
         encoded, starts = model_lib.section_texts(
             [(s.file, s.qualname, s.kind, s.encoder_code()) for s in sections], self.tokenizer,
             self.max_code_length, self.section_chunks)
+        # each section's first text is its section_text(), what BM25 reads
+        texts = encoded if starts is None else [encoded[i] for i in starts]
         digest = hashlib.sha256(
             f"{self.max_code_length}\0".encode() + "\0".join(encoded).encode()).hexdigest()[:24]
         path = self.cache_dir / self.identity / f"{digest}.npy"
