@@ -46,6 +46,13 @@ BASE_CHANGES = {"training.max_steps": 150, "training.batch_size": 16,
 PYPI_CHANGELOGS = {"dataset.source": "stdlib+pypi",
                    "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog"]}
 
+#: the default's recipe from 376a3e9 (200 steps of 32, identifiers as words), and since 5c45c61
+#: (+ long functions ranked by their best of 4 texts): the base of the rows measured on them
+SPLIT_200 = {"training.batch_size": 32, "training.max_steps": 200,
+             "model.split_identifiers": True}
+CHUNKS4_200 = {**SPLIT_200, "model.section_chunks": 4}
+WIDE_PACKAGES = "bench/pypi_packages_wide.yaml"
+
 #: name -> (what changes, {section.key: value})
 VARIANTS: dict[str, tuple[str, dict]] = {
     "default": ("the default recipe on 150 steps", {}),
@@ -132,48 +139,31 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                     {"training.batch_size": 64, "training.max_steps": 100,
                      "training.warmup_steps": 10}),
     "batch32-split-200": ("batch32-200 reading camelCase identifiers as words "
-                          "(model.split_identifiers: basicConfig -> basic Config)",
-                          {"training.batch_size": 32, "training.max_steps": 200,
-                           "model.split_identifiers": True}),
+                          "(model.split_identifiers: basicConfig -> basic Config)", SPLIT_200),
     "batch32-split-mined-200": ("batch32-split-200 (the default) with negatives mined by the "
                                 "model from step 100 on",
-                                {"training.batch_size": 32, "training.max_steps": 200,
-                                 "model.split_identifiers": True,
-                                 "training.mine_negatives_step": 100}),
+                                {**SPLIT_200, "training.mine_negatives_step": 100}),
     "batch32-split-neg3-200": ("batch32-split-200 (the default) with 3 BM25 hard negatives per "
                                "requirement instead of 1",
-                               {"training.batch_size": 32, "training.max_steps": 200,
-                                "model.split_identifiers": True,
-                                "training.negatives_per_query": 3}),
+                               {**SPLIT_200, "training.negatives_per_query": 3}),
     "batch32-split-anchor0.3-200": ("batch32-split-200 (the default) + RankingAnchorLoss at "
                                     "weight 0.3 (it lifted dense feature requests before)",
-                                    {"training.batch_size": 32, "training.max_steps": 200,
-                                     "model.split_identifiers": True,
-                                     "training.anchor_weight": 0.3}),
+                                    {**SPLIT_200, "training.anchor_weight": 0.3}),
     "batch32-split-notes-200": ("batch32-split-200 (the default) + the PyPI packages' version "
                                 "notes (versionadded/versionchanged/deprecated text -> its "
                                 "section) as requirements",
-                                {"training.batch_size": 32, "training.max_steps": 200,
-                                 "model.split_identifiers": True,
+                                {**SPLIT_200,
                                  "dataset.label_sources": ["docstring", "gold", "heuristic",
                                                            "changelog", "version_notes"]}),
     "batch32-split-wide-200": ("batch32-split-200 (the default) with the changelog entries of "
                                "37 PyPI packages instead of 15 (bench/pypi_packages_wide.yaml)",
-                               {"training.batch_size": 32, "training.max_steps": 200,
-                                "model.split_identifiers": True,
-                                "dataset.pypi_packages": "bench/pypi_packages_wide.yaml"}),
+                               {**SPLIT_200, "dataset.pypi_packages": WIDE_PACKAGES}),
     "batch32-split-chunks4-200": ("batch32-split-200 read at ranking time as up to 4 texts per "
                                   "long function, each scored, the best kept "
-                                  "(model.section_chunks 4)",
-                                  {"training.batch_size": 32, "training.max_steps": 200,
-                                   "model.split_identifiers": True, "model.section_chunks": 4}),
+                                  "(model.section_chunks 4)", CHUNKS4_200),
     "batch32-split-chunks4-wide-200": ("batch32-split-chunks4-200 (the default) with the "
                                        "changelog entries of 37 PyPI packages instead of 15",
-                                       {"training.batch_size": 32, "training.max_steps": 200,
-                                        "model.split_identifiers": True,
-                                        "model.section_chunks": 4,
-                                        "dataset.pypi_packages":
-                                            "bench/pypi_packages_wide.yaml"}),
+                                       {**CHUNKS4_200, "dataset.pypi_packages": WIDE_PACKAGES}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
