@@ -135,3 +135,92 @@ def test_changelog_is_a_label_source_of_the_dataset(app: Path, tmp_path: Path) -
                        label_sources=("changelog",), hard_negatives=1, random_negatives=0,
                        cache_dir=tmp_path / "cache")
     assert set(dd["train"]["requirement"]) == {"echo now writes to stderr when asked to."}
+
+
+NEWS = """\
+Library
+-------
+
+- gh-issue-101: Fix :func:`gamma.parse` on empty input. Patch by Someone Else.
+
+- bpo-202: :meth:`gamma.sub.Reader.close` no longer leaks a file
+  descriptor when the reader was never opened.
+
+- gh-issue-303: :func:`beta.parse` accepts bytes now as well as text.
+
+- Issue #404: Make :func:`close` idempotent in every module that has one.
+
+- gh-issue-505: Speed up :func:`gamma.parse`.
+"""
+
+
+@pytest.fixture()
+def stdlib_with_news(tmp_path: Path) -> tuple[Path, Path]:
+    """A stdlib-like folder (``gamma`` hashes to train, ``beta`` to validation) and a gzipped
+    NEWS covering both."""
+    import gzip
+
+    lib = tmp_path / "lib"
+    (lib / "gamma").mkdir(parents=True)
+    (lib / "gamma" / "__init__.py").write_text("def parse(text):\n    return text\n\n\n"
+                                               "def close():\n    return None\n")
+    (lib / "gamma" / "sub.py").write_text("class Reader:\n    def close(self):\n"
+                                          "        return None\n")
+    (lib / "beta.py").write_text("def parse(data):\n    return data\n")
+    news = tmp_path / "NEWS.gz"
+    with gzip.open(news, "wt", encoding="utf-8") as f:
+        f.write(NEWS)
+    return lib, news
+
+
+def test_module_changelog_pairs_take_the_entries_naming_the_module(
+        stdlib_with_news: tuple[Path, Path]) -> None:
+    from cetd_phase1.changelog import module_changelog_pairs
+
+    lib, news = stdlib_with_news
+    sections, _ = extract_sections(lib / "gamma", "gamma")
+    assert dict(module_changelog_pairs(news, "gamma", sections)) == {
+        "Fix gamma.parse on empty input.": ["__init__.py::parse"],
+        "gamma.sub.Reader.close no longer leaks a file descriptor when the reader was never "
+        "opened.": ["sub.py::Reader.close"],
+    }  # beta's entry is beta's; an unqualified close names no module; 4 words are too few
+    beta, _ = extract_sections(lib / "beta.py", "beta")
+    assert dict(module_changelog_pairs(news, "beta", beta)) == {
+        "beta.parse accepts bytes now as well as text.": ["beta.py::parse"]}
+
+
+def test_stdlib_news_labels_the_train_apps_only(stdlib_with_news: tuple[Path, Path],
+                                                 tmp_path: Path) -> None:
+    from cetd_phase1.registry import StdlibRegistry
+
+    lib, news = stdlib_with_news
+    registry = StdlibRegistry(lib, news=news)
+    assert {a.name: (a.split, a.shared_changelog) for a in registry.apps()} == {
+        "gamma": ("train", news), "beta": ("validation", None)}
+    dd = build_dataset(registry=registry, label_sources=("docstring", "changelog"),
+                       hard_negatives=1, random_negatives=0, cache_dir=tmp_path / "cache")
+    assert sorted(set(dd["train"]["requirement"])) == [
+        "Fix gamma.parse on empty input.",
+        "gamma.sub.Reader.close no longer leaks a file descriptor when the reader was never "
+        "opened."]
+    assert set(dd["train"]["label_source"]) == {"changelog"}
+    assert len(dd["validation"]) == 0  # beta has no docstring; its NEWS entry is not used
+    # without news the same registry has no changelog requirement
+    plain = build_dataset(registry=StdlibRegistry(lib), label_sources=("docstring", "changelog"),
+                          hard_negatives=1, random_negatives=0, cache_dir=tmp_path / "cache")
+    assert len(plain["train"]) == 0
+
+
+def test_stdlib_news_option_errors_name_the_problem(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from cetd_phase1 import changelog
+    from cetd_phase1.errors import CETDError
+    from cetd_phase1.registry import registry_from
+
+    with pytest.raises(CETDError, match="stdlib sources only"):
+        registry_from(str(tmp_path), stdlib_news="auto")
+    with pytest.raises(CETDError, match="no such file"):
+        registry_from("stdlib", stdlib_news=str(tmp_path / "missing.gz"))
+    monkeypatch.setattr(changelog, "find_python_news", lambda: None)
+    with pytest.raises(CETDError, match="no CPython NEWS file"):
+        registry_from("stdlib", stdlib_news="auto")
