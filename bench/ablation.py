@@ -164,10 +164,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "batch32-split-chunks4-wide-200": ("batch32-split-chunks4-200 (the default) with the "
                                        "changelog entries of 37 PyPI packages instead of 15",
                                        {**CHUNKS4_200, "dataset.pypi_packages": WIDE_PACKAGES}),
-    "batch32-split-chunks4-news-200": ("batch32-split-chunks4-200 (the default) + CPython's NEWS "
-                                       "entries naming a stdlib train app's functions as its "
-                                       "changelog requirements (dataset.stdlib_news auto)",
-                                       {**CHUNKS4_200, "dataset.stdlib_news": "auto"}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),

@@ -9,19 +9,12 @@ Recognised files at the app's root: ``CHANGES``, ``CHANGELOG``, ``HISTORY``, ``N
 ``.rst``, ``.md``, ``.txt`` or none). Entries are bullet items (``-``, ``*``, ``+``) with their
 indented continuation lines; names are taken from Sphinx roles (``:func:`~pkg.mod.name```),
 double or single backquotes (reST and Markdown code spans).
-
-A changelog that covers many apps (CPython's ``Misc/NEWS`` for the standard library, see
-:func:`find_python_news`) gives each app the entries that name it by module
-(:func:`module_changelog_pairs`: ``:func:`logging.basicConfig``` -> the ``logging`` app).
 """
 
 from __future__ import annotations
 
-import gzip
 import re
-import sys
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -44,7 +37,7 @@ _URL = re.compile(r"https?://\S+")
 _REF_WORDS = r"(?:[Ii]ssues?|[Pp]ull(?: [Rr]equest)?s?|PRs?|pr|GH|gh|bpo|[Ff]ix(?:es)?|[Ss]ee)"
 # "(Issue #12, Pull #34)", "#12", "gh-12": issue references, not requirement text
 _HASH_REF = re.compile(rf"\((?:\s*{_REF_WORDS}?[\s-]*#?\d+[,;]?)+\s*\)"
-                       rf"|(?:\b{_REF_WORDS}[\s-]*)?#\d+|\b(?:gh|GH|bpo)-(?:issue-)?\d+")
+                       rf"|(?:\b{_REF_WORDS}[\s-]*)?#\d+|\b(?:gh|GH|bpo)-\d+")
 _THANKS = re.compile(r"\b(?:[Tt]hanks?(?: to)?|[Pp]atch by|[Cc]ontributed by)\s+@?\S+.*$")
 _IDENT = re.compile(r"[A-Za-z_][\w.]*")
 
@@ -185,43 +178,6 @@ def changelog_pairs(app_root: Path, sections: Sequence[Section]) -> list[tuple[s
         if len(entry.text.split()) < MIN_WORDS or entry.text in pairs:
             continue
         keys = list(dict.fromkeys(s.key for n in entry.names for s in index.resolve(n)))
-        if 1 <= len(keys) <= MAX_SECTIONS:
-            pairs[entry.text] = keys
-    return list(pairs.items())
-
-
-def find_python_news() -> Path | None:
-    """CPython's ``Misc/NEWS`` for the running interpreter's minor version, where the system
-    ships it (Debian's ``python3.X`` package: ``/usr/share/doc/python3.X/NEWS.gz``)."""
-    minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for doc in (Path(sys.base_prefix) / "share" / "doc", Path("/usr/share/doc")):
-        for name in ("NEWS.gz", "NEWS", "NEWS.txt"):
-            if (doc / minor / name).is_file():
-                return doc / minor / name
-    return None
-
-
-@lru_cache(maxsize=4)
-def _parsed(path: Path) -> tuple[ChangelogEntry, ...]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        return tuple(parse_changelog(f.read()))
-
-
-def module_changelog_pairs(path: Path, module: str,
-                           sections: Sequence[Section]) -> list[tuple[str, list[str]]]:
-    """(requirement, positive keys) from a changelog covering many apps (CPython's NEWS), for
-    the app that is module ``module``: entries naming ``module.<name>`` with those names
-    resolved in its sections, kept as :func:`changelog_pairs` keeps them. Names without the
-    module prefix are not resolved: in a changelog of many modules ``close`` names no app."""
-    index = _SectionIndex(sections)
-    prefix = module + "."
-    pairs: dict[str, list[str]] = {}
-    for entry in _parsed(Path(path)):
-        own = [n[len(prefix):] for n in entry.names if n.startswith(prefix)]
-        if not own or len(entry.text.split()) < MIN_WORDS or entry.text in pairs:
-            continue
-        keys = list(dict.fromkeys(s.key for n in own for s in index.resolve(n)))
         if 1 <= len(keys) <= MAX_SECTIONS:
             pairs[entry.text] = keys
     return list(pairs.items())

@@ -84,9 +84,6 @@ class DatasetSection:
     source: str = "stdlib"
     # the pinned PyPI packages of the stdlib+pypi sources (None: data/pypi_packages.yaml)
     pypi_packages: str | None = None
-    # CPython's NEWS (a path, or "auto": the interpreter's own) -> changelog requirements of the
-    # stdlib train apps, for the stdlib sources with the changelog label source; None: off
-    stdlib_news: str | None = None
     train_file: str | None = None  # the seed's name for the data source (a folder of apps)
     val_split: float | None = 0.1  # apps are split by name hash, 70/10/20
     max_code_length: int = 2048
@@ -280,11 +277,6 @@ def validate(cfg: Phase1Config) -> None:
     if d.pypi_packages and not cfg.data_source.startswith("stdlib+pypi"):
         raise CETDError(f"{p}: dataset.pypi_packages is read by the stdlib+pypi sources only, "
                         f"not {cfg.data_source!r}")
-    if d.stdlib_news and not (cfg.data_source.startswith("stdlib")
-                              and "changelog" in d.label_sources):
-        raise CETDError(f"{p}: dataset.stdlib_news is read by the stdlib sources with the "
-                        f"changelog label source only, not {cfg.data_source!r} with "
-                        f"{d.label_sources}")
     if t.fp16 and t.bf16:
         raise CETDError(f"{p}: training.fp16 and training.bf16 are both on; pick one")
     if t.push_to_hub and not t.hub_model_id:

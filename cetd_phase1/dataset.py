@@ -209,8 +209,7 @@ class Phase1Builder(datasets.GeneratorBasedBuilder):
                                                 "docstring": s.docstring or ""}
                 continue
             own = [s for s in sources if app.label_sources is None or s in app.label_sources]
-            labels = label_app(app.source_path, sections, sources=own, heuristic=heuristic,
-                               shared_changelog=app.shared_changelog, module=app.name)
+            labels = label_app(app.source_path, sections, sources=own, heuristic=heuristic)
             for p in labels.problems:
                 self.report.problems.append((app.name, f"{p.file}: {p.reason}", p.is_error))
             if not sections:
@@ -254,15 +253,14 @@ def source_fingerprint(registry: Registry) -> str:
 
 
 def registry_for(source: str | Path | None, database_url: str | None = None,
-                 pypi_packages: str | Path | None = None,
-                 stdlib_news: str | Path | None = None) -> Registry:
+                 pypi_packages: str | Path | None = None) -> Registry:
     """``"stdlib"`` (default), ``stdlib+pypi[-changelog]`` (with ``pypi_packages``, a pinned
-    list other than ``data/pypi_packages.yaml``; ``stdlib_news``, CPython's NEWS for the stdlib
-    train apps), a folder/manifest of apps, or ``postgres``/a database URL."""
+    list other than ``data/pypi_packages.yaml``), a folder/manifest of apps, or ``postgres``/a
+    database URL."""
     from cetd_phase1.registry import registry_from
 
     return registry_from(None if source is None else str(source), database_url,
-                         pypi_packages=pypi_packages, stdlib_news=stdlib_news)
+                         pypi_packages=pypi_packages)
 
 
 def _build(config_name: str, source, registry, cache_dir, report, heuristic,

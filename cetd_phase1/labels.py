@@ -289,25 +289,17 @@ def git_examples(app_root: Path, sections: Sequence[Section]) -> AppLabels:
     return result
 
 
-def changelog_examples(app_root: Path, sections: Sequence[Section],
-                       shared_changelog: Path | None = None,
-                       module: str | None = None) -> list[Example]:
-    """Entries of the app's changelog file that name 1-8 of its sections (``changelog.py``),
-    and of a ``shared_changelog`` covering many apps those that name ``module.<name>``."""
-    from cetd_phase1.changelog import changelog_pairs, module_changelog_pairs
+def changelog_examples(app_root: Path, sections: Sequence[Section]) -> list[Example]:
+    """Entries of the app's changelog file that name 1-8 of its sections (``changelog.py``)."""
+    from cetd_phase1.changelog import changelog_pairs
 
-    pairs = changelog_pairs(app_root, sections)
-    if shared_changelog is not None and module:
-        pairs += module_changelog_pairs(shared_changelog, module, sections)
-    return [Example(text, keys, "changelog") for text, keys in dict(pairs).items()]
+    return [Example(text, keys, "changelog") for text, keys in changelog_pairs(app_root, sections)]
 
 
 def label_app(app_root: Path, sections: Sequence[Section], *,
               sources: Iterable[str] = ("docstring", "gold", "heuristic"),
-              heuristic: HeuristicLabeler | None = None,
-              shared_changelog: Path | None = None, module: str | None = None) -> AppLabels:
-    """All examples of one app from the enabled label sources (``shared_changelog`` and
-    ``module``: see :func:`changelog_examples`).
+              heuristic: HeuristicLabeler | None = None) -> AppLabels:
+    """All examples of one app from the enabled label sources.
 
     Gold requirements take precedence: a docstring example whose text is also a gold
     requirement is dropped so one requirement never carries two label sets.
@@ -327,8 +319,7 @@ def label_app(app_root: Path, sections: Sequence[Section], *,
         result.problems.extend(git.problems)
     if "changelog" in sources:
         taken = {e.requirement for e in result.examples}
-        result.examples.extend(e for e in changelog_examples(Path(app_root), sections,
-                                                             shared_changelog, module)
+        result.examples.extend(e for e in changelog_examples(Path(app_root), sections)
                                if e.requirement not in taken)
     if "version_notes" in sources:
         taken = {e.requirement for e in result.examples}

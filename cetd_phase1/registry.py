@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import sysconfig
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,9 +50,6 @@ class App:
     source_path: Path
     #: which of the run's label sources apply to this app (None: all of them)
     label_sources: tuple[str, ...] | None = None
-    #: a changelog outside the app that covers it among others (CPython's NEWS for a stdlib
-    #: module): its entries naming ``<name>.<something>`` are the app's changelog requirements
-    shared_changelog: Path | None = None
 
 
 def hash_split(name: str, train: int = 70, validation: int = 10) -> str:
@@ -85,16 +81,10 @@ def _filter(apps: list[App], split: str | None) -> list[App]:
 
 
 class StdlibRegistry:
-    """The Python standard library of the running interpreter, split by app-name hash.
+    """The Python standard library of the running interpreter, split by app-name hash."""
 
-    With ``news`` (CPython's ``Misc/NEWS``, :func:`~cetd_phase1.changelog.find_python_news`),
-    the train apps get its entries as changelog requirements; validation and holdout apps keep
-    their docstrings only, so their figures stay comparable with runs without it.
-    """
-
-    def __init__(self, root: Path | None = None, news: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root or sysconfig.get_paths()["stdlib"])
-        self.news = Path(news) if news else None
 
     def apps(self, split: str | None = None) -> list[App]:
         found = []
@@ -106,17 +96,12 @@ class StdlibRegistry:
                 continue
             if not entry.is_dir() and entry.suffix != ".py":
                 continue
-            split_of = hash_split(name)
-            found.append(App(app_id=f"stdlib/{name}", name=name, split=split_of,
-                             source_path=entry,
-                             shared_changelog=self.news if split_of == "train" else None))
+            found.append(App(app_id=f"stdlib/{name}", name=name, split=hash_split(name),
+                             source_path=entry))
         return _filter(found, split)
 
     def describe(self) -> str:
-        if self.news is None:
-            return f"stdlib:{self.root}"
-        st = self.news.stat()
-        return f"stdlib:{self.root}+news:{self.news}:{st.st_size}:{st.st_mtime_ns}"
+        return f"stdlib:{self.root}"
 
 
 class DirectoryRegistry:
@@ -503,8 +488,7 @@ def list_apps(database_url: str, split: str | None = None,
 
 def registry_from(source: str | Path | None, database_url: str | None = None,
                   source_roots: Iterable[str | Path] = (),
-                  pypi_packages: str | Path | None = None,
-                  stdlib_news: str | Path | None = None) -> Registry:
+                  pypi_packages: str | Path | None = None) -> Registry:
     """The registry that a config key or command-line option names.
 
     * ``"stdlib"`` -> :class:`StdlibRegistry`;
@@ -519,24 +503,19 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
     * anything else (a folder of apps or a YAML manifest) -> :class:`DirectoryRegistry`.
 
     ``source_roots`` applies to the PostgreSQL registry only; ``pypi_packages`` (a pinned list,
-    default ``data/pypi_packages.yaml``) to the PyPI ones; ``stdlib_news`` (CPython's NEWS file,
-    or ``"auto"`` for the interpreter's own) to the stdlib ones.
+    default ``data/pypi_packages.yaml``) to the PyPI ones.
     """
-    if stdlib_news is not None and (isinstance(source, Path) or source is None
-                                    or not str(source).startswith("stdlib")):
-        raise CETDError(f"stdlib_news is read by the stdlib sources only, not {source!r}")
-    news = _stdlib_news(stdlib_news)
     if isinstance(source, Path):
         return DirectoryRegistry(source)
     url = database_url or os.environ.get("DATABASE_URL")
     if source is None:
         return PostgresRegistry(url, source_roots) if url else StdlibRegistry()
     if source == "stdlib":
-        return StdlibRegistry(news=news)
+        return StdlibRegistry()
     if source == "stdlib+pypi":
-        return CombinedRegistry(StdlibRegistry(news=news), PyPIRegistry(pypi_packages))
+        return CombinedRegistry(StdlibRegistry(), PyPIRegistry(pypi_packages))
     if source == "stdlib+pypi-changelog":
-        return CombinedRegistry(StdlibRegistry(news=news),
+        return CombinedRegistry(StdlibRegistry(),
                                 PyPIRegistry(pypi_packages,
                                              label_sources=("changelog", "version_notes")))
     if source in ("postgres", "postgresql"):
@@ -547,22 +526,3 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
     if source.startswith(("postgres://", "postgresql://")):
         return PostgresRegistry(source, source_roots)
     return DirectoryRegistry(Path(source))
-
-
-def _stdlib_news(option: str | Path | None) -> Path | None:
-    """CPython's NEWS file that ``dataset.stdlib_news`` names (``"auto"``: the interpreter's)."""
-    from cetd_phase1.changelog import find_python_news
-
-    if option is None:
-        return None
-    if str(option) == "auto":
-        found = find_python_news()
-        if found is None:
-            raise CETDError(
-                "stdlib_news: auto: no CPython NEWS file for this interpreter (looked for "
-                f"share/doc/python{sys.version_info.major}.{sys.version_info.minor}/NEWS.gz under "
-                f"{sys.base_prefix} and /usr; Debian's python3.X package ships it): name the file")
-        return found
-    if not Path(option).is_file():
-        raise CETDError(f"stdlib_news: {option}: no such file")
-    return Path(option)

@@ -111,8 +111,6 @@ def test_unknown_section_fails(tmp_path):
      "  dataloader_num_workers: 2", "mine_negatives_step needs dataloader_num_workers: 0"),
     ("val_split: 0.1", "val_split: 0.1\n  pypi_packages: more.yaml",
      "dataset.pypi_packages is read by the stdlib\\+pypi sources only"),
-    ("val_split: 0.1", "val_split: 0.1\n  stdlib_news: auto",
-     "dataset.stdlib_news is read by the stdlib sources with the changelog label source only"),
 ])
 def test_bad_values_fail_clearly(tmp_path, old, new, match):
     assert old in SEED_YAML
