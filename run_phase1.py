@@ -157,6 +157,9 @@ def run(cli: argparse.Namespace) -> int:
     model = CETDRetriever.from_backbone(cfg.model.base_model,
                                         attention_dropout=cfg.model.attention_dropout,
                                         **cfg.model_settings())
+    if cfg.training.freeze_embeddings:
+        # identifiers of unseen apps keep the pretrained vectors their tokens had
+        model.backbone.get_input_embeddings().requires_grad_(False)
     tokenizer = load_tokenizer(resolve_backbone(cfg.model.base_model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

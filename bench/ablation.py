@@ -164,6 +164,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "batch32-split-chunks4-wide-200": ("batch32-split-chunks4-200 (the default) with the "
                                        "changelog entries of 37 PyPI packages instead of 15",
                                        {**CHUNKS4_200, "dataset.pypi_packages": WIDE_PACKAGES}),
+    "batch32-split-chunks4-300": ("batch32-split-chunks4-200 (the default) on 300 steps (warmup "
+                                  "30, the same 10%): about the peer's training time",
+                                  {**CHUNKS4_200, "training.max_steps": 300,
+                                   "training.warmup_steps": 30}),
+    "batch32-split-chunks4-frozen-emb-200": ("batch32-split-chunks4-200 (the default) with the "
+                                             "backbone's token embeddings frozen "
+                                             "(training.freeze_embeddings)",
+                                             {**CHUNKS4_200, "training.freeze_embeddings": True}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),

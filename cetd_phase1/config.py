@@ -64,6 +64,7 @@ class TrainingSection:
     same_app_batches: bool = False  # in-batch negatives from the requirement's own app
     anchor_weight: float = 0.0  # > 0: keep in-batch rankings near the untrained model's
     mine_negatives_step: int = 0  # > 0: from then on, dataset.hard_negatives mined by the model
+    freeze_embeddings: bool = False  # keep the backbone's token embeddings as pretrained
     max_steps: int = -1
     seed: int = 42
     weight_decay: float = 0.0

@@ -158,3 +158,23 @@ def test_run_phase1_bad_config_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "batch_sise" in err and str(bad) in err
     assert "\n" not in err
+
+
+def test_freeze_embeddings_keeps_the_token_vectors(setup):
+    """``training.freeze_embeddings``: full fine-tuning that leaves the word embeddings as the
+    backbone had them while the layers above move."""
+    from safetensors.torch import load_file
+
+    tmp_path, config = setup
+    text = config.read_text().replace("use_lora: true",
+                                      "use_lora: false\n  freeze_embeddings: true")
+    text = text.replace("mine_negatives_step: 4", "mine_negatives_step: 0")
+    config.write_text(text.replace("max_steps: 6", "max_steps: 2"))
+    assert _load_script().main(["--config", str(config), "--skip_holdout"]) == 0
+    before = load_file(tmp_path / "bert" / "model.safetensors")
+    after = {k.removeprefix("backbone."): v
+             for k, v in load_file(tmp_path / "out" / "final" / "model.safetensors").items()}
+    word = "embeddings.word_embeddings.weight"
+    assert (after[word] == before[word]).all()
+    assert not (after["encoder.layer.0.attention.self.query.weight"]
+                == before["encoder.layer.0.attention.self.query.weight"]).all()
