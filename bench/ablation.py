@@ -41,7 +41,8 @@ DEFAULT = REPO / "configs" / "phase1_minilm_cpu.yaml"
 #: functions by their best of 4 texts, chosen from these rows); a variant's own changes come
 #: on top.
 BASE_CHANGES = {"training.max_steps": 150, "training.batch_size": 16,
-                "model.split_identifiers": False, "model.section_chunks": 1}
+                "model.split_identifiers": False, "model.section_chunks": 1,
+                "training.freeze_embeddings": False}
 #: the changelog rows' data: stdlib + 15 PyPI packages with their changelogs (an option)
 PYPI_CHANGELOGS = {"dataset.source": "stdlib+pypi",
                    "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog"]}
@@ -161,17 +162,25 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "batch32-split-chunks4-200": ("batch32-split-200 read at ranking time as up to 4 texts per "
                                   "long function, each scored, the best kept "
                                   "(model.section_chunks 4)", CHUNKS4_200),
-    "batch32-split-chunks4-wide-200": ("batch32-split-chunks4-200 (the default) with the "
-                                       "changelog entries of 37 PyPI packages instead of 15",
+    "batch32-split-chunks4-wide-200": ("batch32-split-chunks4-200 (the previous default) with "
+                                       "the changelog entries of 37 PyPI packages instead of 15",
                                        {**CHUNKS4_200, "dataset.pypi_packages": WIDE_PACKAGES}),
-    "batch32-split-chunks4-300": ("batch32-split-chunks4-200 (the default) on 300 steps (warmup "
-                                  "30, the same 10%): about the peer's training time",
+    "batch32-split-chunks4-300": ("batch32-split-chunks4-200 (the previous default) on 300 "
+                                  "steps (warmup 30, the same 10%): about the peer's training "
+                                  "time",
                                   {**CHUNKS4_200, "training.max_steps": 300,
                                    "training.warmup_steps": 30}),
-    "batch32-split-chunks4-frozen-emb-200": ("batch32-split-chunks4-200 (the default) with the "
-                                             "backbone's token embeddings frozen "
-                                             "(training.freeze_embeddings)",
+    "batch32-split-chunks4-frozen-emb-200": ("batch32-split-chunks4-200 (the previous "
+                                             "default) with the backbone's token embeddings "
+                                             "frozen "
+                                             "(training.freeze_embeddings): the default",
                                              {**CHUNKS4_200, "training.freeze_embeddings": True}),
+    "batch32-split-chunks4-frozen-emb-300": ("batch32-split-chunks4-frozen-emb-200 (the default) "
+                                             "on 300 steps (warmup 30): the time frozen "
+                                             "embeddings save, spent on more steps",
+                                             {**CHUNKS4_200, "training.freeze_embeddings": True,
+                                              "training.max_steps": 300,
+                                              "training.warmup_steps": 30}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
