@@ -52,6 +52,7 @@ PYPI_CHANGELOGS = {"dataset.source": "stdlib+pypi",
 SPLIT_200 = {"training.batch_size": 32, "training.max_steps": 200,
              "model.split_identifiers": True}
 CHUNKS4_200 = {**SPLIT_200, "model.section_chunks": 4}
+FROZEN_200 = {**CHUNKS4_200, "training.freeze_embeddings": True}  # the default
 WIDE_PACKAGES = "bench/pypi_packages_wide.yaml"
 
 #: name -> (what changes, {section.key: value})
@@ -174,13 +175,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                              "default) with the backbone's token embeddings "
                                              "frozen "
                                              "(training.freeze_embeddings): the default",
-                                             {**CHUNKS4_200, "training.freeze_embeddings": True}),
+                                             FROZEN_200),
     "batch32-split-chunks4-frozen-emb-300": ("batch32-split-chunks4-frozen-emb-200 (the default) "
                                              "on 300 steps (warmup 30): the time frozen "
                                              "embeddings save, spent on more steps",
-                                             {**CHUNKS4_200, "training.freeze_embeddings": True,
-                                              "training.max_steps": 300,
+                                             {**FROZEN_200, "training.max_steps": 300,
                                               "training.warmup_steps": 30}),
+    "batch32-split-chunks4-frozen-cls-200": ("batch32-split-chunks4-frozen-emb-200 (the default) "
+                                             "pooled by the [CLS] token instead of the mean "
+                                             "(model.pooling cls)",
+                                             {**FROZEN_200, "model.pooling": "cls"}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
