@@ -181,6 +181,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                              "embeddings save, spent on more steps",
                                              {**FROZEN_200, "training.max_steps": 300,
                                               "training.warmup_steps": 30}),
+    "batch32-split-chunks4-frozen-lr1e-4-200": ("batch32-split-chunks4-frozen-emb-200 (the "
+                                                "default) at learning rate 1e-4 instead of "
+                                                "5e-5: do frozen token vectors let the layers "
+                                                "above move faster without losing feature "
+                                                "requests?",
+                                                {**FROZEN_200, "training.learning_rate": 1e-4}),
     "batch32-split-chunks4-frozen-cls-200": ("batch32-split-chunks4-frozen-emb-200 (the default) "
                                              "pooled by the [CLS] token instead of the mean "
                                              "(model.pooling cls)",
