@@ -187,6 +187,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                 "above move faster without losing feature "
                                                 "requests?",
                                                 {**FROZEN_200, "training.learning_rate": 1e-4}),
+    "batch32-split-chunks4-frozen-2layers-200": ("batch32-split-chunks4-frozen-emb-200 (the "
+                                                 "default) with the first 2 of MiniLM's 6 "
+                                                 "layers frozen too (training.freeze_layers 2): "
+                                                 "more of the backbone's generality kept",
+                                                 {**FROZEN_200, "training.freeze_layers": 2}),
     "batch32-split-chunks4-frozen-cls-200": ("batch32-split-chunks4-frozen-emb-200 (the default) "
                                              "pooled by the [CLS] token instead of the mean "
                                              "(model.pooling cls)",

@@ -65,6 +65,7 @@ class TrainingSection:
     anchor_weight: float = 0.0  # > 0: keep in-batch rankings near the untrained model's
     mine_negatives_step: int = 0  # > 0: from then on, dataset.hard_negatives mined by the model
     freeze_embeddings: bool = False  # keep the backbone's token embeddings as pretrained
+    freeze_layers: int = 0  # and its first N transformer layers (full fine-tuning only)
     max_steps: int = -1
     seed: int = 42
     weight_decay: float = 0.0
@@ -278,6 +279,9 @@ def validate(cfg: Phase1Config) -> None:
     if d.pypi_packages and not cfg.data_source.startswith("stdlib+pypi"):
         raise CETDError(f"{p}: dataset.pypi_packages is read by the stdlib+pypi sources only, "
                         f"not {cfg.data_source!r}")
+    if t.freeze_layers < 0 or (t.freeze_layers and t.use_lora):
+        raise CETDError(f"{p}: training.freeze_layers must be >= 0 and needs use_lora: false "
+                        f"(LoRA freezes every base weight), got {t.freeze_layers}")
     if t.fp16 and t.bf16:
         raise CETDError(f"{p}: training.fp16 and training.bf16 are both on; pick one")
     if t.push_to_hub and not t.hub_model_id:
