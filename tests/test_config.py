@@ -109,6 +109,8 @@ def test_unknown_section_fails(tmp_path):
      "training.mine_negatives_step must be >= 0"),
     ("max_grad_norm: 1.0", "max_grad_norm: 1.0\n  mine_negatives_step: 100\n"
      "  dataloader_num_workers: 2", "mine_negatives_step needs dataloader_num_workers: 0"),
+    ("max_grad_norm: 1.0", "max_grad_norm: 1.0\n  freeze_layers: 2",
+     "training.freeze_layers must be >= 0 and needs use_lora: false"),
     ("val_split: 0.1", "val_split: 0.1\n  pypi_packages: more.yaml",
      "dataset.pypi_packages is read by the stdlib\\+pypi sources only"),
 ])
