@@ -192,6 +192,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                  "layers frozen too (training.freeze_layers 2): "
                                                  "more of the backbone's generality kept",
                                                  {**FROZEN_200, "training.freeze_layers": 2}),
+    "batch32-split-chunks4-frozen-1layer-200": ("batch32-split-chunks4-frozen-emb-200 (the "
+                                                "default) with the first of MiniLM's 6 layers "
+                                                "frozen too (training.freeze_layers 1)",
+                                                {**FROZEN_200, "training.freeze_layers": 1}),
     "batch32-split-chunks4-frozen-cls-200": ("batch32-split-chunks4-frozen-emb-200 (the default) "
                                              "pooled by the [CLS] token instead of the mean "
                                              "(model.pooling cls)",
