@@ -157,18 +157,10 @@ def run(cli: argparse.Namespace) -> int:
     model = CETDRetriever.from_backbone(cfg.model.base_model,
                                         attention_dropout=cfg.model.attention_dropout,
                                         **cfg.model_settings())
-    if cfg.training.freeze_embeddings:
-        # identifiers of unseen apps keep the pretrained vectors their tokens had
-        model.backbone.get_input_embeddings().requires_grad_(False)
-    if cfg.training.freeze_layers:
-        backbone = model.backbone
-        layers = getattr(getattr(backbone, "encoder", backbone), "layer", None)
-        layers = layers if layers is not None else getattr(backbone, "layers", None)
-        if layers is None or cfg.training.freeze_layers > len(layers):
-            raise CETDError(f"{cfg.path}: training.freeze_layers {cfg.training.freeze_layers}: "
-                            f"the backbone has {0 if layers is None else len(layers)} layers")
-        for layer in layers[:cfg.training.freeze_layers]:
-            layer.requires_grad_(False)
+    try:
+        model.freeze(cfg.training.freeze_embeddings, cfg.training.freeze_layers)
+    except CETDError as err:
+        raise CETDError(f"{cfg.path}: {err}") from None
     tokenizer = load_tokenizer(resolve_backbone(cfg.model.base_model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
