@@ -200,6 +200,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                              "pooled by the [CLS] token instead of the mean "
                                              "(model.pooling cls)",
                                              {**FROZEN_200, "model.pooling": "cls"}),
+    "batch32-split-chunks4-frozen-moddoc-200": (
+        "batch32-split-chunks4-frozen-emb-200 (the default) + module docstrings as requirements "
+        "of the module's 2-8 public top-level sections (label source module_docstring)",
+        {**FROZEN_200, "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
+                                                 "module_docstring"]}),
+    "batch32-split-chunks4-frozen-summaries-200": (
+        "batch32-split-chunks4-frozen-moddoc-200 + class docstrings as requirements of the "
+        "class and its 2-8 public methods (label source class_docstring)",
+        {**FROZEN_200, "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
+                                                 "module_docstring", "class_docstring"]}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),

@@ -64,7 +64,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-positives", type=int, default=5,
                    help="positives kept per requirement (default 5, as in the seed)")
     p.add_argument("--label-sources", default="docstring,gold,heuristic",
-                   help="comma-separated label sources: docstring, gold, heuristic, git, changelog "
+                   help="comma-separated label sources: docstring, gold, heuristic, git, changelog, "
+                        "version_notes, module_docstring, class_docstring "
                         "(default docstring,gold,heuristic)")
     p.add_argument("--cache-dir", default=None,
                    help="Arrow cache folder (default $CETD_CACHE/datasets or "

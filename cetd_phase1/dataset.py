@@ -25,7 +25,8 @@ from cetd_phase1.labels import MIN_REQUIREMENT_WORDS, AppLabels, HeuristicLabele
 from cetd_phase1.registry import SPLITS, App, Registry, RegistryError
 from cetd_phase1.sections import ExtractionReport, Section, extract_sections, format_section
 
-LABEL_SOURCES = ("docstring", "gold", "heuristic", "git", "changelog", "version_notes")
+LABEL_SOURCES = ("docstring", "gold", "heuristic", "git", "changelog", "version_notes",
+                 "module_docstring", "class_docstring")
 
 _SECTION_FEATURES = {
     "app_id": datasets.Value("string"), "app_name": datasets.Value("string"),

@@ -10,7 +10,11 @@ Label sources, each example tagged with its ``label_source``:
 * ``git`` - commit descriptions -> the sections each commit changed (``git_history.py``);
 * ``changelog`` - changelog entries -> the sections they name (``changelog.py``);
 * ``version_notes`` - the text of a docstring's ``versionadded`` / ``versionchanged`` /
-  ``deprecated`` notes -> the section that carries them: what changed, said in a release's words.
+  ``deprecated`` notes -> the section that carries them: what changed, said in a release's words;
+* ``module_docstring`` - the first paragraph of a module's docstring -> the module's 2-8 public
+  top-level functions and classes: a feature-level requirement with several positives;
+* ``class_docstring`` - the first paragraph of a class's docstring -> the class and its 2-8
+  public methods (instead of the class alone, as ``docstring`` labels it).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from cetd_phase1.sections import Section
 GOLD_REQUIREMENTS = "gold_requirements.md"
 GOLD_ANNOTATIONS = "gold_annotations.yaml"
 MIN_REQUIREMENT_WORDS = 4
+#: A summary docstring over more sections than this describes a whole library, not a feature
+#: (the bound the git and changelog sources use too).
+MAX_SUMMARY_SECTIONS = 8
 
 _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(.*\S)\s*$")
 _WORD = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])|\d+")
@@ -118,6 +125,60 @@ def version_note_examples(sections: Sequence[Section]) -> list[Example]:
             if len(note.split()) >= MIN_REQUIREMENT_WORDS:
                 grouped.setdefault(note, []).append(s.key)
     return [Example(req, list(dict.fromkeys(keys)), "version_notes")
+            for req, keys in grouped.items()]
+
+
+def _public(name: str) -> bool:
+    return not name.startswith("_")
+
+
+def module_docstring_examples(app_root: Path, sections: Sequence[Section]) -> list[Example]:
+    """Requirements from module docstrings: each module's 2-8 public top-level sections are its
+    positives (fewer is a docstring pair in disguise, more a whole library)."""
+    import ast
+
+    from cetd_phase1.sections import ExtractionReport, read_source
+
+    root = Path(app_root)
+    top: dict[str, list[str]] = {}
+    for s in sections:
+        if "." not in s.qualname and _public(s.qualname):
+            top.setdefault(s.file, []).append(s.key)
+    grouped: dict[str, list[str]] = {}
+    for rel, keys in top.items():
+        path = root if root.is_file() else root / rel
+        # unreadable files are already in the extraction report; they have no sections here
+        source = read_source(path, rel, ExtractionReport(app=root.name))
+        try:
+            doc = ast.get_docstring(ast.parse(source)) if source is not None else None
+        except (SyntaxError, ValueError, RecursionError):
+            doc = None
+        if not doc:
+            continue
+        req = first_paragraph(doc)
+        if len(req.split()) >= MIN_REQUIREMENT_WORDS:
+            grouped.setdefault(req, []).extend(keys)
+    return [Example(req, list(dict.fromkeys(keys)), "module_docstring")
+            for req, keys in grouped.items()
+            if 2 <= len(dict.fromkeys(keys)) <= MAX_SUMMARY_SECTIONS]
+
+
+def class_docstring_examples(sections: Sequence[Section]) -> list[Example]:
+    """Requirements from class docstrings: the class and its 2-8 public methods are positives."""
+    methods: dict[tuple[str, str], list[str]] = {}
+    for s in sections:
+        owner, _, name = s.qualname.rpartition(".")
+        if owner and s.kind in ("method", "async_method") and _public(name):
+            methods.setdefault((s.file, owner), []).append(s.key)
+    grouped: dict[str, list[str]] = {}
+    for s in sections:
+        own = methods.get((s.file, s.qualname), [])
+        if s.kind != "class" or not s.docstring or not 2 <= len(own) <= MAX_SUMMARY_SECTIONS:
+            continue
+        req = first_paragraph(s.docstring)
+        if len(req.split()) >= MIN_REQUIREMENT_WORDS:
+            grouped.setdefault(req, []).extend([s.key, *own])
+    return [Example(req, list(dict.fromkeys(keys)), "class_docstring")
             for req, keys in grouped.items()]
 
 
@@ -324,6 +385,14 @@ def label_app(app_root: Path, sections: Sequence[Section], *,
     if "version_notes" in sources:
         taken = {e.requirement for e in result.examples}
         result.examples.extend(e for e in version_note_examples(sections)
+                               if e.requirement not in taken)
+    if "module_docstring" in sources:
+        taken = {e.requirement for e in result.examples}
+        result.examples.extend(e for e in module_docstring_examples(Path(app_root), sections)
+                               if e.requirement not in taken)
+    if "class_docstring" in sources:  # before ``docstring``, which would label the class alone
+        taken = {e.requirement for e in result.examples}
+        result.examples.extend(e for e in class_docstring_examples(sections)
                                if e.requirement not in taken)
     if "docstring" in sources:
         taken = {e.requirement for e in result.examples}

@@ -94,6 +94,50 @@ def fetch():
                for e in label_app(tmp_path, sections, sources=("docstring",)).examples)
 
 
+def test_module_and_class_docstrings_label_several_sections(tmp_path):
+    _app(tmp_path, {
+        "cookies.py": '"""Parse and emit HTTP cookie headers."""\n'
+                      "def parse(h): pass\ndef emit(c): pass\ndef _quote(v): pass\n"
+                      "class Jar:\n"
+                      '    """A container class for a set of cookies."""\n'
+                      "    def add(self, c): pass\n    def clear(self): pass\n"
+                      "    def _evict(self): pass\n",
+        # one public section: a docstring pair in disguise, not a summary
+        "single.py": '"""Helpers for reading the config file."""\ndef read(): pass\n',
+        # nine public sections: a whole library, not a feature
+        "big.py": '"""Everything about the many things here."""\n'
+                  + "".join(f"def f{i}(): pass\n" for i in range(9)),
+        "pkg/__init__.py": "",
+        "pkg/short.py": '"""Tiny."""\ndef a(): pass\ndef b(): pass\n',
+        "pkg/broken.py": '"""Broken module docstring here."""\ndef a(:\n',
+    })
+    sections, _ = extract_sections(tmp_path)
+    labels = label_app(tmp_path, sections,
+                       sources=("module_docstring", "class_docstring", "docstring"))
+    assert [(e.requirement, e.positives, e.label_source) for e in labels.examples] == [
+        ("Parse and emit HTTP cookie headers.",
+         ["cookies.py::parse", "cookies.py::emit", "cookies.py::Jar"], "module_docstring"),
+        # the class's summary takes the place of its docstring pair (the class alone)
+        ("A container class for a set of cookies.",
+         ["cookies.py::Jar", "cookies.py::Jar.add", "cookies.py::Jar.clear"],
+         "class_docstring")]
+    # without the new sources the class keeps its single-positive docstring pair
+    assert [(e.positives, e.label_source)
+            for e in label_app(tmp_path, sections, sources=("docstring",)).examples] == [
+        (["cookies.py::Jar"], "docstring")]
+
+
+def test_module_docstring_of_a_single_module_app(tmp_path):
+    path = tmp_path / "colours.py"
+    path.write_text('"""Conversion functions between colour systems."""\n'
+                    "def rgb_to_hsv(r, g, b): pass\ndef hsv_to_rgb(h, s, v): pass\n")
+    sections, _ = extract_sections(path)
+    assert [(e.requirement, e.positives) for e in label_app(
+        path, sections, sources=("module_docstring",)).examples] == [
+        ("Conversion functions between colour systems.",
+         ["colours.py::rgb_to_hsv", "colours.py::hsv_to_rgb"])]
+
+
 def test_parse_requirements_bullets_and_numbers():
     md = "# Title\n\n1. First one\n2) Second  one\n- third\n* fourth\nplain text\n- third\n"
     assert parse_requirements(md) == ["First one", "Second one", "third", "fourth"]

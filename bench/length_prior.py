@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""A section-length prior, measured on validation data only: does adding ``g * z(log lines)``
+to the served hybrid (and to the dense model alone) rank the sections better, on the stdlib
+validation split (docstrings) and the validation half of the feature requests?
+
+    python bench/length_prior.py --checkpoint outputs/phase1-minilm/final
+
+Why it might: a change touches long functions more often than short ones, and a requirement is
+rarely implemented by a two-line accessor; BM25 normalises length away and the dense cosine
+ignores it. Prints full-app MRR / R@5 per prior weight ``g`` (0: no prior) and the mean MRR of
+the two sets, the criterion of ``bench/ablation.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import _bench  # noqa: F401  (repository root on sys.path, offline hub)
+from _bench import machine, today
+
+PRIOR_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "cetd_phase1" / "fr"))
+    parser.add_argument("--json", default=None, help="also write the table here")
+    args = parser.parse_args(argv)
+
+    from feature_requests import prepare
+    from fusion import measure, score_sets
+
+    from cetd_phase1.registry import DirectoryRegistry, registry_from
+    from cetd_phase1.retrieve import HYBRID_WEIGHT, hybrid_fuse, zscore
+
+    benches = {
+        "stdlib validation": (registry_from(None), "validation", ("docstring", "gold", "heuristic")),
+        "feature requests validation": (
+            DirectoryRegistry(prepare("validation", Path(args.cache)), split="holdout"), None,
+            ("gold",)),
+    }
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for bench, (registry, split, sources) in benches.items():
+        sets = score_sets(args.checkpoint, registry, split, sources)
+        prior = [zscore(np.log(lines)) for lines in sets["lines"]]
+        rows = {}
+        for g in PRIOR_WEIGHTS:
+            rows[f"dense + {g} prior"] = measure(
+                [(zscore(d) + g * p, l) for (d, l), p in zip(sets["model"], prior)])
+            rows[f"hybrid + {g} prior"] = measure(
+                [(hybrid_fuse(d, b, HYBRID_WEIGHT) + g * p, l)
+                 for (d, l), (b, _), p in zip(sets["model"], sets["bm25"], prior)])
+            rows[f"bm25 + {g} prior"] = measure(
+                [(zscore(b) + g * p, l) for (b, l), p in zip(sets["bm25"], prior)])
+        table[bench] = rows
+    print(f"\n{today()}, {machine()}\nfull-app MRR / R@5, checkpoint {args.checkpoint}")
+    print(f"{'method':24}" + "".join(f"{b:>32}" for b in table) + f"{'mean MRR':>10}")
+    for n in next(iter(table.values())):
+        mean = sum(table[b][n][0] for b in table) / len(table)
+        print(f"{n:24}" + "".join(f"{table[b][n][0]:>22.3f} / {table[b][n][1]:.3f}"
+                                   for b in table) + f"{mean:>10.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
