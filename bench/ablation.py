@@ -37,12 +37,13 @@ DEFAULT = REPO / "configs" / "phase1_minilm_cpu.yaml"
 
 #: Every variant runs on the schedule and text the table was measured on, 150 steps of 16
 #: requirements with identifiers read as written and each section ranked by its first text
-#: (the default config now trains 200 steps of 32, splits camelCase identifiers and ranks long
-#: functions by their best of 4 texts, chosen from these rows); a variant's own changes come
-#: on top.
+#: (the default config now trains 200 steps of 32, splits camelCase identifiers, ranks long
+#: functions by their best of 4 texts, keeps the token embeddings frozen and labels module and
+#: class summaries, chosen from these rows); a variant's own changes come on top.
 BASE_CHANGES = {"training.max_steps": 150, "training.batch_size": 16,
                 "model.split_identifiers": False, "model.section_chunks": 1,
-                "training.freeze_embeddings": False}
+                "training.freeze_embeddings": False,
+                "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog"]}
 #: the changelog rows' data: stdlib + 15 PyPI packages with their changelogs (an option)
 PYPI_CHANGELOGS = {"dataset.source": "stdlib+pypi",
                    "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog"]}
@@ -52,7 +53,7 @@ PYPI_CHANGELOGS = {"dataset.source": "stdlib+pypi",
 SPLIT_200 = {"training.batch_size": 32, "training.max_steps": 200,
              "model.split_identifiers": True}
 CHUNKS4_200 = {**SPLIT_200, "model.section_chunks": 4}
-FROZEN_200 = {**CHUNKS4_200, "training.freeze_embeddings": True}  # the default
+FROZEN_200 = {**CHUNKS4_200, "training.freeze_embeddings": True}
 WIDE_PACKAGES = "bench/pypi_packages_wide.yaml"
 
 #: name -> (what changes, {section.key: value})
@@ -174,40 +175,40 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "batch32-split-chunks4-frozen-emb-200": ("batch32-split-chunks4-200 (the previous "
                                              "default) with the backbone's token embeddings "
                                              "frozen "
-                                             "(training.freeze_embeddings): the default",
+                                             "(training.freeze_embeddings): the default from "
+                                             "cb27c96 until the summaries",
                                              FROZEN_200),
-    "batch32-split-chunks4-frozen-emb-300": ("batch32-split-chunks4-frozen-emb-200 (the default) "
+    "batch32-split-chunks4-frozen-emb-300": ("batch32-split-chunks4-frozen-emb-200 "
                                              "on 300 steps (warmup 30): the time frozen "
                                              "embeddings save, spent on more steps",
                                              {**FROZEN_200, "training.max_steps": 300,
                                               "training.warmup_steps": 30}),
-    "batch32-split-chunks4-frozen-lr1e-4-200": ("batch32-split-chunks4-frozen-emb-200 (the "
-                                                "default) at learning rate 1e-4 instead of "
-                                                "5e-5: do frozen token vectors let the layers "
-                                                "above move faster without losing feature "
-                                                "requests?",
+    "batch32-split-chunks4-frozen-lr1e-4-200": ("batch32-split-chunks4-frozen-emb-200 at learning "
+                                                "rate 1e-4 instead of 5e-5: do frozen token "
+                                                "vectors let the layers above move faster "
+                                                "without losing feature requests?",
                                                 {**FROZEN_200, "training.learning_rate": 1e-4}),
-    "batch32-split-chunks4-frozen-2layers-200": ("batch32-split-chunks4-frozen-emb-200 (the "
-                                                 "default) with the first 2 of MiniLM's 6 "
-                                                 "layers frozen too (training.freeze_layers 2): "
-                                                 "more of the backbone's generality kept",
+    "batch32-split-chunks4-frozen-2layers-200": ("batch32-split-chunks4-frozen-emb-200 with the "
+                                                 "first 2 of MiniLM's 6 layers frozen too "
+                                                 "(training.freeze_layers 2): more of the "
+                                                 "backbone's generality kept",
                                                  {**FROZEN_200, "training.freeze_layers": 2}),
-    "batch32-split-chunks4-frozen-1layer-200": ("batch32-split-chunks4-frozen-emb-200 (the "
-                                                "default) with the first of MiniLM's 6 layers "
-                                                "frozen too (training.freeze_layers 1)",
+    "batch32-split-chunks4-frozen-1layer-200": ("batch32-split-chunks4-frozen-emb-200 with the "
+                                                "first of MiniLM's 6 layers frozen too "
+                                                "(training.freeze_layers 1)",
                                                 {**FROZEN_200, "training.freeze_layers": 1}),
-    "batch32-split-chunks4-frozen-cls-200": ("batch32-split-chunks4-frozen-emb-200 (the default) "
+    "batch32-split-chunks4-frozen-cls-200": ("batch32-split-chunks4-frozen-emb-200 "
                                              "pooled by the [CLS] token instead of the mean "
                                              "(model.pooling cls)",
                                              {**FROZEN_200, "model.pooling": "cls"}),
     "batch32-split-chunks4-frozen-moddoc-200": (
-        "batch32-split-chunks4-frozen-emb-200 (the default) + module docstrings as requirements "
+        "batch32-split-chunks4-frozen-emb-200 + module docstrings as requirements "
         "of the module's 2-8 public top-level sections (label source module_docstring)",
         {**FROZEN_200, "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
                                                  "module_docstring"]}),
     "batch32-split-chunks4-frozen-summaries-200": (
         "batch32-split-chunks4-frozen-moddoc-200 + class docstrings as requirements of the "
-        "class and its 2-8 public methods (label source class_docstring)",
+        "class and its 2-8 public methods (label source class_docstring): the default",
         {**FROZEN_200, "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
                                                  "module_docstring", "class_docstring"]}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "

@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     for bench, (registry, split, sources) in benches.items():
         sets = score_sets(args.checkpoint, registry, split, sources)
         prior = [zscore(np.log(lines)) for lines in sets["lines"]]
+        # where each relevant section's length falls among its app's sections (0.5: no bias)
+        pct = [float((lines < lines[i]).mean()) for lines, (_, labels) in
+               zip(sets["lines"], sets["bm25"]) for i in np.flatnonzero(labels)]
+        print(f"{bench}: {len(pct)} relevant sections, length percentile in their app: "
+              f"median {np.median(pct):.2f}, mean {np.mean(pct):.2f}")
         rows = {}
         for g in PRIOR_WEIGHTS:
             rows[f"dense + {g} prior"] = measure(
