@@ -176,7 +176,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                              "default) with the backbone's token embeddings "
                                              "frozen "
                                              "(training.freeze_embeddings): the default from "
-                                             "cb27c96 until the summaries",
+                                             "cb27c96 until 92488c8",
                                              FROZEN_200),
     "batch32-split-chunks4-frozen-emb-300": ("batch32-split-chunks4-frozen-emb-200 "
                                              "on 300 steps (warmup 30): the time frozen "
@@ -211,6 +211,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "class and its 2-8 public methods (label source class_docstring): the default",
         {**FROZEN_200, "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
                                                  "module_docstring", "class_docstring"]}),
+    "batch32-split-chunks4-frozen-summaries-pypi-200": (
+        "batch32-split-chunks4-frozen-summaries-200 (the default) with the 15 PyPI packages' "
+        "module and class summaries as requirements too (dataset.source "
+        "stdlib+pypi-summaries; their function docstrings stay out)",
+        {**FROZEN_200, "dataset.source": "stdlib+pypi-summaries",
+         "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
+                                   "module_docstring", "class_docstring"]}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),

@@ -82,7 +82,7 @@ class TrainingSection:
 
 @dataclass
 class DatasetSection:
-    # stdlib | stdlib+pypi[-changelog] | folder or manifest of apps | postgres | database URL
+    # stdlib | stdlib+pypi[-changelog|-summaries] | folder or manifest of apps | postgres | URL
     source: str = "stdlib"
     # the pinned PyPI packages of the stdlib+pypi sources (None: data/pypi_packages.yaml)
     pypi_packages: str | None = None
@@ -282,6 +282,11 @@ def validate(cfg: Phase1Config) -> None:
     if t.freeze_layers < 0 or (t.freeze_layers and t.use_lora):
         raise CETDError(f"{p}: training.freeze_layers must be >= 0 and needs use_lora: false "
                         f"(LoRA freezes every base weight), got {t.freeze_layers}")
+    from cetd_phase1.labels import LABEL_SOURCES
+    unknown = [s for s in d.label_sources if s not in LABEL_SOURCES]
+    if unknown:
+        raise CETDError(f"{p}: dataset.label_sources: unknown {', '.join(map(repr, unknown))}; "
+                        f"known: {', '.join(LABEL_SOURCES)}")
     if t.fp16 and t.bf16:
         raise CETDError(f"{p}: training.fp16 and training.bf16 are both on; pick one")
     if t.push_to_hub and not t.hub_model_id:

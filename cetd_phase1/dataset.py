@@ -21,12 +21,11 @@ import datasets
 from cetd_phase1.atomic import atomic_write_text
 from cetd_phase1.changelog import find_changelog
 from cetd_phase1.errors import CETDError
-from cetd_phase1.labels import MIN_REQUIREMENT_WORDS, AppLabels, HeuristicLabeler, label_app
+from cetd_phase1.labels import (LABEL_SOURCES, MIN_REQUIREMENT_WORDS, AppLabels, HeuristicLabeler,
+                                label_app)
 from cetd_phase1.registry import SPLITS, App, Registry, RegistryError
 from cetd_phase1.sections import ExtractionReport, Section, extract_sections, format_section
 
-LABEL_SOURCES = ("docstring", "gold", "heuristic", "git", "changelog", "version_notes",
-                 "module_docstring", "class_docstring")
 
 _SECTION_FEATURES = {
     "app_id": datasets.Value("string"), "app_name": datasets.Value("string"),

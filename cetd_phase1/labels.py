@@ -26,6 +26,9 @@ from typing import Iterable, Sequence
 
 from cetd_phase1.sections import Section
 
+#: every label source, in the order ``label_app`` applies them after gold
+LABEL_SOURCES = ("docstring", "gold", "heuristic", "git", "changelog", "version_notes",
+                 "module_docstring", "class_docstring")
 GOLD_REQUIREMENTS = "gold_requirements.md"
 GOLD_ANNOTATIONS = "gold_annotations.yaml"
 MIN_REQUIREMENT_WORDS = 4

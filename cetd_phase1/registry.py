@@ -8,7 +8,8 @@ These sources share one small interface (:class:`Registry`):
 * :class:`PostgresRegistry` - the seed's ``applications`` table (see ``data/schema.sql``);
 * :class:`PyPIRegistry` - pinned PyPI source distributions with changelogs (``pypi.py``), all
   in the train split; ``stdlib+pypi`` is the stdlib with them added (:class:`CombinedRegistry`),
-  ``stdlib+pypi-changelog`` the same with only their changelog requirements.
+  ``stdlib+pypi-changelog`` the same with only their changelog requirements,
+  ``stdlib+pypi-summaries`` with their module and class summaries too.
 """
 
 from __future__ import annotations
@@ -494,7 +495,8 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
     * ``"stdlib"`` -> :class:`StdlibRegistry`;
     * ``"stdlib+pypi"`` -> the stdlib plus :class:`PyPIRegistry` (train split);
       ``"stdlib+pypi-changelog"`` the same with only their changelog (and, where the config
-      lists that source, version-note) requirements;
+      lists that source, version-note) requirements; ``"stdlib+pypi-summaries"`` with their
+      module and class summaries too (where listed), never their function docstrings;
     * ``"postgres"`` / ``"postgresql"`` -> :class:`PostgresRegistry` on ``database_url``, else
       ``$DATABASE_URL``;
     * a ``postgres://`` or ``postgresql://`` URL -> :class:`PostgresRegistry` on that URL;
@@ -518,6 +520,12 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
         return CombinedRegistry(StdlibRegistry(),
                                 PyPIRegistry(pypi_packages,
                                              label_sources=("changelog", "version_notes")))
+    if source == "stdlib+pypi-summaries":
+        return CombinedRegistry(StdlibRegistry(),
+                                PyPIRegistry(pypi_packages,
+                                             label_sources=("changelog", "version_notes",
+                                                            "module_docstring",
+                                                            "class_docstring")))
     if source in ("postgres", "postgresql"):
         if not url:
             raise DatabaseError(f"registry {source!r} needs a database: pass --database-url "

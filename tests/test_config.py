@@ -113,6 +113,8 @@ def test_unknown_section_fails(tmp_path):
      "training.freeze_layers must be >= 0 and needs use_lora: false"),
     ("val_split: 0.1", "val_split: 0.1\n  pypi_packages: more.yaml",
      "dataset.pypi_packages is read by the stdlib\\+pypi sources only"),
+    ("val_split: 0.1", "val_split: 0.1\n  label_sources: [docstring, docstrings]",
+     "dataset.label_sources: unknown 'docstrings'"),
 ])
 def test_bad_values_fail_clearly(tmp_path, old, new, match):
     assert old in SEED_YAML
@@ -157,3 +159,17 @@ def test_overrides_are_validated(tmp_path):
     with pytest.raises(CETDError, match="batch_size must be > 0"):
         apply_overrides(cfg, batch_size=0)
     assert apply_overrides(cfg, num_epochs=None).training.num_epochs == 10
+
+
+def test_every_ablation_variant_is_a_valid_config(tmp_path):
+    """A typo in a variant's key or value fails here, not minutes into its training run."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("ablation", path)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    base = yaml.safe_load(ablation.DEFAULT.read_text())
+    for name, (_, changes) in ablation.VARIANTS.items():
+        cfg = ablation.variant_config(base, {**ablation.BASE_CHANGES, **changes}, tmp_path)
+        config_from_dict(cfg, f"variant {name}")

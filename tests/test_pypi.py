@@ -153,3 +153,33 @@ def test_a_config_can_name_its_own_package_list_and_notes_reach_pypi_apps(
     assert rows == {("Add demo_pkg.core.retry with exponential backoff between attempts.",
                      "changelog"),
                     ("The attempts argument bounds the retries.", "version_notes")}
+
+
+def test_summaries_source_gives_pypi_apps_module_and_class_summaries_not_docstrings(
+        packages: Path, tmp_path: Path) -> None:
+    files = dict(FILES)
+    files["demo_pkg-1.0/src/demo_pkg/core.py"] = (
+        '"""Retrying calls that fail for a while."""\n'
+        'def retry(fn, attempts=3):\n    """Call fn until it succeeds or attempts run out."""\n'
+        '    return fn()\n\n\ndef other():\n    return 2\n\n\n'
+        'class Backoff:\n    """Delays that grow between attempts."""\n'
+        '    def next(self):\n        return 1\n\n    def reset(self):\n        return 0\n')
+    make_sdist(tmp_path / "cache" / "sdists", files)
+    pypi_part = registry_from("stdlib+pypi-summaries", pypi_packages=packages).registries[1]
+    pypi_part.cache = tmp_path / "cache"  # the sdist built above, no network
+    dd = build_dataset(registry=pypi_part, hard_negatives=0, random_negatives=0,
+                       label_sources=("docstring", "changelog", "module_docstring",
+                                      "class_docstring"),
+                       cache_dir=tmp_path / "arrow")
+    rows = {(r["requirement"], r["qualname"], r["label_source"])
+            for r in dd["train"] if r["label"] == 1}
+    core = "Retrying calls that fail for a while."
+    backoff = "Delays that grow between attempts."
+    # retry's own docstring is no requirement: PyPI function docstrings stay out
+    assert rows == {
+        ("Add demo_pkg.core.retry with exponential backoff between attempts.", "retry",
+         "changelog"),
+        (core, "retry", "module_docstring"), (core, "other", "module_docstring"),
+        (core, "Backoff", "module_docstring"),
+        (backoff, "Backoff", "class_docstring"), (backoff, "Backoff.next", "class_docstring"),
+        (backoff, "Backoff.reset", "class_docstring")}
