@@ -211,6 +211,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "class and its 2-8 public methods (label source class_docstring): the default",
         {**FROZEN_200, "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
                                                  "module_docstring", "class_docstring"]}),
+    "batch32-split-chunks4-frozen-summaries-300": (
+        "batch32-split-chunks4-frozen-summaries-200 (the default) on 300 steps (warmup 30): "
+        "more steps lifted the docstrings and lowered feature requests; do the summaries "
+        "keep the second?",
+        {**FROZEN_200, "training.max_steps": 300, "training.warmup_steps": 30,
+         "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
+                                   "module_docstring", "class_docstring"]}),
     "batch32-split-chunks4-frozen-summaries-pypi-200": (
         "batch32-split-chunks4-frozen-summaries-200 (the default) with the 15 PyPI packages' "
         "module and class summaries as requirements too (dataset.source "
