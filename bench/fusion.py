@@ -69,6 +69,20 @@ def score_sets(checkpoint: str, registry, split, label_sources,
     return out
 
 
+def validation_benches(cache: Path) -> dict:
+    """name -> (registry, split, label sources) of the two validation sets every row is chosen
+    on: the stdlib validation split (docstrings) and the feature requests' validation half."""
+    from feature_requests import prepare
+
+    from cetd_phase1.registry import DirectoryRegistry, registry_from
+
+    return {
+        "stdlib validation": (registry_from(None), "validation", ("docstring", "gold", "heuristic")),
+        "feature requests validation": (
+            DirectoryRegistry(prepare("validation", cache), split="holdout"), None, ("gold",)),
+    }
+
+
 def measure(vectors: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
     from cetd_phase1.metrics import compute_ranking_metrics
     m = compute_ranking_metrics([s for s, _ in vectors], [l for _, l in vectors])
@@ -85,17 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                              "default: the checkpoint's own)")
     args = parser.parse_args(argv)
 
-    from feature_requests import prepare
-
-    from cetd_phase1.registry import DirectoryRegistry, registry_from
     from cetd_phase1.retrieve import hybrid_fuse, zscore
 
-    benches = {
-        "stdlib validation": (registry_from(None), "validation", ("docstring", "gold", "heuristic")),
-        "feature requests validation": (
-            DirectoryRegistry(prepare("validation", Path(args.cache)), split="holdout"), None,
-            ("gold",)),
-    }
+    benches = validation_benches(Path(args.cache))
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for bench, (registry, split, sources) in benches.items():
         sets = score_sets(args.checkpoint, registry, split, sources, args.section_chunks)

@@ -34,20 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the table here")
     args = parser.parse_args(argv)
 
-    from feature_requests import prepare
-    from fusion import measure, score_sets
+    from fusion import measure, score_sets, validation_benches
 
-    from cetd_phase1.registry import DirectoryRegistry, registry_from
     from cetd_phase1.retrieve import HYBRID_WEIGHT, hybrid_fuse, zscore
 
-    benches = {
-        "stdlib validation": (registry_from(None), "validation", ("docstring", "gold", "heuristic")),
-        "feature requests validation": (
-            DirectoryRegistry(prepare("validation", Path(args.cache)), split="holdout"), None,
-            ("gold",)),
-    }
     table: dict[str, dict[str, tuple[float, float]]] = {}
-    for bench, (registry, split, sources) in benches.items():
+    for bench, (registry, split, sources) in validation_benches(Path(args.cache)).items():
         sets = score_sets(args.checkpoint, registry, split, sources)
         prior = [zscore(np.log(lines)) for lines in sets["lines"]]
         # where each relevant section's length falls among its app's sections (0.5: no bias)

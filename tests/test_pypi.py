@@ -133,22 +133,28 @@ def test_pypi_apps_can_be_limited_to_their_changelog_requirements(packages: Path
     assert requirements(only) == {"changelog"}
 
 
-def test_a_config_can_name_its_own_package_list_and_notes_reach_pypi_apps(
-        packages: Path, tmp_path: Path) -> None:
-    files = dict(FILES)
-    files["demo_pkg-1.0/src/demo_pkg/core.py"] = (
-        'def retry(fn, attempts=3):\n    """Call fn until it succeeds.\n\n'
-        '    .. versionchanged:: 1.0\n        The attempts argument bounds the retries.\n'
-        '    """\n    return fn()\n')
-    make_sdist(tmp_path / "cache" / "sdists", files)
-    combined = registry_from("stdlib+pypi-changelog", pypi_packages=packages)
-    pypi_part = combined.registries[1]
+def _pypi_positives(packages: Path, tmp_path: Path, core_py: str, source: str,
+                    label_sources: tuple[str, ...]) -> list[dict]:
+    """The positive train rows of the PyPI part of registry ``source`` over the demo sdist
+    with ``core_py`` as its ``demo_pkg/core.py``."""
+    make_sdist(tmp_path / "cache" / "sdists",
+               {**FILES, "demo_pkg-1.0/src/demo_pkg/core.py": core_py})
+    pypi_part = registry_from(source, pypi_packages=packages).registries[1]
     assert pypi_part.packages_file == packages
     pypi_part.cache = tmp_path / "cache"  # the sdist built above, no network
     dd = build_dataset(registry=pypi_part, hard_negatives=0, random_negatives=0,
-                       label_sources=("docstring", "changelog", "version_notes"),
-                       cache_dir=tmp_path / "arrow")
-    rows = {(r["requirement"], r["label_source"]) for r in dd["train"] if r["label"] == 1}
+                       label_sources=label_sources, cache_dir=tmp_path / "arrow")
+    return [r for r in dd["train"] if r["label"] == 1]
+
+
+def test_a_config_can_name_its_own_package_list_and_notes_reach_pypi_apps(
+        packages: Path, tmp_path: Path) -> None:
+    core_py = ('def retry(fn, attempts=3):\n    """Call fn until it succeeds.\n\n'
+               '    .. versionchanged:: 1.0\n        The attempts argument bounds the retries.\n'
+               '    """\n    return fn()\n')
+    dd = _pypi_positives(packages, tmp_path, core_py, "stdlib+pypi-changelog",
+                         ("docstring", "changelog", "version_notes"))
+    rows = {(r["requirement"], r["label_source"]) for r in dd}
     # the package's docstring is not a requirement here, its version note is
     assert rows == {("Add demo_pkg.core.retry with exponential backoff between attempts.",
                      "changelog"),
@@ -157,22 +163,15 @@ def test_a_config_can_name_its_own_package_list_and_notes_reach_pypi_apps(
 
 def test_summaries_source_gives_pypi_apps_module_and_class_summaries_not_docstrings(
         packages: Path, tmp_path: Path) -> None:
-    files = dict(FILES)
-    files["demo_pkg-1.0/src/demo_pkg/core.py"] = (
+    core_py = (
         '"""Retrying calls that fail for a while."""\n'
         'def retry(fn, attempts=3):\n    """Call fn until it succeeds or attempts run out."""\n'
         '    return fn()\n\n\ndef other():\n    return 2\n\n\n'
         'class Backoff:\n    """Delays that grow between attempts."""\n'
         '    def next(self):\n        return 1\n\n    def reset(self):\n        return 0\n')
-    make_sdist(tmp_path / "cache" / "sdists", files)
-    pypi_part = registry_from("stdlib+pypi-summaries", pypi_packages=packages).registries[1]
-    pypi_part.cache = tmp_path / "cache"  # the sdist built above, no network
-    dd = build_dataset(registry=pypi_part, hard_negatives=0, random_negatives=0,
-                       label_sources=("docstring", "changelog", "module_docstring",
-                                      "class_docstring"),
-                       cache_dir=tmp_path / "arrow")
-    rows = {(r["requirement"], r["qualname"], r["label_source"])
-            for r in dd["train"] if r["label"] == 1}
+    dd = _pypi_positives(packages, tmp_path, core_py, "stdlib+pypi-summaries",
+                         ("docstring", "changelog", "module_docstring", "class_docstring"))
+    rows = {(r["requirement"], r["qualname"], r["label_source"]) for r in dd}
     core = "Retrying calls that fail for a while."
     backoff = "Delays that grow between attempts."
     # retry's own docstring is no requirement: PyPI function docstrings stay out
