@@ -211,6 +211,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "class and its 2-8 public methods (label source class_docstring): the default",
         {**FROZEN_200, "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
                                                  "module_docstring", "class_docstring"]}),
+    "batch32-split-chunks4-frozen-classdoc-200": (
+        "batch32-split-chunks4-frozen-emb-200 + class docstrings as requirements of the class "
+        "and its 2-8 public methods, without the module summaries: which half of the "
+        "summaries moves feature requests?",
+        {**FROZEN_200, "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
+                                                 "class_docstring"]}),
     "batch32-split-chunks4-frozen-summaries-300": (
         "batch32-split-chunks4-frozen-summaries-200 (the default) on 300 steps (warmup 30): "
         "more steps lifted the docstrings and lowered feature requests; do the summaries "
