@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 from cetd_phase1.sections import Section
 
-#: every label source, in the order ``label_app`` applies them after gold
+#: every label source (``label_app`` applies gold and heuristic first, docstring last)
 LABEL_SOURCES = ("docstring", "gold", "heuristic", "git", "changelog", "version_notes",
                  "module_docstring", "class_docstring")
 GOLD_REQUIREMENTS = "gold_requirements.md"
