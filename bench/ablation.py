@@ -40,13 +40,14 @@ DEFAULT = REPO / "configs" / "phase1_minilm_cpu.yaml"
 #: (the default config now trains 200 steps of 32, splits camelCase identifiers, ranks long
 #: functions by their best of 4 texts, keeps the token embeddings frozen and labels module and
 #: class summaries, chosen from these rows); a variant's own changes come on top.
+#: the label sources of every row before the summaries (92488c8)
+CHANGELOG_SOURCES = ["docstring", "gold", "heuristic", "changelog"]
 BASE_CHANGES = {"training.max_steps": 150, "training.batch_size": 16,
                 "model.split_identifiers": False, "model.section_chunks": 1,
                 "training.freeze_embeddings": False,
-                "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog"]}
+                "dataset.label_sources": CHANGELOG_SOURCES}
 #: the changelog rows' data: stdlib + 15 PyPI packages with their changelogs (an option)
-PYPI_CHANGELOGS = {"dataset.source": "stdlib+pypi",
-                   "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog"]}
+PYPI_CHANGELOGS = {"dataset.source": "stdlib+pypi", "dataset.label_sources": CHANGELOG_SOURCES}
 
 #: the default's recipe from 376a3e9 (200 steps of 32, identifiers as words), and since 5c45c61
 #: (+ long functions ranked by their best of 4 texts): the base of the rows measured on them
@@ -54,6 +55,9 @@ SPLIT_200 = {"training.batch_size": 32, "training.max_steps": 200,
              "model.split_identifiers": True}
 CHUNKS4_200 = {**SPLIT_200, "model.section_chunks": 4}
 FROZEN_200 = {**CHUNKS4_200, "training.freeze_embeddings": True}
+#: the default since 92488c8: + module and class summaries as requirements
+SUMMARIES_200 = {**FROZEN_200, "dataset.label_sources": [*CHANGELOG_SOURCES, "module_docstring",
+                                                         "class_docstring"]}
 WIDE_PACKAGES = "bench/pypi_packages_wide.yaml"
 
 #: name -> (what changes, {section.key: value})
@@ -156,8 +160,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                 "notes (versionadded/versionchanged/deprecated text -> its "
                                 "section) as requirements",
                                 {**SPLIT_200,
-                                 "dataset.label_sources": ["docstring", "gold", "heuristic",
-                                                           "changelog", "version_notes"]}),
+                                 "dataset.label_sources": [*CHANGELOG_SOURCES, "version_notes"]}),
     "batch32-split-wide-200": ("batch32-split-200 (the default) with the changelog entries of "
                                "37 PyPI packages instead of 15 (bench/pypi_packages_wide.yaml)",
                                {**SPLIT_200, "dataset.pypi_packages": WIDE_PACKAGES}),
@@ -204,33 +207,26 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "batch32-split-chunks4-frozen-moddoc-200": (
         "batch32-split-chunks4-frozen-emb-200 + module docstrings as requirements "
         "of the module's 2-8 public top-level sections (label source module_docstring)",
-        {**FROZEN_200, "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
-                                                 "module_docstring"]}),
+        {**FROZEN_200, "dataset.label_sources": [*CHANGELOG_SOURCES, "module_docstring"]}),
     "batch32-split-chunks4-frozen-summaries-200": (
         "batch32-split-chunks4-frozen-moddoc-200 + class docstrings as requirements of the "
         "class and its 2-8 public methods (label source class_docstring): the default",
-        {**FROZEN_200, "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
-                                                 "module_docstring", "class_docstring"]}),
+        SUMMARIES_200),
     "batch32-split-chunks4-frozen-classdoc-200": (
         "batch32-split-chunks4-frozen-emb-200 + class docstrings as requirements of the class "
         "and its 2-8 public methods, without the module summaries: which half of the "
         "summaries moves feature requests?",
-        {**FROZEN_200, "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
-                                                 "class_docstring"]}),
+        {**FROZEN_200, "dataset.label_sources": [*CHANGELOG_SOURCES, "class_docstring"]}),
     "batch32-split-chunks4-frozen-summaries-300": (
         "batch32-split-chunks4-frozen-summaries-200 (the default) on 300 steps (warmup 30): "
         "more steps lifted the docstrings and lowered feature requests; do the summaries "
         "keep the second?",
-        {**FROZEN_200, "training.max_steps": 300, "training.warmup_steps": 30,
-         "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
-                                   "module_docstring", "class_docstring"]}),
+        {**SUMMARIES_200, "training.max_steps": 300, "training.warmup_steps": 30}),
     "batch32-split-chunks4-frozen-summaries-pypi-200": (
         "batch32-split-chunks4-frozen-summaries-200 (the default) with the 15 PyPI packages' "
         "module and class summaries as requirements too (dataset.source "
         "stdlib+pypi-summaries; their function docstrings stay out)",
-        {**FROZEN_200, "dataset.source": "stdlib+pypi-summaries",
-         "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
-                                   "module_docstring", "class_docstring"]}),
+        {**SUMMARIES_200, "dataset.source": "stdlib+pypi-summaries"}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),

@@ -63,9 +63,10 @@ def score_sets(checkpoint: str, registry, split, label_sources,
         results = [r for r in score_queries(m, apps, queries, indexes, {})["full_app"]
                    if r.query.label_source in HEADLINE_SOURCES and r.labels.any()]
         out[m.name] = [(r.scores, r.labels) for r in results]
-        out["lines"] = [np.array([s.line_end - s.line_start + 1 for s in
-                                  (indexes[r.query.app_id].sections[i] for i in r.section_ids)])
-                        for r in results]
+    # the same queries and section order under every method: the last one's results will do
+    out["lines"] = [np.array([s.line_end - s.line_start + 1 for s in
+                              (indexes[r.query.app_id].sections[i] for i in r.section_ids)])
+                    for r in results]
     return out
 
 

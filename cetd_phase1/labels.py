@@ -147,7 +147,7 @@ def module_docstring_examples(app_root: Path, sections: Sequence[Section]) -> li
     for s in sections:
         if "." not in s.qualname and _public(s.qualname):
             top.setdefault(s.file, []).append(s.key)
-    grouped: dict[str, list[str]] = {}
+    grouped: dict[str, dict[str, None]] = {}  # requirement -> its keys, in order, once each
     for rel, keys in top.items():
         path = root if root.is_file() else root / rel
         # unreadable files are already in the extraction report; they have no sections here
@@ -160,10 +160,9 @@ def module_docstring_examples(app_root: Path, sections: Sequence[Section]) -> li
             continue
         req = first_paragraph(doc)
         if len(req.split()) >= MIN_REQUIREMENT_WORDS:
-            grouped.setdefault(req, []).extend(keys)
-    return [Example(req, list(dict.fromkeys(keys)), "module_docstring")
-            for req, keys in grouped.items()
-            if 2 <= len(dict.fromkeys(keys)) <= MAX_SUMMARY_SECTIONS]
+            grouped.setdefault(req, {}).update(dict.fromkeys(keys))
+    return [Example(req, list(keys), "module_docstring") for req, keys in grouped.items()
+            if 2 <= len(keys) <= MAX_SUMMARY_SECTIONS]
 
 
 def class_docstring_examples(sections: Sequence[Section]) -> list[Example]:
@@ -369,6 +368,7 @@ def label_app(app_root: Path, sections: Sequence[Section], *,
     requirement is dropped so one requirement never carries two label sets.
     """
     sources = set(sources)
+    root = Path(app_root)
     result = AppLabels()
     if "gold" in sources or "heuristic" in sources:
         if "heuristic" in sources and heuristic is None:
@@ -378,26 +378,18 @@ def label_app(app_root: Path, sections: Sequence[Section], *,
         result.problems.extend(gold.problems)
         result.examples.extend(e for e in gold.examples if e.label_source in sources)
     if "git" in sources:
-        git = git_examples(Path(app_root), sections)
+        git = git_examples(root, sections)
         result.examples.extend(git.examples)
         result.problems.extend(git.problems)
-    if "changelog" in sources:
-        taken = {e.requirement for e in result.examples}
-        result.examples.extend(e for e in changelog_examples(Path(app_root), sections)
-                               if e.requirement not in taken)
-    if "version_notes" in sources:
-        taken = {e.requirement for e in result.examples}
-        result.examples.extend(e for e in version_note_examples(sections)
-                               if e.requirement not in taken)
-    if "module_docstring" in sources:
-        taken = {e.requirement for e in result.examples}
-        result.examples.extend(e for e in module_docstring_examples(Path(app_root), sections)
-                               if e.requirement not in taken)
-    if "class_docstring" in sources:  # before ``docstring``, which would label the class alone
-        taken = {e.requirement for e in result.examples}
-        result.examples.extend(e for e in class_docstring_examples(sections)
-                               if e.requirement not in taken)
-    if "docstring" in sources:
-        taken = {e.requirement for e in result.examples}
-        result.examples.extend(e for e in docstring_examples(sections) if e.requirement not in taken)
+    # in this order: a later source never relabels a requirement an earlier one gave; the class
+    # summary comes before ``docstring``, which would label the class alone
+    for source, examples in (
+            ("changelog", lambda: changelog_examples(root, sections)),
+            ("version_notes", lambda: version_note_examples(sections)),
+            ("module_docstring", lambda: module_docstring_examples(root, sections)),
+            ("class_docstring", lambda: class_docstring_examples(sections)),
+            ("docstring", lambda: docstring_examples(sections))):
+        if source in sources:
+            taken = {e.requirement for e in result.examples}
+            result.examples.extend(e for e in examples() if e.requirement not in taken)
     return result

@@ -487,6 +487,13 @@ def list_apps(database_url: str, split: str | None = None,
     return listed
 
 
+#: the stdlib+pypi sources that limit the PyPI apps' label sources (never function docstrings)
+_PYPI_LABEL_SOURCES = {
+    "stdlib+pypi-changelog": ("changelog", "version_notes"),
+    "stdlib+pypi-summaries": ("changelog", "version_notes", "module_docstring", "class_docstring"),
+}
+
+
 def registry_from(source: str | Path | None, database_url: str | None = None,
                   source_roots: Iterable[str | Path] = (),
                   pypi_packages: str | Path | None = None) -> Registry:
@@ -516,16 +523,10 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
         return StdlibRegistry()
     if source == "stdlib+pypi":
         return CombinedRegistry(StdlibRegistry(), PyPIRegistry(pypi_packages))
-    if source == "stdlib+pypi-changelog":
+    if source in _PYPI_LABEL_SOURCES:
         return CombinedRegistry(StdlibRegistry(),
                                 PyPIRegistry(pypi_packages,
-                                             label_sources=("changelog", "version_notes")))
-    if source == "stdlib+pypi-summaries":
-        return CombinedRegistry(StdlibRegistry(),
-                                PyPIRegistry(pypi_packages,
-                                             label_sources=("changelog", "version_notes",
-                                                            "module_docstring",
-                                                            "class_docstring")))
+                                             label_sources=_PYPI_LABEL_SOURCES[source]))
     if source in ("postgres", "postgresql"):
         if not url:
             raise DatabaseError(f"registry {source!r} needs a database: pass --database-url "
