@@ -227,6 +227,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "module and class summaries as requirements too (dataset.source "
         "stdlib+pypi-summaries; their function docstrings stay out)",
         {**SUMMARIES_200, "dataset.source": "stdlib+pypi-summaries"}),
+    "batch32-split-chunks4-frozen-summaries-li0.5-200": (
+        "batch32-split-chunks4-frozen-summaries-200 (the default) scoring (and training) "
+        "0.5 x pooled cosine + 0.5 x token-level MaxSim (model.late_interaction 0.5)",
+        {**SUMMARIES_200, "model.late_interaction": 0.5}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),

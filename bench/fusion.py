@@ -42,7 +42,8 @@ def rrf_fuse(*score_vectors: np.ndarray, k: int = 60) -> np.ndarray:
 def score_sets(checkpoint: str, registry, split, label_sources,
                section_chunks: int | None = None) -> dict:
     """Per method, the full-app score vectors and labels of every headline query; under
-    ``"lines"`` each query's section lengths in lines (in the same order as its scores)."""
+    ``"sections"`` each query's sections and under ``"lines"`` their lengths in lines (both in
+    the same order as its scores)."""
     from cetd_phase1.evaluation import (HEADLINE_SOURCES, Method, _backbone_path, _load_queries,
                                         score_queries)
     from cetd_phase1.model import resolve_backbone
@@ -64,9 +65,10 @@ def score_sets(checkpoint: str, registry, split, label_sources,
                    if r.query.label_source in HEADLINE_SOURCES and r.labels.any()]
         out[m.name] = [(r.scores, r.labels) for r in results]
     # the same queries and section order under every method: the last one's results will do
-    out["lines"] = [np.array([s.line_end - s.line_start + 1 for s in
-                              (indexes[r.query.app_id].sections[i] for i in r.section_ids)])
-                    for r in results]
+    out["sections"] = [[indexes[r.query.app_id].sections[i] for i in r.section_ids]
+                       for r in results]
+    out["lines"] = [np.array([s.line_end - s.line_start + 1 for s in sections])
+                    for sections in out["sections"]]
     return out
 
 
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for bench, (registry, split, sources) in benches.items():
         sets = score_sets(args.checkpoint, registry, split, sources, args.section_chunks)
         sets.pop("lines")
+        sets.pop("sections")
         bm25 = sets["bm25"]
         rows = {"bm25": measure(bm25)}
         for dense_name in [n for n in sets if n != "bm25"]:

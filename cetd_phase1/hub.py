@@ -94,7 +94,9 @@ model = CETDRetriever.from_pretrained("{repo_id}")  # revision="..." for a fixed
 ```
 
 Pooling `{model_config.get('pooling')}`, embedding size
-{model_config.get('projection_dim') or 'of the backbone'}, loss `{model_config.get('loss')}`.
+{model_config.get('projection_dim') or 'of the backbone'}, loss `{model_config.get('loss')}`,
+late interaction `{model_config.get('late_interaction') or 0}` (share of the token-level MaxSim
+score beside the pooled cosine).
 
 ## Evaluation (full-app ranking)
 

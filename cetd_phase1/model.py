@@ -31,7 +31,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from transformers.utils import ModelOutput
 
 from cetd_phase1.errors import CETDError
-from cetd_phase1.losses import LOSSES, build_loss
+from cetd_phase1.losses import LOSSES, build_loss, dot_scores, late_interaction_scores, maxsim
 from cetd_phase1.sections import format_section, split_camel_case
 
 POOLINGS = ("mean", "last_token", "cls")
@@ -96,6 +96,9 @@ class CETDConfig(PreTrainedConfig):
         section_chunks: how many texts a long function or method is read as when sections are
             ranked (:func:`section_texts`; it scores as its best one); 1 = its first
             ``max_code_length`` tokens only. Training reads the first text either way.
+        late_interaction: share ``a`` of the late-interaction score in the model's score
+            ``(1 - a) * cos(pooled) + a * maxsim(tokens)`` (:func:`maxsim`), trained and
+            ranked alike; 0 = the pooled cosine alone.
     """
 
     model_type = "cetd_retriever"
@@ -110,7 +113,8 @@ class CETDConfig(PreTrainedConfig):
                  lora_dropout: float = 0.05, lora_target_modules: Sequence[str] | None = None,
                  max_req_length: int = 128, max_code_length: int = 256,
                  encode_chunk_size: int | None = None, split_identifiers: bool = False,
-                 section_chunks: int = 1, **kwargs: Any) -> None:
+                 section_chunks: int = 1, late_interaction: float = 0.0,
+                 **kwargs: Any) -> None:
         if pooling is not None and pooling not in POOLINGS:
             raise CETDError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if loss not in LOSSES:
@@ -120,6 +124,8 @@ class CETDConfig(PreTrainedConfig):
         if encode_chunk_size is not None and encode_chunk_size < 1:
             raise CETDError(f"encode_chunk_size must be >= 1 or null, got {encode_chunk_size}")
         check_section_chunks(section_chunks)
+        if not 0.0 <= late_interaction <= 1.0:
+            raise CETDError(f"late_interaction must be in [0, 1], got {late_interaction}")
         self.backbone = backbone
         self.backbone_config = backbone_config
         self.pooling = pooling
@@ -142,6 +148,7 @@ class CETDConfig(PreTrainedConfig):
         self.encode_chunk_size = encode_chunk_size
         self.split_identifiers = split_identifiers
         self.section_chunks = section_chunks
+        self.late_interaction = late_interaction
         super().__init__(**kwargs)
 
 
@@ -264,14 +271,17 @@ class CETDRetriever(PreTrainedModel):
 
     # --- encoding -----------------------------------------------------------------------
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               tokens: bool = False) -> torch.Tensor:
         """Embeddings [B, D] in float32 (L2-normalised when ``config.normalize``), computed in
-        length-sorted chunks of ``config.encode_chunk_size`` (by default on a CPU only)."""
+        length-sorted chunks of ``config.encode_chunk_size`` (by default on a CPU only). With
+        ``tokens``: [B, 1 + L, D], the embedding followed by the L2-normalised token vectors
+        (zero at padding) that late interaction reads."""
         chunk = self.config.encode_chunk_size
         if chunk is None and input_ids.device.type == "cpu":
             chunk = CPU_CHUNK_SIZE
         if not chunk or input_ids.size(0) <= chunk:
-            return self._encode(input_ids, attention_mask)
+            return self._encode(input_ids, attention_mask, tokens)
         order = attention_mask.sum(dim=1).argsort(descending=True)
         parts = []
         for idx in order.split(chunk):
@@ -279,16 +289,27 @@ class CETDRetriever(PreTrainedModel):
             # Padding columns no text of the chunk uses (left or right padding alike).
             used = mask.any(dim=0).nonzero().flatten()
             span = slice(int(used[0]), int(used[-1]) + 1) if used.numel() else slice(0, 1)
-            parts.append(self._encode(input_ids[idx, span], mask[:, span]))
+            part = self._encode(input_ids[idx, span], mask[:, span], tokens)
+            if tokens:  # back to the batch's columns: [embedding, padding.., tokens, padding..]
+                part = F.pad(part, (0, 0, span.start, input_ids.size(1) - span.stop))
+                part = torch.cat([part[:, span.start:span.start + 1], part[:, :span.start],
+                                  part[:, span.start + 1:]], dim=1)
+            parts.append(part)
         return torch.cat(parts)[order.argsort()]
 
-    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                tokens: bool = False) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         reps = pool(out.last_hidden_state, attention_mask, self.config.pooling)
         if self.head is not None:
             reps = self.head(reps)
         reps = reps.float()  # scores and loss in fp32, also under fp16 autocast
-        return F.normalize(reps, dim=-1) if self.config.normalize else reps
+        reps = F.normalize(reps, dim=-1) if self.config.normalize else reps
+        if not tokens:
+            return reps
+        vectors = out.last_hidden_state if self.head is None else self.head(out.last_hidden_state)
+        vectors = F.normalize(vectors.float(), dim=-1) * attention_mask.unsqueeze(-1)
+        return torch.cat([reps.unsqueeze(1), vectors], dim=1)
 
     def forward(self, q_input_ids: torch.Tensor, q_attention_mask: torch.Tensor,
                 p_input_ids: torch.Tensor, p_attention_mask: torch.Tensor,
@@ -297,10 +318,13 @@ class CETDRetriever(PreTrainedModel):
         """Encode B requirements and C candidates; with ``labels`` (index of each requirement's
         positive among the candidates) and ``owners`` (requirement index owning each candidate)
         also compute the configured loss."""
-        q = self.encode(q_input_ids, q_attention_mask)
-        p = self.encode(p_input_ids, p_attention_mask)
+        tokens = bool(self.config.late_interaction)
+        q = self.encode(q_input_ids, q_attention_mask, tokens)
+        p = self.encode(p_input_ids, p_attention_mask, tokens)
         loss = self.loss_fn(q, p, labels, owners) if labels is not None else None
-        return RetrievalOutput(loss=loss, scores=q @ p.T, q_reps=q, p_reps=p)
+        scores = (late_interaction_scores(q, p, self.config.late_interaction) if tokens
+                  else dot_scores(q, p))
+        return RetrievalOutput(loss=loss, scores=scores, q_reps=q, p_reps=p)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
@@ -533,7 +557,54 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
-@torch.no_grad()
+@dataclass
+class Encoded:
+    """N encoded texts as ranking reads them: ``pooled`` embeddings float32 [N, D] and, from a
+    late-interaction model (``config.late_interaction > 0``), every text's L2-normalised token
+    vectors, float16, concatenated in ``tokens`` [T, D] (text i: rows ``offsets[i]`` to
+    ``offsets[i + 1]``)."""
+
+    pooled: np.ndarray
+    tokens: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def take(self, rows: np.ndarray) -> "Encoded":
+        """The texts at ``rows``, in that order."""
+        if self.tokens is None:
+            return Encoded(self.pooled[rows])
+        spans = [np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows]
+        sizes = np.array([len(x) for x in spans], dtype=np.int64)
+        flat = np.concatenate(spans) if spans else np.zeros(0, np.int64)
+        return Encoded(self.pooled[rows], self.tokens[flat],
+                       np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+
+    def padded_tokens(self, rows: range) -> torch.Tensor:
+        """Token vectors of ``rows`` as one float32 tensor [len(rows), L, D], zero-padded."""
+        parts = [torch.from_numpy(self.tokens[self.offsets[r]:self.offsets[r + 1]].astype(
+            np.float32)) for r in rows]
+        return nn.utils.rnn.pad_sequence(parts, batch_first=True)
+
+    def scores(self, queries: "Encoded", share: float, chunk: int = 128) -> np.ndarray:
+        """Scores [Q, N] of ``queries`` against these texts: the pooled dot product, mixed with
+        :func:`~cetd_phase1.losses.maxsim` at ``share`` when both sides carry token vectors
+        (the score the model was trained on). Blocks of 32 queries x ``chunk`` texts at a time
+        keep the [q, t, Lq, Lt] similarity tensor to a few hundred MB."""
+        dense = queries.pooled @ self.pooled.T
+        if not share or self.tokens is None or queries.tokens is None or not len(self):
+            return dense
+        late = np.empty_like(dense)
+        texts = [(i, self.padded_tokens(range(i, min(i + chunk, len(self)))))
+                 for i in range(0, len(self), chunk)]
+        for j in range(0, len(queries), 32):
+            q = queries.padded_tokens(range(j, min(j + 32, len(queries))))
+            for i, t in texts:
+                late[j:j + len(q), i:i + len(t)] = maxsim(q, t).numpy()
+        return ((1.0 - share) * dense + share * late).astype(np.float32)
+
+
 def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts: list[str], *,
                  max_length: int, batch_size: int = 64, show_progress: bool = False,
                  dtype: torch.dtype | None = None) -> np.ndarray:
@@ -544,7 +615,20 @@ def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts
     :func:`autocast_dtype` (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32);
     ``torch.float32`` turns it off. The model's train/eval mode is restored afterwards.
     """
+    return encode_for_ranking(model, tokenizer, texts, max_length=max_length,
+                              batch_size=batch_size, show_progress=show_progress, dtype=dtype,
+                              tokens=False).pooled
+
+
+def encode_for_ranking(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
+                       texts: list[str], *, max_length: int, batch_size: int = 64,
+                       show_progress: bool = False, dtype: torch.dtype | None = None,
+                       tokens: bool | None = None) -> Encoded:
+    """:func:`encode_texts` with the token vectors too when ``tokens`` (``None``: when the
+    model scores by late interaction)."""
     from tqdm.auto import tqdm
+    if tokens is None:
+        tokens = bool(model.config.late_interaction)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -555,18 +639,29 @@ def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts
                         model.config.split_identifiers)
     order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
     out = np.zeros((len(texts), _output_dim(model)), dtype=np.float32)
+    vectors: list[np.ndarray] = [np.zeros((0, out.shape[1]), np.float16)] * len(texts)
     starts = range(0, len(texts), batch_size)
     try:
         for start in tqdm(starts, desc="encoding", disable=not show_progress, unit="batch"):
             idx = order[start:start + batch_size]
             batch = {k: v.to(device) for k, v in pad(tokenizer, [features[i] for i in idx]).items()}
-            with torch.autocast(device_type=device.type, dtype=dtype if mixed else None,
-                                enabled=mixed):
-                reps = model.encode(batch["input_ids"], batch["attention_mask"])
-            out[idx] = reps.float().cpu().numpy()
+            with torch.no_grad(), torch.autocast(device_type=device.type,
+                                                 dtype=dtype if mixed else None, enabled=mixed):
+                reps = model.encode(batch["input_ids"], batch["attention_mask"], tokens)
+            reps = reps.float().cpu()
+            if tokens:
+                real = batch["attention_mask"].bool().cpu()
+                for row, i in enumerate(idx):
+                    vectors[i] = reps[row, 1:][real[row]].numpy().astype(np.float16)
+                reps = reps[:, 0]
+            out[idx] = reps.numpy()
     finally:
         model.train(was_training)
-    return out
+    if not tokens:
+        return Encoded(out)
+    sizes = np.array([len(v) for v in vectors], dtype=np.int64)
+    return Encoded(out, np.concatenate([np.zeros((0, out.shape[1]), np.float16), *vectors]),
+                   np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
 
 
 _DEF = ("def ", "async def ")

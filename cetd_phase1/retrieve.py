@@ -3,7 +3,8 @@ as a sentence-transformers folder.
 
 An app's *section index* is the encoder's embedding of every section of the app. It is computed
 once per (checkpoint, section texts) and kept on disk as ``.npy`` under
-``<cache>/index/<checkpoint id>/<content hash>.npy``; in one process it is also kept in memory
+``<cache>/index/<checkpoint id>/<content hash>.npy`` (``.npz`` with the token vectors too for a
+late-interaction checkpoint); in one process it is also kept in memory
 and only rebuilt when a source file's size or mtime changes. The checkpoint id hashes the weight
 and config files (names, sizes, mtimes, config contents), the content hash the exact texts the
 encoder reads, so a retrained checkpoint or an edited app never reuses stale embeddings.
@@ -200,7 +201,17 @@ class AppIndex:
     content_hash: str
     report: ExtractionReport
     chunk_starts: np.ndarray | None = None  # None: one row per section
+    #: late-interaction models: every text's token vectors (model.Encoded's tokens / offsets)
+    token_vectors: np.ndarray | None = None
+    token_offsets: np.ndarray | None = None
     _bm25: BM25Scorer | None = field(default=None, repr=False)
+
+    @property
+    def encoded(self):
+        """The texts as :class:`~cetd_phase1.model.Encoded`, what ranking reads."""
+        from cetd_phase1.model import Encoded
+
+        return Encoded(self.embeddings, self.token_vectors, self.token_offsets)
 
     @property
     def bm25(self) -> BM25Scorer:
@@ -270,15 +281,16 @@ class Retriever:
 
     # -- encoding ----------------------------------------------------------------------------
 
-    def _encode(self, texts: list[str], max_length: int, show_progress: bool) -> np.ndarray:
+    def _encode(self, texts: list[str], max_length: int, show_progress: bool):
         from cetd_phase1 import model as model_lib
 
-        return model_lib.encode_texts(self.model, self.tokenizer, texts, max_length=max_length,
-                                      batch_size=self.batch_size, show_progress=show_progress)
+        return model_lib.encode_for_ranking(self.model, self.tokenizer, texts,
+                                            max_length=max_length, batch_size=self.batch_size,
+                                            show_progress=show_progress)
 
     def encode_queries(self, requirements: list[str]) -> np.ndarray:
         """Requirement embeddings, float32 [Q, D]."""
-        return self._encode(list(requirements), self.max_query_length, False)
+        return self._encode(list(requirements), self.max_query_length, False).pooled
 
     # -- indexing ----------------------------------------------------------------------------
 
@@ -300,37 +312,56 @@ class Retriever:
         texts = encoded if starts is None else [encoded[i] for i in starts]
         digest = hashlib.sha256(
             f"{self.max_code_length}\0".encode() + "\0".join(encoded).encode()).hexdigest()[:24]
-        path = self.cache_dir / self.identity / f"{digest}.npy"
-        embeddings = self._load_cached(path, len(encoded))
-        if embeddings is None:
-            embeddings = self._encode(encoded, self.max_code_length, self.show_progress) \
-                if encoded else np.zeros((0, 0), np.float32)
-            atomic_write(path, lambda f: np.save(f, embeddings.astype(np.float32)))
+        late = bool(self.model.config.late_interaction)
+        path = self.cache_dir / self.identity / f"{digest}.{'npz' if late else 'npy'}"
+        vectors = self._load_cached(path, len(encoded))
+        if vectors is None:
+            vectors = self._encode(encoded, self.max_code_length, self.show_progress)
+            if late:
+                atomic_write(path, lambda f: np.savez(f, pooled=vectors.pooled,
+                                                      tokens=vectors.tokens,
+                                                      offsets=vectors.offsets))
+            else:
+                atomic_write(path, lambda f: np.save(f, vectors.pooled))
         index = AppIndex(name=name, root=Path(root), sections=sections, texts=texts,
-                         embeddings=embeddings, content_hash=digest, report=report,
-                         chunk_starts=starts)
+                         embeddings=vectors.pooled, content_hash=digest, report=report,
+                         chunk_starts=starts, token_vectors=vectors.tokens,
+                         token_offsets=vectors.offsets)
         self._indexes[key] = (stamp, index)
         return index
 
     @staticmethod
-    def _load_cached(path: Path, rows: int) -> np.ndarray | None:
+    def _load_cached(path: Path, rows: int):
+        """The cached :class:`~cetd_phase1.model.Encoded` of ``rows`` texts at ``path``, or
+        ``None`` (absent, corrupt or of another shape: recomputed, never trusted)."""
+        from cetd_phase1.model import Encoded
+
         if not path.is_file():
             return None
         try:
-            arr = np.load(path)
-        except (OSError, ValueError):
-            return None  # a corrupt entry is recomputed, never trusted
-        return arr if arr.ndim == 2 and arr.shape[0] == rows else None
+            if path.suffix == ".npy":
+                arr = np.load(path)
+                return Encoded(arr) if arr.ndim == 2 and arr.shape[0] == rows else None
+            with np.load(path) as z:
+                vectors = Encoded(z["pooled"], z["tokens"], z["offsets"])
+        except (OSError, ValueError, KeyError, EOFError):
+            return None
+        ok = (vectors.pooled.ndim == 2 and vectors.pooled.shape[0] == rows
+              and vectors.offsets.shape == (rows + 1,) and vectors.tokens.ndim == 2
+              and int(vectors.offsets[-1]) == vectors.tokens.shape[0])
+        return vectors if ok else None
 
     # -- querying ----------------------------------------------------------------------------
 
     def dense_scores(self, requirements: list[str], index: AppIndex) -> np.ndarray:
-        """Dot-product scores [Q, N] of requirements against every section of ``index``."""
+        """The model's scores [Q, N] of requirements against every section of ``index``: cosines,
+        mixed with late interaction when the checkpoint was trained with it."""
         if not index.sections:
             return np.zeros((len(requirements), 0), dtype=np.float32)
         from cetd_phase1.model import best_text_scores
 
-        return best_text_scores(self.encode_queries(requirements) @ index.embeddings.T,
+        queries = self._encode(list(requirements), self.max_query_length, False)
+        return best_text_scores(index.encoded.scores(queries, self.model.config.late_interaction),
                                 index.chunk_starts)
 
     def retrieve(self, requirement: str, app: str | Path | App, k: int = 5,
@@ -419,6 +450,11 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
         logger.warning("%s ranks a long function by the best of up to %d texts (section_chunks):"
                        " build them with cetd_phase1.model.section_texts and keep each "
                        "section's best score", model_dir, config.section_chunks)
+    if config.late_interaction:
+        logger.warning("%s scores %g x cosine + %g x token-level MaxSim (late_interaction); the "
+                       "sentence-transformers folder gives the pooled embeddings, the cosine "
+                       "part only", model_dir, 1 - config.late_interaction,
+                       config.late_interaction)
     backbone = model.backbone
     if getattr(config, "use_lora", False):
         backbone = backbone.merge_and_unload()

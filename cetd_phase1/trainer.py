@@ -30,8 +30,8 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from cetd_phase1.losses import RankingAnchorLoss
 from cetd_phase1.metrics import compute_ranking_metrics
-from cetd_phase1.model import (CETDRetriever, best_text_scores, encode_texts, pad, section_texts,
-                               tokenize)
+from cetd_phase1.model import (CETDRetriever, best_text_scores, encode_for_ranking, pad,
+                               section_texts, tokenize)
 from cetd_phase1.sections import format_section
 
 logger = logging.getLogger(__name__)
@@ -295,28 +295,34 @@ def rank_full_app(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
             relevant[qid].add((file, qual))
     items, by_app = _app_pools(sections, set(app_of.values()))
     qids = list(text)
-    q_emb = encode_texts(model, tokenizer, [text[q] for q in qids], max_length=max_req_length,
-                         batch_size=batch_size, show_progress=show_progress)
+    queries = encode_for_ranking(model, tokenizer, [text[q] for q in qids],
+                                 max_length=max_req_length, batch_size=batch_size,
+                                 show_progress=show_progress)
     texts, starts = section_texts(items, tokenizer, max_code_length, model.config.section_chunks)
-    t_emb = encode_texts(model, tokenizer, texts, max_length=max_code_length,
-                         batch_size=batch_size, show_progress=show_progress)
+    encoded = encode_for_ranking(model, tokenizer, texts, max_length=max_code_length,
+                                 batch_size=batch_size, show_progress=show_progress)
     bounds = np.append(starts, len(texts)) if starts is not None else np.arange(len(texts) + 1)
-    # app -> the embeddings of its sections' texts and where each section's texts start
-    pools: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    for app, cand in by_app.items():
+    share = model.config.late_interaction
+    asked: dict[str, list[int]] = defaultdict(list)  # app -> its queries' rows
+    for qi, qid in enumerate(qids):
+        asked[app_of[qid]].append(qi)
+    scores: dict[str, np.ndarray] = {}  # query id -> scores of its app's sections
+    for app, app_queries in asked.items():
+        cand = by_app.get(app)
+        if not cand:
+            continue
         spans = [np.arange(bounds[c], bounds[c + 1]) for c in cand]
         local = np.cumsum([0] + [len(s) for s in spans[:-1]]) if starts is not None else None
-        pools[app] = (t_emb[np.concatenate(spans)], local)
+        matrix = encoded.take(np.concatenate(spans)).scores(
+            queries.take(np.array(app_queries)), share)
+        for qi, row in zip(app_queries, matrix):
+            scores[qids[qi]] = best_text_scores(row, local)
     out = Rankings([], [], [], [])
-    for qi, qid in enumerate(qids):
+    for qid in qids:
         cand = by_app.get(app_of[qid], [])
         out.query_ids.append(qid)
         out.app_ids.append(app_of[qid])
-        if cand:
-            app_emb, local = pools[app_of[qid]]
-            out.scores.append(best_text_scores(app_emb @ q_emb[qi], local))
-        else:
-            out.scores.append(np.zeros(0, np.float32))
+        out.scores.append(scores[qid] if cand else np.zeros(0, np.float32))
         out.labels.append(np.array([items[c][:2] in relevant[qid] for c in cand], dtype=np.int8))
     return out
 
@@ -330,23 +336,31 @@ def mine_negatives(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
     it confuses now, rather than those BM25 confused when the dataset was built."""
     items, by_app = _app_pools(sections, set(groups["app_id"]))
     texts = [format_section(file, qual, code) for file, qual, _, code in items]
-    s_emb = encode_texts(model, tokenizer, texts, max_length=max_code_length,
-                         batch_size=batch_size, show_progress=show_progress)
-    q_emb = encode_texts(model, tokenizer, list(groups["requirement"]), max_length=max_req_length,
-                         batch_size=batch_size, show_progress=show_progress)
+    encoded = encode_for_ranking(model, tokenizer, texts, max_length=max_code_length,
+                                 batch_size=batch_size, show_progress=show_progress)
+    queries = encode_for_ranking(model, tokenizer, list(groups["requirement"]),
+                                 max_length=max_req_length, batch_size=batch_size,
+                                 show_progress=show_progress)
+    query_ids, positives = groups["query_id"], groups["positives"]
+    asked: dict[str, list[int]] = defaultdict(list)  # app -> its requirements' rows
+    for qi, app in enumerate(groups["app_id"]):
+        asked[app].append(qi)
     out: dict[str, list[str]] = {}
-    for qi, (qid, app, positives) in enumerate(zip(groups["query_id"], groups["app_id"],
-                                                   groups["positives"])):
+    for app, rows in asked.items():
         cand = np.array(by_app.get(app, []), dtype=np.int64)
-        own = set(positives)
-        mined: list[str] = []
-        for j in np.argsort(-(s_emb[cand] @ q_emb[qi]), kind="stable") if len(cand) else ():
-            text = texts[cand[j]]
-            if text not in own and text not in mined:
-                mined.append(text)
-                if len(mined) == k:
-                    break
-        out[qid] = mined
+        matrix = (encoded.take(cand).scores(queries.take(np.array(rows)),
+                                            model.config.late_interaction)
+                  if len(cand) else np.zeros((len(rows), 0), np.float32))
+        for qi, row in zip(rows, matrix):
+            own = set(positives[qi])
+            mined: list[str] = []
+            for j in np.argsort(-row, kind="stable"):
+                text = texts[cand[j]]
+                if text not in own and text not in mined:
+                    mined.append(text)
+                    if len(mined) == k:
+                        break
+            out[query_ids[qi]] = mined
     return out
 
 

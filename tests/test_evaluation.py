@@ -75,8 +75,8 @@ def test_trained_checkpoint_is_compared_with_its_backbone(setup, evaluated, tmp_
     model_lib.CETDRetriever.from_backbone(str(ckpt), projection_dim=8).save_pretrained(
         trained, tokenizer=model_lib.load_tokenizer(ckpt))
     calls = []
-    real = model_lib.encode_texts
-    monkeypatch.setattr(model_lib, "encode_texts",
+    real = model_lib.encode_for_ranking  # encode_texts goes through it too
+    monkeypatch.setattr(model_lib, "encode_for_ranking",
                         lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
     metrics = run_evaluation(trained, tmp_path / "out", apps_dir=apps, cache_dir=cache)
     assert "backbone (untrained)" in metrics["baselines"]

@@ -12,7 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _tiny_models import make_tiny_decoder, make_tiny_encoder  # noqa: E402
 from cetd_phase1.errors import CETDError  # noqa: E402
-from cetd_phase1.losses import BCELoss, InfoNCELoss, RankingAnchorLoss  # noqa: E402
+from cetd_phase1.losses import (BCELoss, InfoNCELoss, RankingAnchorLoss,  # noqa: E402
+                                late_interaction_scores, maxsim)
 from cetd_phase1.model import (CETDConfig, CETDRetriever, best_text_scores,  # noqa: E402
                                encode_texts, load_retriever, load_tokenizer, pad, pool,
                                resolve_backbone, section_texts, tokenize)
@@ -225,6 +226,47 @@ def test_infonce_matches_its_formula_and_survives_fp16():
     assert torch.isfinite(half) and half.dtype == torch.float32
 
 
+def test_maxsim_matches_its_formula_and_ignores_padding():
+    """Each real requirement token takes its best real candidate token; padding (zero rows) is
+    never a match, even when every real cosine is negative, and never averaged in."""
+    q = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])  # two tokens + padding
+    p = torch.tensor([[[1.0, 0.0], [0.0, 0.0]],  # matches the first token only
+                      [[-0.6, -0.8], [0.0, 0.0]]])  # negative cosines only
+    torch.testing.assert_close(maxsim(q, p), torch.tensor([[(1.0 + 0.0) / 2, (-0.6 - 0.8) / 2]]))
+    pooled_q = torch.tensor([[[0.6, 0.8]]])
+    pooled_p = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    packed_q, packed_p = torch.cat([pooled_q, q], dim=1), torch.cat([pooled_p, p], dim=1)
+    torch.testing.assert_close(late_interaction_scores(packed_q, packed_p, 0.25),
+                               torch.tensor([[0.75 * 0.6 + 0.25 * 0.5, 0.75 * 0.8 - 0.25 * 0.7]]))
+
+
+def test_late_interaction_loss_is_infonce_over_the_mixed_score(encoder_dir):
+    """With ``late_interaction`` the model trains on the score it ranks by: InfoNCE over
+    ``late_interaction_scores`` of the packed representations; 0 keeps the pooled cosine."""
+    tok = load_tokenizer(encoder_dir)
+    q = pad(tok, tokenize(tok, TEXTS[:2], 32, False))
+    p = pad(tok, tokenize(tok, TEXTS, 32, False))
+    labels = torch.tensor([1, 3])
+    torch.manual_seed(0)
+    model = CETDRetriever.from_backbone(encoder_dir, late_interaction=0.5).eval()
+    with torch.no_grad():
+        out = model(q["input_ids"], q["attention_mask"], p["input_ids"], p["attention_mask"],
+                    labels=labels)
+    assert out.q_reps.shape[:2] == (2, 1 + q["input_ids"].size(1))
+    expected = late_interaction_scores(out.q_reps, out.p_reps, 0.5)
+    torch.testing.assert_close(out.scores, expected)
+    logits = expected / model.config.loss_temperature
+    assert float(out.loss) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)),
+                                            rel=1e-5)
+    model.config.late_interaction = 0.0  # the same weights, scored by the pooled cosine
+    with torch.no_grad():
+        pooled = model(q["input_ids"], q["attention_mask"], p["input_ids"], p["attention_mask"])
+    torch.testing.assert_close(pooled.scores, out.q_reps[:, 0] @ out.p_reps[:, 0].T)
+    assert not torch.allclose(pooled.scores, out.scores, atol=1e-3)
+    with pytest.raises(CETDError, match="late_interaction"):
+        CETDConfig(late_interaction=1.5)
+
+
 def test_bce_scores_only_own_candidates():
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     p = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
@@ -315,12 +357,14 @@ def test_qwen_lora_checkpointing_fp16_autocast_trains_every_trainable_weight(dec
     assert training_arguments(Phase1Config()).ddp_find_unused_parameters is False
 
 
+@pytest.mark.parametrize("tokens", [False, True], ids=["pooled", "with-tokens"])
 @pytest.mark.parametrize("kind, side", [("encoder", "right"), ("decoder", "left"),
                                         ("decoder", "right")])
 def test_chunked_encoding_equals_one_piece_values_and_gradients(encoder_dir, decoder_dir,
-                                                                kind, side):
+                                                                kind, side, tokens):
     """``encode_chunk_size`` cuts each length-sorted chunk to its own longest text: the same
-    embeddings and the same gradients as the batch in one piece, in the input order."""
+    embeddings (and token vectors, in their columns) and the same gradients as the batch in one
+    piece, in the input order."""
     folder = encoder_dir if kind == "encoder" else decoder_dir
     tok = load_tokenizer(folder)
     tok.padding_side = side
@@ -330,8 +374,8 @@ def test_chunked_encoding_equals_one_piece_values_and_gradients(encoder_dir, dec
     for chunk in (None, 2):
         torch.manual_seed(0)
         model = CETDRetriever.from_backbone(folder, encode_chunk_size=chunk).eval()
-        reps = model.encode(batch["input_ids"], batch["attention_mask"])
-        (reps * torch.linspace(-1, 1, reps.size(1))).sum().backward()
+        reps = model.encode(batch["input_ids"], batch["attention_mask"], tokens)
+        (reps * torch.linspace(-1, 1, reps.size(-1))).sum().backward()
         embs.append(reps.detach())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()
                                 if p.grad is not None]))

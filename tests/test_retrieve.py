@@ -29,15 +29,16 @@ def apps(tmp_path):
 
 @pytest.fixture
 def encode_calls(monkeypatch):
-    """Records (number of texts, max_length) of every encode_texts call."""
+    """Records (number of texts, max_length) of every encoding call (``encode_texts`` goes
+    through ``encode_for_ranking`` too)."""
     calls = []
-    real = model_lib.encode_texts
+    real = model_lib.encode_for_ranking
 
     def counting(model, tokenizer, texts, **kwargs):
         calls.append((len(texts), kwargs["max_length"]))
         return real(model, tokenizer, texts, **kwargs)
 
-    monkeypatch.setattr(model_lib, "encode_texts", counting)
+    monkeypatch.setattr(model_lib, "encode_for_ranking", counting)
     return calls
 
 
@@ -266,3 +267,44 @@ def test_a_long_function_scores_as_its_best_text_everywhere_it_is_ranked(tiny_mo
                            max_code_length=32)
     np.testing.assert_allclose(ranked.scores[0], expected, rtol=1e-5)
     assert ranked.labels[0].tolist() == [1, 0]
+
+
+def test_late_interaction_ranks_as_the_model_trains(tiny_model, apps, tmp_path, encode_calls,
+                                                    fp32_cpu):
+    """``late_interaction``: the index keeps every text's token vectors (cached as ``.npz``),
+    and the retriever and the trainer's evaluation score sections with the training forward's
+    score, ``(1 - a) * cosine + a * MaxSim``, not the pooled cosine alone."""
+    import datasets
+    import torch
+
+    from cetd_phase1.trainer import rank_full_app
+
+    ckpt = _perturbed_checkpoint(tiny_model, tmp_path / "ckpt", late_interaction=0.5,
+                                 max_code_length=32)
+    r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
+    index = r.index(apps / "calc")
+    assert [p.suffix for p in (tmp_path / "cache").rglob("*.np*")] == [".npz"]
+    assert index.token_offsets[-1] == len(index.token_vectors) > len(index.sections)
+    scores = r.dense_scores([QUERY], index)[0]
+
+    tok = r.tokenizer
+    q = model_lib.pad(tok, model_lib.tokenize(tok, [QUERY], 128, False))
+    p = model_lib.pad(tok, model_lib.tokenize(tok, index.texts, 32, False))
+    with torch.no_grad():
+        trained = r.model(q["input_ids"], q["attention_mask"], p["input_ids"],
+                          p["attention_mask"]).scores[0].numpy()
+    np.testing.assert_allclose(scores, trained, atol=2e-3)  # token vectors are kept in fp16
+    pooled_only = index.embeddings @ r.encode_queries([QUERY])[0]
+    assert np.abs(scores - pooled_only).max() > 1e-2  # the token part counts
+
+    fresh = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache").index(apps / "calc")
+    assert _section_encodes(encode_calls, r) == [len(index.texts)]  # read from the cache
+    np.testing.assert_array_equal(fresh.token_vectors, index.token_vectors)
+
+    items = [(s.file, s.qualname, s.kind, s.encoder_code()) for s in index.sections]
+    sections = datasets.Dataset.from_list([{"app_id": "a", "file": f, "qualname": qn, "kind": k,
+                                            "code": c} for f, qn, k, c in items])
+    rows = datasets.Dataset.from_list([{"query_id": "q", "app_id": "a", "requirement": QUERY,
+                                        "file": "ops.py", "qualname": "multiply", "label": 1}])
+    ranked = rank_full_app(r.model, tok, rows, sections, max_req_length=128, max_code_length=32)
+    np.testing.assert_allclose(ranked.scores[0], scores, atol=1e-5)
