@@ -45,7 +45,8 @@ CHANGELOG_SOURCES = ["docstring", "gold", "heuristic", "changelog"]
 BASE_CHANGES = {"training.max_steps": 150, "training.batch_size": 16,
                 "model.split_identifiers": False, "model.section_chunks": 1,
                 "training.freeze_embeddings": False,
-                "dataset.label_sources": CHANGELOG_SOURCES}
+                "dataset.label_sources": CHANGELOG_SOURCES,
+                "model.late_interaction": 0.0, "model.hybrid_weight": 0.7}
 #: the changelog rows' data: stdlib + 15 PyPI packages with their changelogs (an option)
 PYPI_CHANGELOGS = {"dataset.source": "stdlib+pypi", "dataset.label_sources": CHANGELOG_SOURCES}
 
@@ -58,6 +59,9 @@ FROZEN_200 = {**CHUNKS4_200, "training.freeze_embeddings": True}
 #: the default since 92488c8: + module and class summaries as requirements
 SUMMARIES_200 = {**FROZEN_200, "dataset.label_sources": [*CHANGELOG_SOURCES, "module_docstring",
                                                          "class_docstring"]}
+#: the default since late interaction: the same training, ranked by 0.25 x cosine + 0.75 x
+#: MaxSim and fused with BM25 at 0.8 (bench/late_interaction.py)
+LATE_200 = {**SUMMARIES_200, "model.late_interaction": 0.75, "model.hybrid_weight": 0.8}
 WIDE_PACKAGES = "bench/pypi_packages_wide.yaml"
 
 #: name -> (what changes, {section.key: value})
@@ -227,10 +231,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "module and class summaries as requirements too (dataset.source "
         "stdlib+pypi-summaries; their function docstrings stay out)",
         {**SUMMARIES_200, "dataset.source": "stdlib+pypi-summaries"}),
-    "batch32-split-chunks4-frozen-summaries-li0.5-200": (
-        "batch32-split-chunks4-frozen-summaries-200 (the default) scoring (and training) "
-        "0.5 x pooled cosine + 0.5 x token-level MaxSim (model.late_interaction 0.5)",
-        {**SUMMARIES_200, "model.late_interaction": 0.5}),
+    "batch32-split-chunks4-frozen-summaries-late-200": (
+        "batch32-split-chunks4-frozen-summaries-200, ranked by 0.25 x pooled cosine + 0.75 x "
+        "token-level MaxSim (model.late_interaction 0.75) and fused with BM25 at 0.8 "
+        "(model.hybrid_weight): the default",
+        LATE_200),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
@@ -254,14 +259,17 @@ def variant_config(base: dict, changes: dict, output_dir: Path) -> dict:
 
 def fused_scores(checkpoint: Path, json_out: Path) -> dict:
     """The criterion every row is chosen on: ``bench/fusion.py``'s MRR of the served hybrid
-    (z-scored dense and BM25 at ``retrieve``'s weight) on both validation sets, and their mean."""
+    (z-scored dense and BM25 at the checkpoint's hybrid weight) on both validation sets, and
+    their mean."""
     from cetd_phase1.retrieve import HYBRID_WEIGHT
 
+    weight = json.loads((checkpoint / "config.json").read_text()).get("hybrid_weight",
+                                                                      HYBRID_WEIGHT)
     subprocess.run([sys.executable, str(REPO / "bench" / "fusion.py"), "--checkpoint",
                     str(checkpoint), "--json", str(json_out)],
                    check=True, capture_output=True, text=True, cwd=REPO)
     table = json.loads(json_out.read_text())
-    key = f"model z-convex w={HYBRID_WEIGHT}"
+    key = f"model z-convex w={weight}"
     stdlib = table["stdlib validation"][key][0]
     fr = table["feature requests validation"][key][0]
     return {"fused_stdlib": stdlib, "fused_fr": fr, "fused_mean": (stdlib + fr) / 2}

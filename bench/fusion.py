@@ -40,10 +40,12 @@ def rrf_fuse(*score_vectors: np.ndarray, k: int = 60) -> np.ndarray:
 
 
 def score_sets(checkpoint: str, registry, split, label_sources,
-               section_chunks: int | None = None) -> dict:
+               section_chunks: int | None = None, late_interaction: float | None = None,
+               backbone: bool = True) -> dict:
     """Per method, the full-app score vectors and labels of every headline query; under
     ``"sections"`` each query's sections and under ``"lines"`` their lengths in lines (both in
-    the same order as its scores)."""
+    the same order as its scores). ``section_chunks`` and ``late_interaction``: the
+    checkpoint's own unless given; ``backbone``: also score its untrained backbone."""
     from cetd_phase1.evaluation import (HEADLINE_SOURCES, Method, _backbone_path, _load_queries,
                                         score_queries)
     from cetd_phase1.model import resolve_backbone
@@ -51,9 +53,10 @@ def score_sets(checkpoint: str, registry, split, label_sources,
 
     queries = _load_queries(registry, split, None, 3, 2, label_sources)
     apps = {a.app_id: a for a in registry.apps(split)}
-    model = Retriever.from_pretrained(resolve_backbone(checkpoint), section_chunks=section_chunks)
+    model = Retriever.from_pretrained(resolve_backbone(checkpoint), section_chunks=section_chunks,
+                                      late_interaction=late_interaction)
     methods = [Method("model", model), Method("bm25", None)]
-    backbone = _backbone_path(Path(resolve_backbone(checkpoint)), None)
+    backbone = backbone and _backbone_path(Path(resolve_backbone(checkpoint)), None)
     if backbone:
         methods.append(Method("backbone", Retriever.from_pretrained(
             backbone, max_query_length=model.max_query_length,

@@ -61,6 +61,8 @@ def main() -> None:
                              "gains nothing from intra-op threads and loses much on a busy CPU)")
     parser.add_argument("--section-chunks", type=int,
                         help="texts per long function (default: the checkpoint's own)")
+    parser.add_argument("--late-interaction", type=float,
+                        help="share of MaxSim in the model's score (default: the checkpoint's)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
 
@@ -74,8 +76,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cetd-bench-") as tmp:
         retriever = Retriever.from_pretrained(args.checkpoint, cache_dir=Path(tmp) / "index",
                                               hybrid=not args.dense_only, show_progress=True,
-                                              section_chunks=args.section_chunks)
+                                              section_chunks=args.section_chunks,
+                                              late_interaction=args.late_interaction)
         results["section_chunks"] = retriever.section_chunks
+        results["late_interaction"] = retriever.late_interaction
         for label, app in build_apps(Path(tmp)).items():
             torch.set_num_threads(index_threads)
             start = time.perf_counter()
@@ -93,15 +97,17 @@ def main() -> None:
                 start = time.perf_counter()
                 retriever.encode_queries([q])
                 encode.append((time.perf_counter() - start) * 1000)
+            stored = sum(f.stat().st_size for f in (Path(tmp) / "index").rglob(
+                f"{index.content_hash}.np*"))
             row = {"sections": len(index.sections), "texts": int(index.embeddings.shape[0]),
-                   "index_build_s": round(index_s, 1),
+                   "index_build_s": round(index_s, 1), "index_mb": round(stored / 2**20, 1),
                    "queries": len(total),
                    "median_ms": round(statistics.median(total), 1),
                    "p95_ms": round(percentile(total, 0.95), 1),
                    "query_encoding_median_ms": round(statistics.median(encode), 1)}
             results["apps"][label] = row
             print(f"{label}: {row['sections']} sections ({row['texts']} texts), index "
-                  f"{row['index_build_s']} s; "
+                  f"{row['index_build_s']} s, {row['index_mb']} MB on disk; "
                   f"per query median {row['median_ms']} ms, p95 {row['p95_ms']} ms "
                   f"(query encoding {row['query_encoding_median_ms']} ms)")
     if args.json:

@@ -252,7 +252,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="writes metrics.json, report.md and recall_at_k.png here")
     p.add_argument("--hybrid", action="store_true",
                    help="also report the hybrid ranking (model and BM25 scores, z-scored and "
-                        "mixed 0.7 / 0.3: what `retrieve` serves)")
+                        "mixed at the checkpoint's hybrid_weight: what `retrieve` serves)")
     p.add_argument("--backbone", metavar="DIR",
                    help="untrained baseline (default: the checkpoint's own backbone)")
     p.add_argument("--database-url", default=None,

@@ -38,7 +38,8 @@ class ModelSection:
     encode_chunk_size: int | None = None  # length-sorted chunks per forward; None = 8 on CPU
     split_identifiers: bool = False  # camelCase -> words before tokenizing (uncased WordPiece)
     section_chunks: int = 1  # texts a long function is ranked by (its best); 1 = its first
-    late_interaction: float = 0.0  # share of the token-level MaxSim score; 0 = pooled cosine only
+    late_interaction: float = 0.0  # share of token-level MaxSim when ranking; 0 = cosine only
+    hybrid_weight: float = 0.7  # the model's share in the hybrid ranking with BM25
 
 
 @dataclass
@@ -141,7 +142,8 @@ class Phase1Config:
                     lora_dropout=t.lora_dropout, lora_target_modules=t.target_modules,
                     max_req_length=d.max_req_length, max_code_length=d.max_code_length,
                     encode_chunk_size=m.encode_chunk_size, split_identifiers=m.split_identifiers,
-                    section_chunks=m.section_chunks, late_interaction=m.late_interaction)
+                    section_chunks=m.section_chunks, late_interaction=m.late_interaction,
+                    hybrid_weight=m.hybrid_weight)
 
 
 _SECTIONS = {"model": ModelSection, "training": TrainingSection, "dataset": DatasetSection,
@@ -301,15 +303,10 @@ def validate(cfg: Phase1Config) -> None:
     if t.mine_negatives_step and t.dataloader_num_workers:
         raise CETDError(f"{p}: training.mine_negatives_step needs dataloader_num_workers: 0 "
                         f"(worker processes keep the negatives they started with)")
-    if not 0 <= m.late_interaction <= 1:
-        raise CETDError(f"{p}: model.late_interaction must be in [0, 1] (0 = off), got "
-                        f"{m.late_interaction}")
-    if m.late_interaction and t.loss != "infonce":
-        raise CETDError(f"{p}: model.late_interaction needs loss: infonce (the bce loss scores "
-                        f"pooled embeddings only)")
-    if m.late_interaction and t.anchor_weight:
-        raise CETDError(f"{p}: model.late_interaction and training.anchor_weight cannot be "
-                        f"combined (the anchor compares pooled rankings)")
+    for key, share in (("late_interaction", m.late_interaction),
+                       ("hybrid_weight", m.hybrid_weight)):
+        if not 0 <= share <= 1:
+            raise CETDError(f"{p}: model.{key} must be in [0, 1], got {share}")
     if t.gather_across_devices and t.loss != "infonce":
         raise CETDError(f"{p}: training.gather_across_devices needs loss: infonce (the bce "
                         f"loss scores each requirement's own candidates only)")

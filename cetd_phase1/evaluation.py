@@ -247,10 +247,15 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
     model = Retriever.from_pretrained(checkpoint, cache_dir=index_cache, batch_size=batch_size,
                                       show_progress=True, section_chunks=section_chunks)
     methods = [Method("model", model)]
+    notes = []
+    if model.late_interaction:
+        notes.append(f"`model` scores {1 - model.late_interaction:g} x cosine + "
+                     f"{model.late_interaction:g} x MaxSim (late interaction).")
     if hybrid:
         methods.append(Method("model+bm25 (hybrid)", model, hybrid=True))
+        notes.append(f"The hybrid mixes z-scores: {model.hybrid_weight:g} x model + "
+                     f"{1 - model.hybrid_weight:g} x BM25.")
     methods.append(Method("bm25", None))
-    notes = []
     backbone_path = _backbone_path(checkpoint, backbone)
     if backbone_path is None:
         notes.append("The checkpoint is a plain backbone: `model` is the untrained baseline.")

@@ -1,8 +1,6 @@
 """Training objectives of the bi-encoder. Both take the same batch layout:
 
-* ``q`` [B, D] requirement embeddings, ``p`` [C, D] candidate (code section) embeddings (with
-  late interaction, [B, 1 + L, D] / [C, 1 + L, D]: the pooled embedding, then the token vectors,
-  zero at padding; see :func:`late_interaction_scores`);
+* ``q`` [B, D] requirement embeddings, ``p`` [C, D] candidate (code section) embeddings;
 * ``labels`` [B]: index in ``p`` of requirement i's positive;
 * ``owners`` [C]: index of the requirement each candidate was drawn for (its positive or one of
   its hard/random negatives).
@@ -13,45 +11,12 @@ of that batch, so every candidate other than ``labels[i]`` is a true negative fo
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-
-def maxsim(q_tokens: torch.Tensor, p_tokens: torch.Tensor) -> torch.Tensor:
-    r"""ColBERT's late interaction (Khattab & Zaharia 2020): scores [B, C] of requirements
-    ``q_tokens`` [B, Lq, D] against candidates ``p_tokens`` [C, Lp, D], token vectors
-    L2-normalised and zero at padding:
-
-    .. math::  s(q, p) = \frac{1}{|q|} \sum_{i \in q} \max_{j \in p} \cos(q_i, p_j)
-
-    Each requirement word is matched to its best code token, so an identifier or term the
-    requirement names counts wherever it sits in the section, which one pooled vector blurs.
-    """
-    q_real = q_tokens.abs().sum(-1) > 0  # [B, Lq]
-    p_real = p_tokens.abs().sum(-1) > 0  # [C, Lp]
-    sim = torch.einsum("bqd,cpd->bcqp", q_tokens.float(), p_tokens.float())
-    # a candidate's padding must never be its best match (cosines can all be negative)
-    best = sim.masked_fill(~p_real[None, :, None, :], -2.0).amax(dim=-1)  # [B, C, Lq]
-    best = best * q_real[:, None, :]
-    return best.sum(-1) / q_real.sum(-1, keepdim=True).clamp(min=1)
-
-
-def late_interaction_scores(q: torch.Tensor, p: torch.Tensor, share: float) -> torch.Tensor:
-    """Scores [B, C] of packed representations (pooled embedding first, then token vectors):
-    ``(1 - share) * cos(pooled) + share * maxsim(tokens)``; both terms are cosines, so the
-    sum needs no rescaling and keeps the loss temperature's meaning."""
-    pooled = q[:, 0].float() @ p[:, 0].float().T
-    return (1.0 - share) * pooled + share * maxsim(q[:, 1:], p[:, 1:])
-
-
-def dot_scores(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Scores [B, C]: dot products of the embeddings (cosines when they are normalised)."""
-    return q.float() @ p.float().T
-
 
 #: ``(p, labels) -> (candidates, labels, weight)``: the candidates every requirement of this
 #: process is scored against, its positives' indices among them, and the factor on this
@@ -84,13 +49,11 @@ def all_ranks_candidates(p: torch.Tensor, labels: torch.Tensor
         return local_candidates(p, labels)
     from torch.distributed._functional_collectives import all_gather_single
     world, rank = dist.get_world_size(), dist.get_rank()
-    sizes = torch.tensor([labels.numel(), *p.shape[:-1]], device=p.device)
+    sizes = torch.tensor([labels.numel(), p.size(0)], device=p.device)
     every = [torch.empty_like(sizes) for _ in range(world)]
     dist.all_gather(every, sizes)
-    n_queries, n_candidates, *lengths = (list(x) for x in zip(*(s.tolist() for s in every)))
-    # token vectors (late interaction) pad with zero rows, which is what padding is anyway
-    pads = [0, 0] + [x for n in reversed(lengths) for x in (0, max(n) - p.size(1))]
-    padded = F.pad(p, pads + [0, max(n_candidates) - p.size(0)])
+    n_queries, n_candidates = (list(x) for x in zip(*(s.tolist() for s in every)))
+    padded = F.pad(p, (0, 0, 0, max(n_candidates) - p.size(0)))
     gathered = all_gather_single(padded, 0, dist.group.WORLD).chunk(world)
     candidates = torch.cat([g[:n] for g, n in zip(gathered, n_candidates)])
     weight = world * labels.numel() / sum(n_queries)
@@ -135,17 +98,15 @@ class InfoNCELoss(nn.Module):
     gradients, each over its own in-batch negatives.
     """
 
-    def __init__(self, temperature: float = 0.05, gather: CandidateGather = local_candidates,
-                 similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = dot_scores):
+    def __init__(self, temperature: float = 0.05, gather: CandidateGather = local_candidates):
         super().__init__()
         self.temperature = temperature
         self.gather = gather
-        self.similarity = similarity
 
     def forward(self, q: torch.Tensor, p: torch.Tensor, labels: torch.Tensor,
                 owners: torch.Tensor | None = None) -> torch.Tensor:
         candidates, labels, weight = self.gather(p, labels)
-        logits = self.similarity(q, candidates) / self.temperature
+        logits = q.float() @ candidates.float().T / self.temperature
         return weight * F.cross_entropy(logits, labels)
 
     def extra_repr(self) -> str:
@@ -233,10 +194,7 @@ def build_loss(config: Any) -> nn.Module:
     if config.loss == "infonce":
         gather = (all_ranks_candidates if getattr(config, "gather_across_devices", False)
                   else local_candidates)
-        share = getattr(config, "late_interaction", 0.0)
-        similarity = partial(late_interaction_scores, share=share) if share else dot_scores
-        return InfoNCELoss(temperature=config.loss_temperature, gather=gather,
-                           similarity=similarity)
+        return InfoNCELoss(temperature=config.loss_temperature, gather=gather)
     if config.loss == "bce":
         return BCELoss(scale=config.bce_scale, bias=config.bce_bias,
                        learnable_bias=config.bce_learnable_bias)

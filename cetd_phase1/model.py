@@ -31,7 +31,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from transformers.utils import ModelOutput
 
 from cetd_phase1.errors import CETDError
-from cetd_phase1.losses import LOSSES, build_loss, dot_scores, late_interaction_scores, maxsim
+from cetd_phase1.losses import LOSSES, build_loss
 from cetd_phase1.sections import format_section, split_camel_case
 
 POOLINGS = ("mean", "last_token", "cls")
@@ -96,9 +96,13 @@ class CETDConfig(PreTrainedConfig):
         section_chunks: how many texts a long function or method is read as when sections are
             ranked (:func:`section_texts`; it scores as its best one); 1 = its first
             ``max_code_length`` tokens only. Training reads the first text either way.
-        late_interaction: share ``a`` of the late-interaction score in the model's score
-            ``(1 - a) * cos(pooled) + a * maxsim(tokens)`` (:func:`maxsim`), trained and
-            ranked alike; 0 = the pooled cosine alone.
+        late_interaction: share ``a`` of late interaction when sections are ranked:
+            ``(1 - a) * cos(pooled) + a * maxsim(token vectors)`` (:func:`maxsim`); 0 = the
+            pooled cosine alone. Training keeps the pooled cosine (README, "Late interaction":
+            training on the mix lost on validation).
+        hybrid_weight: the share of the model's z-scored scores in the hybrid ranking with
+            BM25 (:func:`~cetd_phase1.retrieve.hybrid_fuse`), chosen on validation data with
+            ``late_interaction``: the mix ranks on a different scale than the cosine alone.
     """
 
     model_type = "cetd_retriever"
@@ -114,7 +118,7 @@ class CETDConfig(PreTrainedConfig):
                  max_req_length: int = 128, max_code_length: int = 256,
                  encode_chunk_size: int | None = None, split_identifiers: bool = False,
                  section_chunks: int = 1, late_interaction: float = 0.0,
-                 **kwargs: Any) -> None:
+                 hybrid_weight: float = 0.7, **kwargs: Any) -> None:
         if pooling is not None and pooling not in POOLINGS:
             raise CETDError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if loss not in LOSSES:
@@ -124,8 +128,10 @@ class CETDConfig(PreTrainedConfig):
         if encode_chunk_size is not None and encode_chunk_size < 1:
             raise CETDError(f"encode_chunk_size must be >= 1 or null, got {encode_chunk_size}")
         check_section_chunks(section_chunks)
-        if not 0.0 <= late_interaction <= 1.0:
-            raise CETDError(f"late_interaction must be in [0, 1], got {late_interaction}")
+        for name, share in (("late_interaction", late_interaction),
+                            ("hybrid_weight", hybrid_weight)):
+            if not 0.0 <= share <= 1.0:
+                raise CETDError(f"{name} must be in [0, 1], got {share}")
         self.backbone = backbone
         self.backbone_config = backbone_config
         self.pooling = pooling
@@ -149,6 +155,7 @@ class CETDConfig(PreTrainedConfig):
         self.split_identifiers = split_identifiers
         self.section_chunks = section_chunks
         self.late_interaction = late_interaction
+        self.hybrid_weight = hybrid_weight
         super().__init__(**kwargs)
 
 
@@ -318,13 +325,10 @@ class CETDRetriever(PreTrainedModel):
         """Encode B requirements and C candidates; with ``labels`` (index of each requirement's
         positive among the candidates) and ``owners`` (requirement index owning each candidate)
         also compute the configured loss."""
-        tokens = bool(self.config.late_interaction)
-        q = self.encode(q_input_ids, q_attention_mask, tokens)
-        p = self.encode(p_input_ids, p_attention_mask, tokens)
+        q = self.encode(q_input_ids, q_attention_mask)
+        p = self.encode(p_input_ids, p_attention_mask)
         loss = self.loss_fn(q, p, labels, owners) if labels is not None else None
-        scores = (late_interaction_scores(q, p, self.config.late_interaction) if tokens
-                  else dot_scores(q, p))
-        return RetrievalOutput(loss=loss, scores=scores, q_reps=q, p_reps=p)
+        return RetrievalOutput(loss=loss, scores=q @ p.T, q_reps=q, p_reps=p)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
@@ -555,6 +559,26 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def maxsim(q_tokens: torch.Tensor, p_tokens: torch.Tensor) -> torch.Tensor:
+    r"""ColBERT's late interaction (Khattab & Zaharia 2020): scores [B, C] of requirements
+    ``q_tokens`` [B, Lq, D] against texts ``p_tokens`` [C, Lp, D], token vectors L2-normalised
+    and zero at padding:
+
+    .. math::  s(q, p) = \frac{1}{|q|} \sum_{i \in q} \max_{j \in p} \cos(q_i, p_j)
+
+    Each requirement word is matched to its best code token wherever it sits in the section,
+    which one pooled vector blurs. No library scores a padded batch of ragged token matrices
+    against another in torch without pulling in a whole ColBERT index stack, hence by hand.
+    """
+    q_real = q_tokens.abs().sum(-1) > 0  # [B, Lq]
+    p_real = p_tokens.abs().sum(-1) > 0  # [C, Lp]
+    sim = torch.einsum("bqd,cpd->bcqp", q_tokens.float(), p_tokens.float())
+    # a text's padding must never be its best match (cosines can all be negative)
+    best = sim.masked_fill(~p_real[None, :, None, :], -2.0).amax(dim=-1)  # [B, C, Lq]
+    best = best * q_real[:, None, :]
+    return best.sum(-1) / q_real.sum(-1, keepdim=True).clamp(min=1)
 
 
 @dataclass

@@ -37,8 +37,9 @@ from cetd_phase1.sections import (ExtractionReport, Section, extract_sections, f
 
 logger = logging.getLogger(__name__)
 
-#: Share of the dense score in the hybrid score; chosen on validation data only
-#: (``bench/fusion.py``: stdlib validation apps and the feature-request validation half).
+#: Share of the dense score in the hybrid score for the pooled cosine; chosen on validation data
+#: only (``bench/fusion.py``: stdlib validation apps and the feature-request validation half).
+#: A checkpoint carries its own (``CETDConfig.hybrid_weight``, this value by default).
 HYBRID_WEIGHT = 0.7
 #: Bumped when the index layout or the section text changes, to orphan old cache entries.
 INDEX_VERSION = "1"
@@ -233,15 +234,23 @@ class Retriever:
                  max_query_length: int = DEFAULT_MAX_QUERY_LENGTH,
                  max_code_length: int = DEFAULT_MAX_CODE_LENGTH, batch_size: int = 64,
                  cache_dir: str | Path | None = None, hybrid: bool = True,
-                 hybrid_weight: float = HYBRID_WEIGHT, show_progress: bool = False,
-                 section_chunks: int | None = None) -> None:
+                 hybrid_weight: float | None = None, show_progress: bool = False,
+                 section_chunks: int | None = None,
+                 late_interaction: float | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.identity = identity
         self.max_query_length, self.max_code_length = max_query_length, max_code_length
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "index"
         self.hybrid = hybrid
-        self.hybrid_weight = check_hybrid_weight(hybrid_weight)
+        # None: what the checkpoint was chosen with (hybrid weight, late interaction share)
+        self.hybrid_weight = check_hybrid_weight(
+            model.config.hybrid_weight if hybrid_weight is None
+            else hybrid_weight)
+        self.late_interaction = (model.config.late_interaction if late_interaction is None
+                                 else late_interaction)
+        if not 0.0 <= self.late_interaction <= 1.0:
+            raise CETDError(f"late_interaction must be in [0, 1], got {self.late_interaction}")
         self.show_progress = show_progress
         from cetd_phase1.model import check_section_chunks
 
@@ -286,7 +295,8 @@ class Retriever:
 
         return model_lib.encode_for_ranking(self.model, self.tokenizer, texts,
                                             max_length=max_length, batch_size=self.batch_size,
-                                            show_progress=show_progress)
+                                            show_progress=show_progress,
+                                            tokens=bool(self.late_interaction))
 
     def encode_queries(self, requirements: list[str]) -> np.ndarray:
         """Requirement embeddings, float32 [Q, D]."""
@@ -312,7 +322,7 @@ class Retriever:
         texts = encoded if starts is None else [encoded[i] for i in starts]
         digest = hashlib.sha256(
             f"{self.max_code_length}\0".encode() + "\0".join(encoded).encode()).hexdigest()[:24]
-        late = bool(self.model.config.late_interaction)
+        late = bool(self.late_interaction)
         path = self.cache_dir / self.identity / f"{digest}.{'npz' if late else 'npy'}"
         vectors = self._load_cached(path, len(encoded))
         if vectors is None:
@@ -355,13 +365,13 @@ class Retriever:
 
     def dense_scores(self, requirements: list[str], index: AppIndex) -> np.ndarray:
         """The model's scores [Q, N] of requirements against every section of ``index``: cosines,
-        mixed with late interaction when the checkpoint was trained with it."""
+        mixed with late interaction at ``late_interaction``."""
         if not index.sections:
             return np.zeros((len(requirements), 0), dtype=np.float32)
         from cetd_phase1.model import best_text_scores
 
         queries = self._encode(list(requirements), self.max_query_length, False)
-        return best_text_scores(index.encoded.scores(queries, self.model.config.late_interaction),
+        return best_text_scores(index.encoded.scores(queries, self.late_interaction),
                                 index.chunk_starts)
 
     def retrieve(self, requirement: str, app: str | Path | App, k: int = 5,

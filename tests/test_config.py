@@ -107,6 +107,8 @@ def test_unknown_section_fails(tmp_path):
      "training.anchor_weight must be >= 0"),
     ('base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"',
      'base_model: "x"\n  late_interaction: 1.5', "model.late_interaction must be in"),
+    ('base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"',
+     'base_model: "x"\n  hybrid_weight: -0.1', "model.hybrid_weight must be in"),
 
     ("max_grad_norm: 1.0", "max_grad_norm: 1.0\n  mine_negatives_step: -5",
      "training.mine_negatives_step must be >= 0"),
@@ -123,18 +125,6 @@ def test_bad_values_fail_clearly(tmp_path, old, new, match):
     assert old in SEED_YAML
     with pytest.raises(CETDError, match=match):
         load_config(_write(tmp_path, SEED_YAML.replace(old, new)))
-
-
-@pytest.mark.parametrize("training, match", [
-    ({"loss": "bce"}, "model.late_interaction needs loss: infonce"),
-    ({"anchor_weight": 0.3}, "late_interaction and training.anchor_weight"),
-])
-def test_late_interaction_refuses_what_scores_pooled_embeddings_only(training, match):
-    raw = yaml.safe_load(SEED_YAML)
-    raw["model"]["late_interaction"] = 0.5
-    raw["training"].update(training)
-    with pytest.raises(CETDError, match=match):
-        config_from_dict(raw, "x.yaml")
 
 
 def test_missing_and_invalid_files(tmp_path):

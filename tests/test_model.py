@@ -12,10 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _tiny_models import make_tiny_decoder, make_tiny_encoder  # noqa: E402
 from cetd_phase1.errors import CETDError  # noqa: E402
-from cetd_phase1.losses import (BCELoss, InfoNCELoss, RankingAnchorLoss,  # noqa: E402
-                                late_interaction_scores, maxsim)
-from cetd_phase1.model import (CETDConfig, CETDRetriever, best_text_scores,  # noqa: E402
-                               encode_texts, load_retriever, load_tokenizer, pad, pool,
+from cetd_phase1.losses import BCELoss, InfoNCELoss, RankingAnchorLoss  # noqa: E402
+from cetd_phase1.model import (CETDConfig, CETDRetriever, Encoded,  # noqa: E402
+                               best_text_scores, encode_texts, maxsim, load_retriever, load_tokenizer, pad, pool,
                                resolve_backbone, section_texts, tokenize)
 
 TEXTS = ["parse json strings into objects", "def parse_json(s):\n    return json.loads(s)",
@@ -211,6 +210,9 @@ def test_bad_folders_and_settings_fail_clearly(tmp_path):
         CETDConfig(pooling="max")
     with pytest.raises(CETDError, match="loss"):
         CETDConfig(loss="triplet")
+    for name in ("late_interaction", "hybrid_weight"):
+        with pytest.raises(CETDError, match=f"{name} must be in"):
+            CETDConfig(**{name: 1.5})
 
 
 def test_infonce_matches_its_formula_and_survives_fp16():
@@ -227,44 +229,23 @@ def test_infonce_matches_its_formula_and_survives_fp16():
 
 
 def test_maxsim_matches_its_formula_and_ignores_padding():
-    """Each real requirement token takes its best real candidate token; padding (zero rows) is
-    never a match, even when every real cosine is negative, and never averaged in."""
+    """Each real requirement token takes its best real text token; padding (zero rows) is
+    never a match, even when every real cosine is negative, and never averaged in. Ranking
+    mixes it with the pooled cosine, blockwise, texts taken in any order."""
     q = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])  # two tokens + padding
     p = torch.tensor([[[1.0, 0.0], [0.0, 0.0]],  # matches the first token only
                       [[-0.6, -0.8], [0.0, 0.0]]])  # negative cosines only
     torch.testing.assert_close(maxsim(q, p), torch.tensor([[(1.0 + 0.0) / 2, (-0.6 - 0.8) / 2]]))
-    pooled_q = torch.tensor([[[0.6, 0.8]]])
-    pooled_p = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
-    packed_q, packed_p = torch.cat([pooled_q, q], dim=1), torch.cat([pooled_p, p], dim=1)
-    torch.testing.assert_close(late_interaction_scores(packed_q, packed_p, 0.25),
-                               torch.tensor([[0.75 * 0.6 + 0.25 * 0.5, 0.75 * 0.8 - 0.25 * 0.7]]))
-
-
-def test_late_interaction_loss_is_infonce_over_the_mixed_score(encoder_dir):
-    """With ``late_interaction`` the model trains on the score it ranks by: InfoNCE over
-    ``late_interaction_scores`` of the packed representations; 0 keeps the pooled cosine."""
-    tok = load_tokenizer(encoder_dir)
-    q = pad(tok, tokenize(tok, TEXTS[:2], 32, False))
-    p = pad(tok, tokenize(tok, TEXTS, 32, False))
-    labels = torch.tensor([1, 3])
-    torch.manual_seed(0)
-    model = CETDRetriever.from_backbone(encoder_dir, late_interaction=0.5).eval()
-    with torch.no_grad():
-        out = model(q["input_ids"], q["attention_mask"], p["input_ids"], p["attention_mask"],
-                    labels=labels)
-    assert out.q_reps.shape[:2] == (2, 1 + q["input_ids"].size(1))
-    expected = late_interaction_scores(out.q_reps, out.p_reps, 0.5)
-    torch.testing.assert_close(out.scores, expected)
-    logits = expected / model.config.loss_temperature
-    assert float(out.loss) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)),
-                                            rel=1e-5)
-    model.config.late_interaction = 0.0  # the same weights, scored by the pooled cosine
-    with torch.no_grad():
-        pooled = model(q["input_ids"], q["attention_mask"], p["input_ids"], p["attention_mask"])
-    torch.testing.assert_close(pooled.scores, out.q_reps[:, 0] @ out.p_reps[:, 0].T)
-    assert not torch.allclose(pooled.scores, out.scores, atol=1e-3)
-    with pytest.raises(CETDError, match="late_interaction"):
-        CETDConfig(late_interaction=1.5)
+    queries = Encoded(np.array([[0.6, 0.8]], np.float32), np.eye(2, dtype=np.float16),
+                      np.array([0, 2]))
+    texts = Encoded(np.eye(2, dtype=np.float32), np.array([[1, 0], [-0.6, -0.8]], np.float16),
+                    np.array([0, 1, 2]))
+    expected = [[0.75 * 0.6 + 0.25 * 0.5, 0.75 * 0.8 - 0.25 * 0.7]]
+    np.testing.assert_allclose(texts.scores(queries, 0.25), expected, atol=1e-3)
+    np.testing.assert_allclose(texts.scores(queries, 0.25, chunk=1), expected, atol=1e-3)
+    np.testing.assert_allclose(texts.take(np.array([1, 0])).scores(queries, 0.25),
+                               [expected[0][::-1]], atol=1e-3)
+    np.testing.assert_allclose(texts.scores(queries, 0.0), [[0.6, 0.8]])  # the cosine alone
 
 
 def test_bce_scores_only_own_candidates():

@@ -269,19 +269,22 @@ def test_a_long_function_scores_as_its_best_text_everywhere_it_is_ranked(tiny_mo
     assert ranked.labels[0].tolist() == [1, 0]
 
 
-def test_late_interaction_ranks_as_the_model_trains(tiny_model, apps, tmp_path, encode_calls,
-                                                    fp32_cpu):
+def test_late_interaction_ranks_everywhere_with_the_checkpoints_share(tiny_model, apps, tmp_path,
+                                                                     encode_calls, fp32_cpu):
     """``late_interaction``: the index keeps every text's token vectors (cached as ``.npz``),
-    and the retriever and the trainer's evaluation score sections with the training forward's
-    score, ``(1 - a) * cosine + a * MaxSim``, not the pooled cosine alone."""
+    and the retriever and the trainer's evaluation score sections by ``(1 - a) * cosine + a *
+    MaxSim``; the checkpoint's share and hybrid weight are the defaults, both overridable."""
     import datasets
     import torch
 
+    from cetd_phase1.retrieve import HYBRID_WEIGHT
     from cetd_phase1.trainer import rank_full_app
 
+    assert model_lib.CETDConfig().hybrid_weight == HYBRID_WEIGHT
     ckpt = _perturbed_checkpoint(tiny_model, tmp_path / "ckpt", late_interaction=0.5,
-                                 max_code_length=32)
+                                 hybrid_weight=0.8, max_code_length=32)
     r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
+    assert (r.late_interaction, r.hybrid_weight) == (0.5, 0.8)
     index = r.index(apps / "calc")
     assert [p.suffix for p in (tmp_path / "cache").rglob("*.np*")] == [".npz"]
     assert index.token_offsets[-1] == len(index.token_vectors) > len(index.sections)
@@ -291,15 +294,21 @@ def test_late_interaction_ranks_as_the_model_trains(tiny_model, apps, tmp_path, 
     q = model_lib.pad(tok, model_lib.tokenize(tok, [QUERY], 128, False))
     p = model_lib.pad(tok, model_lib.tokenize(tok, index.texts, 32, False))
     with torch.no_grad():
-        trained = r.model(q["input_ids"], q["attention_mask"], p["input_ids"],
-                          p["attention_mask"]).scores[0].numpy()
-    np.testing.assert_allclose(scores, trained, atol=2e-3)  # token vectors are kept in fp16
-    pooled_only = index.embeddings @ r.encode_queries([QUERY])[0]
-    assert np.abs(scores - pooled_only).max() > 1e-2  # the token part counts
+        qp = r.model.encode(q["input_ids"], q["attention_mask"], tokens=True)
+        pp = r.model.encode(p["input_ids"], p["attention_mask"], tokens=True)
+    cosine = (qp[:, 0] @ pp[:, 0].T)[0].numpy()
+    late = model_lib.maxsim(qp[:, 1:], pp[:, 1:])[0].numpy()
+    np.testing.assert_allclose(scores, 0.5 * cosine + 0.5 * late, atol=2e-3)  # fp16 vectors
+    assert np.abs(late - cosine).max() > 1e-2  # the token part counts
 
     fresh = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache").index(apps / "calc")
     assert _section_encodes(encode_calls, r) == [len(index.texts)]  # read from the cache
     np.testing.assert_array_equal(fresh.token_vectors, index.token_vectors)
+    pooled = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache", late_interaction=0,
+                                       hybrid_weight=0.6)
+    assert pooled.hybrid_weight == 0.6
+    np.testing.assert_allclose(pooled.dense_scores([QUERY], pooled.index(apps / "calc"))[0],
+                               cosine, atol=1e-5)
 
     items = [(s.file, s.qualname, s.kind, s.encoder_code()) for s in index.sections]
     sections = datasets.Dataset.from_list([{"app_id": "a", "file": f, "qualname": qn, "kind": k,
