@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -561,36 +561,31 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
-def maxsim(q_tokens: torch.Tensor, p_tokens: torch.Tensor) -> torch.Tensor:
-    r"""ColBERT's late interaction (Khattab & Zaharia 2020): scores [B, C] of requirements
-    ``q_tokens`` [B, Lq, D] against texts ``p_tokens`` [C, Lp, D], token vectors L2-normalised
-    and zero at padding:
+def maxsim(query: np.ndarray, tokens: torch.Tensor, starts: np.ndarray) -> np.ndarray:
+    r"""ColBERT's late interaction (Khattab & Zaharia 2020) of one requirement against N texts:
+    ``query`` [Lq, D] its token vectors, ``tokens`` [T, D] the texts' token vectors one after
+    another (text i from row ``starts[i]``, every text at least one token), all L2-normalised:
 
     .. math::  s(q, p) = \frac{1}{|q|} \sum_{i \in q} \max_{j \in p} \cos(q_i, p_j)
 
     Each requirement word is matched to its best code token wherever it sits in the section,
-    which one pooled vector blurs. No library scores a padded batch of ragged token matrices
-    against another in torch without pulling in a whole ColBERT index stack, hence by hand.
+    which one pooled vector blurs. One matrix product over the concatenated tokens and a
+    segmented max (``np.maximum.reduceat``): no padding, ~20 ms for 2,000 sections on a core.
     """
-    q_real = q_tokens.abs().sum(-1) > 0  # [B, Lq]
-    p_real = p_tokens.abs().sum(-1) > 0  # [C, Lp]
-    sim = torch.einsum("bqd,cpd->bcqp", q_tokens.float(), p_tokens.float())
-    # a text's padding must never be its best match (cosines can all be negative)
-    best = sim.masked_fill(~p_real[None, :, None, :], -2.0).amax(dim=-1)  # [B, C, Lq]
-    best = best * q_real[:, None, :]
-    return best.sum(-1) / q_real.sum(-1, keepdim=True).clamp(min=1)
+    sim = (torch.from_numpy(np.asarray(query, dtype=np.float32)) @ tokens.T).numpy()  # [Lq, T]
+    return np.maximum.reduceat(sim, starts, axis=1).mean(axis=0)
 
 
 @dataclass
 class Encoded:
-    """N encoded texts as ranking reads them: ``pooled`` embeddings float32 [N, D] and, from a
-    late-interaction model (``config.late_interaction > 0``), every text's L2-normalised token
-    vectors, float16, concatenated in ``tokens`` [T, D] (text i: rows ``offsets[i]`` to
-    ``offsets[i + 1]``)."""
+    """N encoded texts as ranking reads them: ``pooled`` embeddings float32 [N, D] and, when
+    ranked with late interaction, every text's L2-normalised token vectors, float16 (half the
+    disk), concatenated in ``tokens`` [T, D] (text i: rows ``offsets[i]`` to ``offsets[i + 1]``)."""
 
     pooled: np.ndarray
     tokens: np.ndarray | None = None
     offsets: np.ndarray | None = None
+    _tokens32: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.pooled)
@@ -605,27 +600,17 @@ class Encoded:
         return Encoded(self.pooled[rows], self.tokens[flat],
                        np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
 
-    def padded_tokens(self, rows: range) -> torch.Tensor:
-        """Token vectors of ``rows`` as one float32 tensor [len(rows), L, D], zero-padded."""
-        parts = [torch.from_numpy(self.tokens[self.offsets[r]:self.offsets[r + 1]].astype(
-            np.float32)) for r in rows]
-        return nn.utils.rnn.pad_sequence(parts, batch_first=True)
-
-    def scores(self, queries: "Encoded", share: float, chunk: int = 128) -> np.ndarray:
+    def scores(self, queries: "Encoded", share: float) -> np.ndarray:
         """Scores [Q, N] of ``queries`` against these texts: the pooled dot product, mixed with
-        :func:`~cetd_phase1.losses.maxsim` at ``share`` when both sides carry token vectors
-        (the score the model was trained on). Blocks of 32 queries x ``chunk`` texts at a time
-        keep the [q, t, Lq, Lt] similarity tensor to a few hundred MB."""
+        :func:`maxsim` at ``share`` when both sides carry token vectors. The float32 copy of
+        the token vectors is made once and kept (4 bytes x D per token of the app in memory)."""
         dense = queries.pooled @ self.pooled.T
         if not share or self.tokens is None or queries.tokens is None or not len(self):
             return dense
-        late = np.empty_like(dense)
-        texts = [(i, self.padded_tokens(range(i, min(i + chunk, len(self)))))
-                 for i in range(0, len(self), chunk)]
-        for j in range(0, len(queries), 32):
-            q = queries.padded_tokens(range(j, min(j + 32, len(queries))))
-            for i, t in texts:
-                late[j:j + len(q), i:i + len(t)] = maxsim(q, t).numpy()
+        if self._tokens32 is None:
+            self._tokens32 = torch.from_numpy(self.tokens.astype(np.float32))
+        late = np.stack([maxsim(queries.tokens[queries.offsets[j]:queries.offsets[j + 1]],
+                                self._tokens32, self.offsets[:-1]) for j in range(len(queries))])
         return ((1.0 - share) * dense + share * late).astype(np.float32)
 
 

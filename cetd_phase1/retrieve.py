@@ -26,12 +26,15 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cetd_phase1.atomic import atomic_directory, atomic_write
 from cetd_phase1.errors import CETDError
 from cetd_phase1.registry import App
+if TYPE_CHECKING:  # model imports torch; retrieve stays light until a model is loaded
+    from cetd_phase1.model import Encoded
 from cetd_phase1.sections import (ExtractionReport, Section, extract_sections, format_section,
                                   iter_python_files)
 
@@ -198,21 +201,28 @@ class AppIndex:
     root: Path
     sections: list[Section]
     texts: list[str]
-    embeddings: np.ndarray  # float32 [M, D]: the texts of section i from row chunk_starts[i]
+    #: model.Encoded of the M texts (section i's from row chunk_starts[i]): pooled embeddings
+    #: and, ranked with late interaction, token vectors
+    vectors: Encoded
     content_hash: str
     report: ExtractionReport
     chunk_starts: np.ndarray | None = None  # None: one row per section
-    #: late-interaction models: every text's token vectors (model.Encoded's tokens / offsets)
-    token_vectors: np.ndarray | None = None
-    token_offsets: np.ndarray | None = None
     _bm25: BM25Scorer | None = field(default=None, repr=False)
 
     @property
-    def encoded(self):
-        """The texts as :class:`~cetd_phase1.model.Encoded`, what ranking reads."""
-        from cetd_phase1.model import Encoded
+    def embeddings(self) -> np.ndarray:
+        """Pooled embeddings, float32 [M, D]."""
+        return self.vectors.pooled
 
-        return Encoded(self.embeddings, self.token_vectors, self.token_offsets)
+    @property
+    def token_vectors(self) -> np.ndarray | None:
+        """Every text's token vectors one after another, float16 [T, D] (late interaction)."""
+        return self.vectors.tokens
+
+    @property
+    def token_offsets(self) -> np.ndarray | None:
+        """Where text i's token vectors start (row i) and end (row i + 1), [M + 1]."""
+        return self.vectors.offsets
 
     @property
     def bm25(self) -> BM25Scorer:
@@ -334,9 +344,8 @@ class Retriever:
             else:
                 atomic_write(path, lambda f: np.save(f, vectors.pooled))
         index = AppIndex(name=name, root=Path(root), sections=sections, texts=texts,
-                         embeddings=vectors.pooled, content_hash=digest, report=report,
-                         chunk_starts=starts, token_vectors=vectors.tokens,
-                         token_offsets=vectors.offsets)
+                         vectors=vectors, content_hash=digest, report=report,
+                         chunk_starts=starts)
         self._indexes[key] = (stamp, index)
         return index
 
@@ -371,7 +380,7 @@ class Retriever:
         from cetd_phase1.model import best_text_scores
 
         queries = self._encode(list(requirements), self.max_query_length, False)
-        return best_text_scores(index.encoded.scores(queries, self.late_interaction),
+        return best_text_scores(index.vectors.scores(queries, self.late_interaction),
                                 index.chunk_starts)
 
     def retrieve(self, requirement: str, app: str | Path | App, k: int = 5,

@@ -228,21 +228,21 @@ def test_infonce_matches_its_formula_and_survives_fp16():
     assert torch.isfinite(half) and half.dtype == torch.float32
 
 
-def test_maxsim_matches_its_formula_and_ignores_padding():
-    """Each real requirement token takes its best real text token; padding (zero rows) is
-    never a match, even when every real cosine is negative, and never averaged in. Ranking
-    mixes it with the pooled cosine, blockwise, texts taken in any order."""
-    q = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])  # two tokens + padding
-    p = torch.tensor([[[1.0, 0.0], [0.0, 0.0]],  # matches the first token only
-                      [[-0.6, -0.8], [0.0, 0.0]]])  # negative cosines only
-    torch.testing.assert_close(maxsim(q, p), torch.tensor([[(1.0 + 0.0) / 2, (-0.6 - 0.8) / 2]]))
-    queries = Encoded(np.array([[0.6, 0.8]], np.float32), np.eye(2, dtype=np.float16),
+def test_maxsim_matches_its_formula_over_ragged_texts():
+    """Each requirement token takes its best token of each text, even when every cosine is
+    negative, over texts of different lengths; ranking mixes it with the pooled cosine, texts
+    taken in any order."""
+    query = np.eye(2, dtype=np.float32)  # two tokens
+    tokens = torch.tensor([[1.0, 0.0], [-0.6, -0.8], [0.0, -1.0]])  # text 0: 1 token, text 1: 2
+    # text 1: the first query token's best is 0.0 (second token), the second's -0.8 (first)
+    np.testing.assert_allclose(maxsim(query, tokens, np.array([0, 1])),
+                               [(1.0 + 0.0) / 2, (0.0 - 0.8) / 2])
+    queries = Encoded(np.array([[0.6, 0.8]], np.float32), query.astype(np.float16),
                       np.array([0, 2]))
-    texts = Encoded(np.eye(2, dtype=np.float32), np.array([[1, 0], [-0.6, -0.8]], np.float16),
-                    np.array([0, 1, 2]))
-    expected = [[0.75 * 0.6 + 0.25 * 0.5, 0.75 * 0.8 - 0.25 * 0.7]]
+    texts = Encoded(np.eye(2, dtype=np.float32), tokens.numpy().astype(np.float16),
+                    np.array([0, 1, 3]))
+    expected = [[0.75 * 0.6 + 0.25 * 0.5, 0.75 * 0.8 - 0.25 * 0.4]]
     np.testing.assert_allclose(texts.scores(queries, 0.25), expected, atol=1e-3)
-    np.testing.assert_allclose(texts.scores(queries, 0.25, chunk=1), expected, atol=1e-3)
     np.testing.assert_allclose(texts.take(np.array([1, 0])).scores(queries, 0.25),
                                [expected[0][::-1]], atol=1e-3)
     np.testing.assert_allclose(texts.scores(queries, 0.0), [[0.6, 0.8]])  # the cosine alone
