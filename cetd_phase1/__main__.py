@@ -63,6 +63,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="random negatives per requirement, from the same app (default 2)")
     p.add_argument("--max-positives", type=int, default=5,
                    help="positives kept per requirement (default 5, as in the seed)")
+    p.add_argument("--late-interaction", type=float, default=None, metavar="A",
+                   help="rank by (1 - A) x cosine + A x MaxSim over token vectors (default: the "
+                        "checkpoint's model.late_interaction; 0 = the cosine alone)")
     p.add_argument("--label-sources", default="docstring,gold,heuristic",
                    help="comma-separated label sources: docstring, gold, heuristic, git, changelog, "
                         "version_notes, module_docstring, class_docstring "
@@ -264,6 +267,9 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--section-chunks", type=int, default=None, metavar="N",
                    help="read a long function as up to N texts, ranked by its best (default: "
                         "the checkpoint's model.section_chunks)")
+    p.add_argument("--late-interaction", type=float, default=None, metavar="A",
+                   help="rank by (1 - A) x cosine + A x MaxSim over token vectors (default: the "
+                        "checkpoint's model.late_interaction; 0 = the cosine alone)")
     p.add_argument("--label-sources", default="docstring,gold,heuristic",
                    help="comma-separated label sources of the queries (default "
                         "docstring,gold,heuristic; 'gold' alone for annotated requirements only)")
@@ -281,6 +287,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                              registry=registry, hybrid=args.hybrid, backbone=args.backbone,
                              cache_dir=args.cache_dir, batch_size=args.batch_size,
                              section_chunks=args.section_chunks,
+                             late_interaction=args.late_interaction,
                              label_sources=[s.strip() for s in args.label_sources.split(",")
                                             if s.strip()],
                              command="python -m cetd_phase1 " + " ".join(sys.argv[1:]))
@@ -303,6 +310,10 @@ def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
                    help="trained checkpoint or backbone (default: the packaged MiniLM)")
     p.add_argument("--dense-only", action="store_true",
                    help="rank by the model's scores alone (default: hybrid with BM25)")
+    p.add_argument("--late-interaction", type=float, default=None, metavar="A",
+                   help="rank by (1 - A) x cosine + A x MaxSim over token vectors (default: the "
+                        "checkpoint's model.late_interaction; 0 = the cosine alone, which keeps "
+                        "a far smaller index)")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="section index cache (default $CETD_CACHE/index)")
@@ -313,10 +324,13 @@ def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
 def run_retrieve(args: argparse.Namespace) -> int:
     import json
 
-    from cetd_phase1.retrieve import Retriever
+    from cetd_phase1.retrieve import Retriever, check_late_interaction
 
+    if args.late_interaction is not None:  # before the model loads
+        check_late_interaction(args.late_interaction)
     retriever = Retriever.from_pretrained(args.checkpoint, cache_dir=args.cache_dir,
-                                          hybrid=not args.dense_only, show_progress=True)
+                                          hybrid=not args.dense_only, show_progress=True,
+                                          late_interaction=args.late_interaction)
     hits = retriever.retrieve(args.requirement, app=args.app, k=args.k)
     if args.json:
         print(json.dumps(hits, indent=2))

@@ -30,7 +30,8 @@ from cetd_phase1.errors import CETDError
 from cetd_phase1.metrics import DEFAULT_KS, average_metrics, positive_ranks, query_metrics
 from cetd_phase1.registry import App, Registry
 from cetd_phase1.atomic import atomic_write, atomic_write_text
-from cetd_phase1.retrieve import AppIndex, BM25Scorer, Retriever, hybrid_fuse
+from cetd_phase1.retrieve import (AppIndex, BM25Scorer, Retriever, check_late_interaction,
+                                  hybrid_fuse)
 
 PROTOCOLS = ("full_app", "candidate_set")
 #: Label sources whose queries make the headline; heuristic labels are a guess, not ground truth.
@@ -208,12 +209,14 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
                    cache_dir: str | Path | None = None, hard_negatives: int = 3,
                    random_negatives: int = 2, batch_size: int = 64, command: str = "",
                    label_sources: Sequence[str] = ("docstring", "gold", "heuristic"),
-                   section_chunks: int | None = None) -> dict:
+                   section_chunks: int | None = None,
+                   late_interaction: float | None = None) -> dict:
     """Evaluate ``checkpoint`` on ``split`` of ``registry`` (default: the stdlib, or PostgreSQL
     when ``$DATABASE_URL`` is set), or on every app of ``apps_dir`` (a folder of apps or a
     manifest), against BM25 and the untrained backbone; write the report files to ``out``.
     ``section_chunks`` overrides how many texts the checkpoint reads a long function as (None:
-    its own ``model.section_chunks``; the backbone always reads one).
+    its own ``model.section_chunks``; the backbone always reads one); ``late_interaction`` the
+    share of MaxSim in its score (None: its own; the backbone ranks by the cosine).
 
     Returns the ``metrics.json`` content.
     """
@@ -228,6 +231,8 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
         raise CETDError(f"{checkpoint}: not a model folder (no config.json)")
     if section_chunks is not None:  # before any work, not after the queries are built
         check_section_chunks(section_chunks)
+    if late_interaction is not None:
+        check_late_interaction(late_interaction)
     if apps_dir is not None:
         if not Path(apps_dir).exists():
             raise CETDError(f"{apps_dir}: no such apps folder or manifest")
@@ -245,7 +250,8 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
     apps = {a.app_id: a for a in registry.apps(split)}
 
     model = Retriever.from_pretrained(checkpoint, cache_dir=index_cache, batch_size=batch_size,
-                                      show_progress=True, section_chunks=section_chunks)
+                                      show_progress=True, section_chunks=section_chunks,
+                                      late_interaction=late_interaction)
     methods = [Method("model", model)]
     notes = []
     if model.late_interaction:

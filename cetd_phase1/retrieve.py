@@ -181,6 +181,13 @@ def check_hybrid_weight(weight: float) -> float:
     return weight
 
 
+def check_late_interaction(share: float) -> float:
+    """``share`` if it is a share of MaxSim in [0, 1]; a CETDError otherwise."""
+    if not 0.0 <= share <= 1.0:
+        raise CETDError(f"late_interaction must be in [0, 1], got {share}")
+    return share
+
+
 def hybrid_fuse(dense: np.ndarray, bm25: np.ndarray, weight: float = HYBRID_WEIGHT) -> np.ndarray:
     """``weight * z(dense) + (1 - weight) * z(bm25)`` over one query's scores of one app.
 
@@ -257,10 +264,8 @@ class Retriever:
         self.hybrid_weight = check_hybrid_weight(
             model.config.hybrid_weight if hybrid_weight is None
             else hybrid_weight)
-        self.late_interaction = (model.config.late_interaction if late_interaction is None
-                                 else late_interaction)
-        if not 0.0 <= self.late_interaction <= 1.0:
-            raise CETDError(f"late_interaction must be in [0, 1], got {self.late_interaction}")
+        self.late_interaction = check_late_interaction(
+            model.config.late_interaction if late_interaction is None else late_interaction)
         self.show_progress = show_progress
         from cetd_phase1.model import check_section_chunks
 

@@ -130,3 +130,23 @@ def test_cli_section_chunks_overrides_the_checkpoint_and_bad_values_are_one_line
     assert main([*args, "--out", str(tmp_path / "o2"), "--section-chunks", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "section_chunks must be >= 1" in err and "\n" not in err
+
+
+def test_cli_late_interaction_overrides_the_checkpoint_and_bad_values_are_one_line(
+        setup, tmp_path, capsys):
+    ckpt, apps, cache = setup
+    args = ["evaluate", "--checkpoint", str(ckpt), "--apps", str(apps), "--cache-dir",
+            str(cache), "--hybrid"]
+    assert main([*args, "--out", str(tmp_path / "o"), "--late-interaction", "0.5"]) == 0
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "0.5 x cosine + 0.5 x MaxSim" in report and "0.7 x model + 0.3 x BM25" in report
+    assert main([*args, "--out", str(tmp_path / "p")]) == 0  # the checkpoint's own: cosine
+    assert "MaxSim" not in (tmp_path / "p" / "report.md").read_text()
+    capsys.readouterr()
+    for command in (args + ["--out", str(tmp_path / "o2")],
+                    ["retrieve", "add two numbers", "--app", str(apps / "calc"),
+                     "--checkpoint", str(ckpt), "--cache-dir", str(cache)]):
+        assert main([*command, "--late-interaction", "1.5"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "late_interaction must be in [0, 1]" in err
+        assert "\n" not in err
