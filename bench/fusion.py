@@ -89,6 +89,30 @@ def validation_benches(cache: Path) -> dict:
     }
 
 
+def validation_arguments(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a script that scores one checkpoint on :func:`validation_benches`."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "cetd_phase1" / "fr"))
+    parser.add_argument("--json", default=None, help="also write the table here")
+    return parser
+
+
+def print_validation_table(table: dict[str, dict[str, tuple[float, float]]], checkpoint: str,
+                           json_path: str | None, width: int = 24) -> None:
+    """Rows x validation sets of MRR / R@5 with the mean MRR of the sets (the criterion of
+    ``bench/ablation.py``); also written as JSON to ``json_path`` when given."""
+    print(f"\n{today()}, {machine()}\nfull-app MRR / R@5, checkpoint {checkpoint}")
+    print(f"{'ranking':{width}}" + "".join(f"{b:>32}" for b in table) + f"{'mean MRR':>10}")
+    for n in next(iter(table.values())):
+        mean = sum(table[b][n][0] for b in table) / len(table)
+        print(f"{n:{width}}" + "".join(f"{table[b][n][0]:>22.3f} / {table[b][n][1]:.3f}"
+                                      for b in table) + f"{mean:>10.4f}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(table, indent=2) + "\n")
+
+
 def measure(vectors: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
     from cetd_phase1.metrics import compute_ranking_metrics
     m = compute_ranking_metrics([s for s, _ in vectors], [l for _, l in vectors])
@@ -96,10 +120,7 @@ def measure(vectors: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "cetd_phase1" / "fr"))
-    parser.add_argument("--json", help="also write the table as JSON")
+    parser = validation_arguments(__doc__)
     parser.add_argument("--section-chunks", type=int,
                         help="texts per long function for the checkpoint (model.section_chunks; "
                              "default: the checkpoint's own)")

@@ -16,27 +16,20 @@ two sets, the criterion of ``bench/ablation.py``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 import _bench  # noqa: F401  (repository root on sys.path, offline hub)
-from _bench import machine, today
 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 WEIGHTS = (0.6, 0.7, 0.8, 0.9)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "cetd_phase1" / "fr"))
-    parser.add_argument("--json", default=None, help="also write the table here")
-    args = parser.parse_args(argv)
+    from fusion import (measure, print_validation_table, score_sets, validation_arguments,
+                        validation_benches)
 
-    from fusion import measure, score_sets, validation_benches
+    args = validation_arguments(__doc__).parse_args(argv)
 
     from cetd_phase1.retrieve import hybrid_fuse
 
@@ -53,14 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                           sets["bm25"])])
         rows["bm25"] = measure(sets["bm25"])
         table[bench] = rows
-    print(f"\n{today()}, {machine()}\nfull-app MRR / R@5, checkpoint {args.checkpoint}")
-    print(f"{'ranking':24}" + "".join(f"{b:>32}" for b in table) + f"{'mean MRR':>10}")
-    for n in next(iter(table.values())):
-        mean = sum(table[b][n][0] for b in table) / len(table)
-        print(f"{n:24}" + "".join(f"{table[b][n][0]:>22.3f} / {table[b][n][1]:.3f}"
-                                   for b in table) + f"{mean:>10.4f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+    print_validation_table(table, args.checkpoint, args.json)
     return 0
 
 

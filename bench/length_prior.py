@@ -13,28 +13,21 @@ the two sets, the criterion of ``bench/ablation.py``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 import _bench  # noqa: F401  (repository root on sys.path, offline hub)
-from _bench import machine, today
 
 PRIOR_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "cetd_phase1" / "fr"))
-    parser.add_argument("--json", default=None, help="also write the table here")
-    args = parser.parse_args(argv)
+    from fusion import (measure, print_validation_table, score_sets, validation_arguments,
+                        validation_benches)
 
-    from fusion import measure, score_sets, validation_benches
+    args = validation_arguments(__doc__).parse_args(argv)
 
     from cetd_phase1.retrieve import HYBRID_WEIGHT, hybrid_fuse, zscore
 
@@ -57,14 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[f"bm25 + {g} prior"] = measure(
                 [(zscore(b) + g * p, l) for (b, l), p in zip(sets["bm25"], prior)])
         table[bench] = rows
-    print(f"\n{today()}, {machine()}\nfull-app MRR / R@5, checkpoint {args.checkpoint}")
-    print(f"{'method':24}" + "".join(f"{b:>32}" for b in table) + f"{'mean MRR':>10}")
-    for n in next(iter(table.values())):
-        mean = sum(table[b][n][0] for b in table) / len(table)
-        print(f"{n:24}" + "".join(f"{table[b][n][0]:>22.3f} / {table[b][n][1]:.3f}"
-                                   for b in table) + f"{mean:>10.4f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+    print_validation_table(table, args.checkpoint, args.json)
     return 0
 
 
