@@ -600,17 +600,22 @@ class Encoded:
         return Encoded(self.pooled[rows], self.tokens[flat],
                        np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
 
-    def scores(self, queries: "Encoded", share: float) -> np.ndarray:
-        """Scores [Q, N] of ``queries`` against these texts: the pooled dot product, mixed with
-        :func:`maxsim` at ``share`` when both sides carry token vectors. The float32 copy of
-        the token vectors is made once and kept (4 bytes x D per token of the app in memory)."""
-        dense = queries.pooled @ self.pooled.T
+    def scores(self, queries: "Encoded", share: float,
+               sections: np.ndarray | None = None) -> np.ndarray:
+        """Scores [Q, N] of ``queries`` against these texts, or against sections when
+        ``sections`` gives the row of each section's first text (:func:`section_texts`): the
+        pooled dot product of the best text, mixed with :func:`maxsim` at ``share`` over all
+        the section's tokens (a requirement's words may sit in different parts of a long
+        function) when both sides carry token vectors. The float32 copy of the token vectors
+        is made once and kept (4 bytes x D per token of the app in memory)."""
+        dense = best_text_scores(queries.pooled @ self.pooled.T, sections)
         if not share or self.tokens is None or queries.tokens is None or not len(self):
             return dense
         if self._tokens32 is None:
             self._tokens32 = torch.from_numpy(self.tokens.astype(np.float32))
+        starts = self.offsets[:-1] if sections is None else self.offsets[sections]
         late = np.stack([maxsim(queries.tokens[queries.offsets[j]:queries.offsets[j + 1]],
-                                self._tokens32, self.offsets[:-1]) for j in range(len(queries))])
+                                self._tokens32, starts) for j in range(len(queries))])
         return ((1.0 - share) * dense + share * late).astype(np.float32)
 
 

@@ -382,11 +382,8 @@ class Retriever:
         mixed with late interaction at ``late_interaction``."""
         if not index.sections:
             return np.zeros((len(requirements), 0), dtype=np.float32)
-        from cetd_phase1.model import best_text_scores
-
         queries = self._encode(list(requirements), self.max_query_length, False)
-        return best_text_scores(index.vectors.scores(queries, self.late_interaction),
-                                index.chunk_starts)
+        return index.vectors.scores(queries, self.late_interaction, index.chunk_starts)
 
     def retrieve(self, requirement: str, app: str | Path | App, k: int = 5,
                  hybrid: bool | None = None) -> list[dict]:

@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from cetd_phase1.losses import RankingAnchorLoss
 from cetd_phase1.metrics import compute_ranking_metrics
-from cetd_phase1.model import (CETDRetriever, best_text_scores, encode_for_ranking, pad,
+from cetd_phase1.model import (CETDRetriever, encode_for_ranking, pad,
                                section_texts, tokenize)
 from cetd_phase1.sections import format_section
 
@@ -314,9 +314,9 @@ def rank_full_app(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
         spans = [np.arange(bounds[c], bounds[c + 1]) for c in cand]
         local = np.cumsum([0] + [len(s) for s in spans[:-1]]) if starts is not None else None
         matrix = encoded.take(np.concatenate(spans)).scores(
-            queries.take(np.array(app_queries)), share)
+            queries.take(np.array(app_queries)), share, local)
         for qi, row in zip(app_queries, matrix):
-            scores[qids[qi]] = best_text_scores(row, local)
+            scores[qids[qi]] = row
     out = Rankings([], [], [], [])
     for qid in qids:
         cand = by_app.get(app_of[qid], [])

@@ -246,6 +246,14 @@ def test_maxsim_matches_its_formula_over_ragged_texts():
     np.testing.assert_allclose(texts.take(np.array([1, 0])).scores(queries, 0.25),
                                [expected[0][::-1]], atol=1e-3)
     np.testing.assert_allclose(texts.scores(queries, 0.0), [[0.6, 0.8]])  # the cosine alone
+    # a section read as several texts: the cosine of its best text, MaxSim over all its tokens
+    # (its two texts match one requirement word each: 1.0, where either text alone gives 0.5)
+    long = Encoded(np.array([[1, 0], [0, 1], [1, 0]], np.float32),
+                   np.array([[1, 0], [0, 1], [-0.6, -0.8]], np.float16), np.array([0, 1, 2, 3]))
+    np.testing.assert_allclose(long.scores(queries, 0.25, sections=np.array([0, 2])),
+                               [[0.75 * 0.8 + 0.25 * 1.0, 0.75 * 0.6 - 0.25 * 0.7]], atol=1e-3)
+    np.testing.assert_allclose(long.scores(queries, 0.0, sections=np.array([0, 2])),
+                               [[0.8, 0.6]])
 
 
 def test_bce_scores_only_own_candidates():
