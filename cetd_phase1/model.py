@@ -643,6 +643,11 @@ def encode_for_ranking(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
     from tqdm.auto import tqdm
     if tokens is None:
         tokens = bool(model.config.late_interaction)
+    if not texts:  # an app without sections: nothing to encode (tokenizers fail on no input)
+        dim = _output_dim(model)
+        return Encoded(np.zeros((0, dim), np.float32),
+                       np.zeros((0, dim), np.float16) if tokens else None,
+                       np.zeros(1, np.int64) if tokens else None)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -319,3 +319,15 @@ def test_late_interaction_ranks_everywhere_with_the_checkpoints_share(tiny_model
                                         "file": "ops.py", "qualname": "multiply", "label": 1}])
     ranked = rank_full_app(r.model, tok, rows, sections, max_req_length=128, max_code_length=32)
     np.testing.assert_allclose(ranked.scores[0], scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("late", [0.0, 0.5], ids=["cosine", "late-interaction"])
+def test_an_app_without_sections_gives_no_hits_and_a_reusable_index(tiny_model, tmp_path, late):
+    app = tmp_path / "scripts"
+    app.mkdir()
+    (app / "run.py").write_text("x = 1\nprint(x)\n")  # module-level code only
+    for _ in range(2):  # the second time from the on-disk index
+        r = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache",
+                                      late_interaction=late)
+        assert r.retrieve(QUERY, app=app) == []
+        assert r.index(app).embeddings.shape[0] == 0
