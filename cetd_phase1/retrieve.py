@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -368,7 +369,7 @@ class Retriever:
                 return Encoded(arr) if arr.ndim == 2 and arr.shape[0] == rows else None
             with np.load(path) as z:
                 vectors = Encoded(z["pooled"], z["tokens"], z["offsets"])
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None
         ok = (vectors.pooled.ndim == 2 and vectors.pooled.shape[0] == rows
               and vectors.offsets.shape == (rows + 1,) and vectors.tokens.ndim == 2

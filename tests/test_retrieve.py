@@ -331,3 +331,16 @@ def test_an_app_without_sections_gives_no_hits_and_a_reusable_index(tiny_model, 
                                       late_interaction=late)
         assert r.retrieve(QUERY, app=app) == []
         assert r.index(app).embeddings.shape[0] == 0
+
+
+@pytest.mark.parametrize("junk", [b"not a zip", None], ids=["garbage", "truncated"])
+def test_corrupt_late_interaction_cache_entry_is_recomputed(tiny_model, apps, tmp_path, junk):
+    cache = tmp_path / "cache"
+    first = Retriever.from_pretrained(tiny_model, cache_dir=cache, late_interaction=0.5)
+    vectors = first.index(apps / "calc").token_vectors
+    (entry,) = cache.rglob("*.npz")
+    entry.write_bytes(junk if junk is not None else entry.read_bytes()[:100])
+    again = Retriever.from_pretrained(tiny_model, cache_dir=cache, late_interaction=0.5)
+    np.testing.assert_array_equal(again.index(apps / "calc").token_vectors, vectors)
+    with np.load(entry) as z:  # rewritten whole
+        assert z["tokens"].shape == vectors.shape
