@@ -166,15 +166,18 @@ def test_sentence_transformers_export_round_trip(tiny_model, tmp_path, settings,
 
 def test_export_says_to_split_identifiers_and_build_section_texts_first(tiny_model, tmp_path,
                                                                         fp32_cpu, caplog):
+    """The export warns of what the folder cannot do by itself: split identifiers, build a long
+    function's texts, late interaction (it gives the pooled embeddings only)."""
     from sentence_transformers import SentenceTransformer
 
     from cetd_phase1.sections import split_camel_case
 
     ckpt = _perturbed_checkpoint(tiny_model, tmp_path / "ckpt", split_identifiers=True,
-                                 section_chunks=4)
+                                 section_chunks=4, late_interaction=0.75)
     with caplog.at_level("WARNING", logger="cetd_phase1.retrieve"):
         out = export_sentence_transformers(ckpt, tmp_path / "st")
     assert "split_camel_case" in caplog.text and "section_texts" in caplog.text
+    assert "MaxSim" in caplog.text and "cosine part only" in caplog.text
     texts = ["def parseJsonFile(path):", "Load the HTTPServer config"]
     r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
     ours = model_lib.encode_texts(r.model, r.tokenizer, texts, max_length=r.max_code_length)
