@@ -63,9 +63,6 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="random negatives per requirement, from the same app (default 2)")
     p.add_argument("--max-positives", type=int, default=5,
                    help="positives kept per requirement (default 5, as in the seed)")
-    p.add_argument("--late-interaction", type=float, default=None, metavar="A",
-                   help="rank by (1 - A) x cosine + A x MaxSim over token vectors (default: the "
-                        "checkpoint's model.late_interaction; 0 = the cosine alone)")
     p.add_argument("--label-sources", default="docstring,gold,heuristic",
                    help="comma-separated label sources: docstring, gold, heuristic, git, changelog, "
                         "version_notes, module_docstring, class_docstring "

@@ -570,7 +570,8 @@ def maxsim(query: np.ndarray, tokens: torch.Tensor, starts: np.ndarray) -> np.nd
 
     Each requirement word is matched to its best code token wherever it sits in the section,
     which one pooled vector blurs. One matrix product over the concatenated tokens and a
-    segmented max (``np.maximum.reduceat``): no padding, ~20 ms for 2,000 sections on a core.
+    segmented max (``np.maximum.reduceat``), no padding: about 50 ms a query for 2,000
+    sections on one core (``bench/retrieve_latency.py``).
     """
     sim = (torch.from_numpy(np.asarray(query, dtype=np.float32)) @ tokens.T).numpy()  # [Lq, T]
     return np.maximum.reduceat(sim, starts, axis=1).mean(axis=0)

@@ -263,8 +263,7 @@ class Retriever:
         self.hybrid = hybrid
         # None: what the checkpoint was chosen with (hybrid weight, late interaction share)
         self.hybrid_weight = check_hybrid_weight(
-            model.config.hybrid_weight if hybrid_weight is None
-            else hybrid_weight)
+            model.config.hybrid_weight if hybrid_weight is None else hybrid_weight)
         self.late_interaction = check_late_interaction(
             model.config.late_interaction if late_interaction is None else late_interaction)
         self.show_progress = show_progress
@@ -306,7 +305,7 @@ class Retriever:
 
     # -- encoding ----------------------------------------------------------------------------
 
-    def _encode(self, texts: list[str], max_length: int, show_progress: bool):
+    def _encode(self, texts: list[str], max_length: int, show_progress: bool) -> Encoded:
         from cetd_phase1 import model as model_lib
 
         return model_lib.encode_for_ranking(self.model, self.tokenizer, texts,
@@ -356,7 +355,7 @@ class Retriever:
         return index
 
     @staticmethod
-    def _load_cached(path: Path, rows: int):
+    def _load_cached(path: Path, rows: int) -> Encoded | None:
         """The cached :class:`~cetd_phase1.model.Encoded` of ``rows`` texts at ``path``, or
         ``None`` (absent, corrupt or of another shape: recomputed, never trusted)."""
         from cetd_phase1.model import Encoded
