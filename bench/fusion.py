@@ -43,8 +43,8 @@ def score_sets(checkpoint: str, registry, split, label_sources,
                section_chunks: int | None = None, late_interaction: float | None = None,
                backbone: bool = True) -> dict:
     """Per method, the full-app score vectors and labels of every headline query; under
-    ``"sections"`` each query's sections and under ``"lines"`` their lengths in lines (both in
-    the same order as its scores). ``section_chunks`` and ``late_interaction``: the
+    ``"lines"`` each query's section lengths in lines (in the same order as its scores).
+    ``section_chunks`` and ``late_interaction``: the
     checkpoint's own unless given; ``backbone``: also score its untrained backbone."""
     from cetd_phase1.evaluation import (HEADLINE_SOURCES, Method, _backbone_path, _load_queries,
                                         score_queries)
@@ -68,10 +68,9 @@ def score_sets(checkpoint: str, registry, split, label_sources,
                    if r.query.label_source in HEADLINE_SOURCES and r.labels.any()]
         out[m.name] = [(r.scores, r.labels) for r in results]
     # the same queries and section order under every method: the last one's results will do
-    out["sections"] = [[indexes[r.query.app_id].sections[i] for i in r.section_ids]
-                       for r in results]
-    out["lines"] = [np.array([s.line_end - s.line_start + 1 for s in sections])
-                    for sections in out["sections"]]
+    out["lines"] = [np.array([s.line_end - s.line_start + 1 for s in
+                              (indexes[r.query.app_id].sections[i] for i in r.section_ids)])
+                    for r in results]
     return out
 
 
@@ -100,15 +99,15 @@ def validation_arguments(doc: str) -> argparse.ArgumentParser:
 
 
 def print_validation_table(table: dict[str, dict[str, tuple[float, float]]], checkpoint: str,
-                           json_path: str | None, width: int = 24) -> None:
+                           json_path: str | None) -> None:
     """Rows x validation sets of MRR / R@5 with the mean MRR of the sets (the criterion of
     ``bench/ablation.py``); also written as JSON to ``json_path`` when given."""
     print(f"\n{today()}, {machine()}\nfull-app MRR / R@5, checkpoint {checkpoint}")
-    print(f"{'ranking':{width}}" + "".join(f"{b:>32}" for b in table) + f"{'mean MRR':>10}")
+    print(f"{'ranking':24}" + "".join(f"{b:>32}" for b in table) + f"{'mean MRR':>10}")
     for n in next(iter(table.values())):
         mean = sum(table[b][n][0] for b in table) / len(table)
-        print(f"{n:{width}}" + "".join(f"{table[b][n][0]:>22.3f} / {table[b][n][1]:.3f}"
-                                      for b in table) + f"{mean:>10.4f}")
+        print(f"{n:24}" + "".join(f"{table[b][n][0]:>22.3f} / {table[b][n][1]:.3f}"
+                                   for b in table) + f"{mean:>10.4f}")
     if json_path:
         Path(json_path).write_text(json.dumps(table, indent=2) + "\n")
 
@@ -133,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     for bench, (registry, split, sources) in benches.items():
         sets = score_sets(args.checkpoint, registry, split, sources, args.section_chunks)
         sets.pop("lines")
-        sets.pop("sections")
         bm25 = sets["bm25"]
         rows = {"bm25": measure(bm25)}
         for dense_name in [n for n in sets if n != "bm25"]:

@@ -659,7 +659,7 @@ def encode_for_ranking(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
                         model.config.split_identifiers)
     order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
     out = np.zeros((len(texts), _output_dim(model)), dtype=np.float32)
-    vectors: list[np.ndarray] = [np.zeros((0, out.shape[1]), np.float16)] * len(texts)
+    vectors: list[np.ndarray | None] = [None] * len(texts)  # token vectors, when asked for
     starts = range(0, len(texts), batch_size)
     try:
         for start in tqdm(starts, desc="encoding", disable=not show_progress, unit="batch"):
@@ -680,7 +680,7 @@ def encode_for_ranking(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
     if not tokens:
         return Encoded(out)
     sizes = np.array([len(v) for v in vectors], dtype=np.int64)
-    return Encoded(out, np.concatenate([np.zeros((0, out.shape[1]), np.float16), *vectors]),
+    return Encoded(out, np.concatenate(vectors),  # texts is not empty here
                    np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
 
 
