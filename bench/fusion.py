@@ -95,6 +95,9 @@ def validation_arguments(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "cetd_phase1" / "fr"))
     parser.add_argument("--json", default=None, help="also write the table here")
+    parser.add_argument("--section-chunks", type=int, default=None,
+                        help="texts per long function for the checkpoint "
+                             "(model.section_chunks; default: the checkpoint's own)")
     return parser
 
 
@@ -119,11 +122,7 @@ def measure(vectors: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = validation_arguments(__doc__)
-    parser.add_argument("--section-chunks", type=int,
-                        help="texts per long function for the checkpoint (model.section_chunks; "
-                             "default: the checkpoint's own)")
-    args = parser.parse_args(argv)
+    args = validation_arguments(__doc__).parse_args(argv)
 
     from cetd_phase1.retrieve import hybrid_fuse, zscore
 

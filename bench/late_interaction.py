@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = {}
         for a in SHARES:
             sets = score_sets(args.checkpoint, registry, split, sources, late_interaction=a,
-                              backbone=False)
+                              section_chunks=args.section_chunks, backbone=False)
             rows[f"a {a} dense"] = measure(sets["model"])
             for w in WEIGHTS:
                 rows[f"a {a} hybrid w {w}"] = measure(

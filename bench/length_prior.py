@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for bench, (registry, split, sources) in validation_benches(Path(args.cache)).items():
-        sets = score_sets(args.checkpoint, registry, split, sources)
+        sets = score_sets(args.checkpoint, registry, split, sources, args.section_chunks)
         prior = [zscore(np.log(lines)) for lines in sets["lines"]]
         # where each relevant section's length falls among its app's sections (0.5: no bias)
         pct = [float((lines < lines[i]).mean()) for lines, (_, labels) in

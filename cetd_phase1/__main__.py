@@ -321,10 +321,11 @@ def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
 def run_retrieve(args: argparse.Namespace) -> int:
     import json
 
-    from cetd_phase1.retrieve import Retriever, check_late_interaction
+    from cetd_phase1.errors import check_share
+    from cetd_phase1.retrieve import Retriever
 
     if args.late_interaction is not None:  # before the model loads
-        check_late_interaction(args.late_interaction)
+        check_share("late_interaction", args.late_interaction)
     retriever = Retriever.from_pretrained(args.checkpoint, cache_dir=args.cache_dir,
                                           hybrid=not args.dense_only, show_progress=True,
                                           late_interaction=args.late_interaction)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from cetd_phase1.errors import CETDError
+from cetd_phase1.errors import CETDError, check_share
 
 #: ``evaluation.metric`` values -> key of :func:`cetd_phase1.metrics.compute_ranking_metrics`.
 METRICS = {"retrieval_accuracy": "accuracy", "accuracy": "accuracy", "map": "map", "mrr": "mrr",
@@ -305,8 +305,7 @@ def validate(cfg: Phase1Config) -> None:
                         f"(worker processes keep the negatives they started with)")
     for key, share in (("late_interaction", m.late_interaction),
                        ("hybrid_weight", m.hybrid_weight)):
-        if not 0 <= share <= 1:
-            raise CETDError(f"{p}: model.{key} must be in [0, 1], got {share}")
+        check_share(f"{p}: model.{key}", share)
     if t.gather_across_devices and t.loss != "infonce":
         raise CETDError(f"{p}: training.gather_across_devices needs loss: infonce (the bce "
                         f"loss scores each requirement's own candidates only)")

@@ -1,7 +1,16 @@
-"""The one exception type the command line turns into a one-line message (never a traceback)."""
+"""The one exception type the command line turns into a one-line message (never a traceback),
+and the range check that config files, checkpoints and command-line flags share."""
 
 
 class CETDError(Exception):
     """Bad input or environment, explained for the terminal: name the file and the reason."""
 
     exit_code = 2
+
+
+def check_share(name: str, share: float) -> float:
+    """``share`` if it is in [0, 1] (a mixing weight such as ``late_interaction``); a
+    CETDError naming ``name`` otherwise."""
+    if not 0.0 <= share <= 1.0:
+        raise CETDError(f"{name} must be in [0, 1], got {share}")
+    return share

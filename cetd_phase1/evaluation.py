@@ -26,12 +26,11 @@ from typing import Sequence
 
 import numpy as np
 
-from cetd_phase1.errors import CETDError
+from cetd_phase1.errors import CETDError, check_share
 from cetd_phase1.metrics import DEFAULT_KS, average_metrics, positive_ranks, query_metrics
 from cetd_phase1.registry import App, Registry
 from cetd_phase1.atomic import atomic_write, atomic_write_text
-from cetd_phase1.retrieve import (AppIndex, BM25Scorer, Retriever, check_late_interaction,
-                                  hybrid_fuse)
+from cetd_phase1.retrieve import AppIndex, BM25Scorer, Retriever, hybrid_fuse
 
 PROTOCOLS = ("full_app", "candidate_set")
 #: Label sources whose queries make the headline; heuristic labels are a guess, not ground truth.
@@ -90,21 +89,31 @@ def _section_key(index: AppIndex, i: int) -> tuple[str, str, int]:
 
 
 class Method:
-    """A scorer over an app's sections: a dense retriever, BM25, or their fusion."""
+    """A scorer over an app's sections: a dense retriever, BM25, or a dense method fused with
+    BM25 (``fused_from``)."""
 
-    def __init__(self, name: str, retriever: Retriever | None, *, hybrid: bool = False) -> None:
-        self.name, self.retriever, self.hybrid = name, retriever, hybrid
+    def __init__(self, name: str, retriever: Retriever | None, *,
+                 fused_from: "Method | None" = None) -> None:
+        self.name, self.retriever, self.fused_from = name, retriever, fused_from
+        # (app, requirements) -> dense matrix: the hybrid reuses the model's scores, whose
+        # MaxSim is the dearest step of an evaluation
+        self._dense: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
 
     def scores(self, requirements: list[str], app: App, index: AppIndex) -> np.ndarray:
         """Score matrix [Q, N] over every section of the app."""
+        if self.fused_from is not None:
+            dense = self.fused_from.scores(requirements, app, index)
+            weight = self.fused_from.retriever.hybrid_weight
+            return np.stack([hybrid_fuse(d, index.bm25.scores(r), weight)
+                             for d, r in zip(dense, requirements)])
         if self.retriever is None:
             return np.stack([index.bm25.scores(r) for r in requirements]) if requirements \
                 else np.zeros((0, len(index.sections)))
-        dense = self.retriever.dense_scores(requirements, self.retriever.index(app))
-        if not self.hybrid:
-            return dense
-        return np.stack([hybrid_fuse(d, index.bm25.scores(r), self.retriever.hybrid_weight)
-                         for d, r in zip(dense, requirements)])
+        key = (app.app_id, tuple(requirements))
+        if key not in self._dense:
+            self._dense[key] = self.retriever.dense_scores(requirements,
+                                                           self.retriever.index(app))
+        return self._dense[key]
 
 
 def score_queries(method: Method, apps: dict[str, App], queries: Sequence[Query],
@@ -232,7 +241,7 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
     if section_chunks is not None:  # before any work, not after the queries are built
         check_section_chunks(section_chunks)
     if late_interaction is not None:
-        check_late_interaction(late_interaction)
+        check_share("late_interaction", late_interaction)
     if apps_dir is not None:
         if not Path(apps_dir).exists():
             raise CETDError(f"{apps_dir}: no such apps folder or manifest")
@@ -258,7 +267,7 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
         notes.append(f"`model` scores {1 - model.late_interaction:g} x cosine + "
                      f"{model.late_interaction:g} x MaxSim (late interaction).")
     if hybrid:
-        methods.append(Method("model+bm25 (hybrid)", model, hybrid=True))
+        methods.append(Method("model+bm25 (hybrid)", model, fused_from=methods[0]))
         notes.append(f"The hybrid mixes z-scores: {model.hybrid_weight:g} x model + "
                      f"{1 - model.hybrid_weight:g} x BM25.")
     methods.append(Method("bm25", None))

@@ -30,7 +30,7 @@ from transformers import (AutoConfig, AutoModel, AutoTokenizer, PreTrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import ModelOutput
 
-from cetd_phase1.errors import CETDError
+from cetd_phase1.errors import CETDError, check_share
 from cetd_phase1.losses import LOSSES, build_loss
 from cetd_phase1.sections import format_section, split_camel_case
 
@@ -128,10 +128,8 @@ class CETDConfig(PreTrainedConfig):
         if encode_chunk_size is not None and encode_chunk_size < 1:
             raise CETDError(f"encode_chunk_size must be >= 1 or null, got {encode_chunk_size}")
         check_section_chunks(section_chunks)
-        for name, share in (("late_interaction", late_interaction),
-                            ("hybrid_weight", hybrid_weight)):
-            if not 0.0 <= share <= 1.0:
-                raise CETDError(f"{name} must be in [0, 1], got {share}")
+        check_share("late_interaction", late_interaction)
+        check_share("hybrid_weight", hybrid_weight)
         self.backbone = backbone
         self.backbone_config = backbone_config
         self.pooling = pooling

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cetd_phase1.atomic import atomic_directory, atomic_write
-from cetd_phase1.errors import CETDError
+from cetd_phase1.errors import CETDError, check_share
 from cetd_phase1.registry import App
 if TYPE_CHECKING:  # model imports torch; retrieve stays light until a model is loaded
     from cetd_phase1.model import Encoded
@@ -175,20 +175,6 @@ def zscore(scores: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
-def check_hybrid_weight(weight: float) -> float:
-    """``weight`` if it is a share in [0, 1]; a CETDError otherwise."""
-    if not 0.0 <= weight <= 1.0:
-        raise CETDError(f"hybrid weight must be in [0, 1], got {weight}")
-    return weight
-
-
-def check_late_interaction(share: float) -> float:
-    """``share`` if it is a share of MaxSim in [0, 1]; a CETDError otherwise."""
-    if not 0.0 <= share <= 1.0:
-        raise CETDError(f"late_interaction must be in [0, 1], got {share}")
-    return share
-
-
 def hybrid_fuse(dense: np.ndarray, bm25: np.ndarray, weight: float = HYBRID_WEIGHT) -> np.ndarray:
     """``weight * z(dense) + (1 - weight) * z(bm25)`` over one query's scores of one app.
 
@@ -197,7 +183,7 @@ def hybrid_fuse(dense: np.ndarray, bm25: np.ndarray, weight: float = HYBRID_WEIG
     (k = 10, 30, 60) on both docstrings and feature-level requirements. A query with no word in
     the app's BM25 vocabulary ranks by the dense score alone.
     """
-    check_hybrid_weight(weight)
+    check_share("hybrid weight", weight)
     return weight * zscore(dense) + (1.0 - weight) * zscore(bm25)
 
 
@@ -262,9 +248,10 @@ class Retriever:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "index"
         self.hybrid = hybrid
         # None: what the checkpoint was chosen with (hybrid weight, late interaction share)
-        self.hybrid_weight = check_hybrid_weight(
-            model.config.hybrid_weight if hybrid_weight is None else hybrid_weight)
-        self.late_interaction = check_late_interaction(
+        self.hybrid_weight = check_share(
+            "hybrid weight", model.config.hybrid_weight if hybrid_weight is None else hybrid_weight)
+        self.late_interaction = check_share(
+            "late_interaction",
             model.config.late_interaction if late_interaction is None else late_interaction)
         self.show_progress = show_progress
         from cetd_phase1.model import check_section_chunks

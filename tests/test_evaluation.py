@@ -12,7 +12,10 @@ from _tiny_models import make_tiny_apps, make_tiny_encoder as make_tiny_bert  # 
 
 from cetd_phase1 import model as model_lib  # noqa: E402
 from cetd_phase1.__main__ import main  # noqa: E402
-from cetd_phase1.evaluation import PROTOCOLS, queries_from_rows, run_evaluation  # noqa: E402
+from cetd_phase1.evaluation import (PROTOCOLS, Method, queries_from_rows,  # noqa: E402
+                                    run_evaluation)
+from cetd_phase1.registry import DirectoryRegistry  # noqa: E402
+from cetd_phase1.retrieve import Retriever, hybrid_fuse  # noqa: E402
 
 AVERAGES = {"accuracy", "map", "mrr", "recall@1", "recall@5", "recall@10", "ndcg@10",
             "num_queries"}
@@ -89,6 +92,28 @@ def test_trained_checkpoint_is_compared_with_its_backbone(setup, evaluated, tmp_
     calls.clear()
     run_evaluation(trained, tmp_path / "out2", apps_dir=apps, cache_dir=cache)
     assert 5 not in calls  # re-run: every section index comes from the cache
+
+
+def test_hybrid_reuses_the_models_scores_and_fuses_them(setup, tmp_path, monkeypatch):
+    ckpt, apps, cache = setup
+    calls = []
+    real = Retriever.dense_scores
+    monkeypatch.setattr(Retriever, "dense_scores",
+                        lambda self, reqs, index: calls.append(len(reqs)) or real(self, reqs,
+                                                                                   index))
+    metrics = run_evaluation(ckpt, tmp_path / "out", apps_dir=apps, cache_dir=cache,
+                             hybrid=True)
+    assert len(calls) == 2  # once per app, for the model and the hybrid together
+    assert sum(calls) == metrics["full_app"]["num_queries"] + 1  # + the heuristic query
+    model = Retriever.from_pretrained(ckpt)
+    app = next(a for a in DirectoryRegistry(apps).apps(None) if a.name == "calc")
+    index = model.index(app)
+    dense = Method("model", model)
+    fused = Method("hybrid", model, fused_from=dense)
+    reqs = ["add two numbers together", "divide one number by another"]
+    expected = [hybrid_fuse(d, index.bm25.scores(r), model.hybrid_weight)
+                for d, r in zip(real(model, reqs, index), reqs)]
+    np.testing.assert_allclose(fused.scores(reqs, app, index), np.stack(expected), rtol=1e-6)
 
 
 def test_queries_group_rows_and_keep_candidates():
