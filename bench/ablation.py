@@ -197,6 +197,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                 "vectors let the layers above move faster "
                                                 "without losing feature requests?",
                                                 {**FROZEN_200, "training.learning_rate": 1e-4}),
+    "batch32-split-chunks4-frozen-lr2e-4-200": ("batch32-split-chunks4-frozen-emb-200 at learning "
+                                                "rate 2e-4: how far the faster rate of the "
+                                                "lr1e-4 row goes once ranked with late "
+                                                "interaction",
+                                                {**FROZEN_200, "training.learning_rate": 2e-4}),
     "batch32-split-chunks4-frozen-2layers-200": ("batch32-split-chunks4-frozen-emb-200 with the "
                                                  "first 2 of MiniLM's 6 layers frozen too "
                                                  "(training.freeze_layers 2): more of the "
