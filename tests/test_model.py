@@ -11,6 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _tiny_models import make_tiny_decoder, make_tiny_encoder  # noqa: E402
+from cetd_phase1 import model as model_lib  # noqa: E402
 from cetd_phase1.errors import CETDError  # noqa: E402
 from cetd_phase1.losses import BCELoss, InfoNCELoss, RankingAnchorLoss  # noqa: E402
 from cetd_phase1.model import (CETDConfig, CETDRetriever, Encoded,  # noqa: E402
@@ -228,15 +229,18 @@ def test_infonce_matches_its_formula_and_survives_fp16():
     assert torch.isfinite(half) and half.dtype == torch.float32
 
 
-def test_maxsim_matches_its_formula_over_ragged_texts():
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_maxsim_matches_its_formula_over_ragged_texts(native_bf16, monkeypatch):
     """Each requirement token takes its best token of each text, even when every cosine is
     negative, over texts of different lengths; ranking mixes it with the pooled cosine, texts
-    taken in any order."""
+    taken in any order; in bfloat16 where the CPU has it, float32 elsewhere."""
+    monkeypatch.setattr(model_lib, "cpu_has_native_bf16", lambda: native_bf16)
     query = np.eye(2, dtype=np.float32)  # two tokens
     tokens = torch.tensor([[1.0, 0.0], [-0.6, -0.8], [0.0, -1.0]])  # text 0: 1 token, text 1: 2
     # text 1: the first query token's best is 0.0 (second token), the second's -0.8 (first)
-    np.testing.assert_allclose(maxsim(query, tokens, np.array([0, 1])),
-                               [(1.0 + 0.0) / 2, (0.0 - 0.8) / 2])
+    for dtype, tol in ((torch.float32, 1e-7), (torch.bfloat16, 3e-3)):
+        np.testing.assert_allclose(maxsim(query, tokens.to(dtype), np.array([0, 1])),
+                                   [(1.0 + 0.0) / 2, (0.0 - 0.8) / 2], atol=tol)
     queries = Encoded(np.array([[0.6, 0.8]], np.float32), query.astype(np.float16),
                       np.array([0, 2]))
     texts = Encoded(np.eye(2, dtype=np.float32), tokens.numpy().astype(np.float16),
@@ -254,6 +258,7 @@ def test_maxsim_matches_its_formula_over_ragged_texts():
                                [[0.75 * 0.8 + 0.25 * 1.0, 0.75 * 0.6 - 0.25 * 0.7]], atol=1e-3)
     np.testing.assert_allclose(long.scores(queries, 0.0, sections=np.array([0, 2])),
                                [[0.8, 0.6]])
+    assert long._matrix.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
 
 
 def test_bce_scores_only_own_candidates():
