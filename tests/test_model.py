@@ -15,8 +15,8 @@ from cetd_phase1 import model as model_lib  # noqa: E402
 from cetd_phase1.errors import CETDError  # noqa: E402
 from cetd_phase1.losses import BCELoss, InfoNCELoss, RankingAnchorLoss  # noqa: E402
 from cetd_phase1.model import (CETDConfig, CETDRetriever, Encoded,  # noqa: E402
-                               best_text_scores, encode_texts, maxsim, load_retriever, load_tokenizer, pad, pool,
-                               resolve_backbone, section_texts, tokenize)
+                               best_text_scores, encode_texts, load_retriever, load_tokenizer,
+                               maxsim, pad, pool, resolve_backbone, section_texts, tokenize)
 
 TEXTS = ["parse json strings into objects", "def parse_json(s):\n    return json.loads(s)",
          "x", "format an error message for the user with its code and a hint"]
