@@ -12,7 +12,7 @@ half of the feature requests (bench/feature_requests_split.yaml).
     python bench/ablation.py --only batch32-200 --seeds 42 1 2 --feature-requests   # spread
 
 With --feature-requests each row also carries the criterion rows are chosen on: the served
-hybrid's MRR on both validation sets (``bench/fusion.py`` at ``retrieve``'s weight) and their
+hybrid's MRR on both validation sets (``bench/fusion.py`` as ``retrieve`` serves it) and their
 mean. With --seeds each variant is trained once per training seed and a second table gives
 each variant's spread; a margin inside the default's spread is not a gain.
 
@@ -46,7 +46,8 @@ BASE_CHANGES = {"training.max_steps": 150, "training.batch_size": 16,
                 "model.split_identifiers": False, "model.section_chunks": 1,
                 "training.freeze_embeddings": False,
                 "dataset.label_sources": CHANGELOG_SOURCES,
-                "model.late_interaction": 0.0, "model.hybrid_weight": 0.7}
+                "model.late_interaction": 0.0, "model.hybrid_weight": 0.7,
+                "model.class_penalty": 0.0}
 #: the changelog rows' data: stdlib + 15 PyPI packages with their changelogs (an option)
 PYPI_CHANGELOGS = {"dataset.source": "stdlib+pypi", "dataset.label_sources": CHANGELOG_SOURCES}
 
@@ -68,6 +69,9 @@ LATE_FROZEN_200 = {**FROZEN_200, "model.late_interaction": 0.75, "model.hybrid_w
 #: the default since the thirteenth session: the same training, a long function read as up to
 #: 8 texts (MaxSim over all their tokens) instead of 4
 CHUNKS8_LATE_200 = {**LATE_FROZEN_200, "model.section_chunks": 8}
+#: the default since the fourteenth session: the same, every class 0.3 lower in the served
+#: hybrid (bench/class_penalty.py)
+CLASSES_LOWER_200 = {**CHUNKS8_LATE_200, "model.class_penalty": 0.3}
 WIDE_PACKAGES = "bench/pypi_packages_wide.yaml"
 
 #: name -> (what changes, {section.key: value})
@@ -254,8 +258,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "batch32-split-chunks8-frozen-late-200": (
         "batch32-split-chunks4-frozen-late-200 with a long function read as up to 8 texts "
         "instead of 4 (model.section_chunks 8; training is the same, only ranking reads more "
-        "of it): the default",
+        "of it): the default of the thirteenth session",
         CHUNKS8_LATE_200),
+    "batch32-split-chunks8-frozen-late-cls0.3-200": (
+        "batch32-split-chunks8-frozen-late-200 with every class 0.3 lower in the served hybrid "
+        "(model.class_penalty; training is the same): the default",
+        CLASSES_LOWER_200),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
@@ -279,17 +287,13 @@ def variant_config(base: dict, changes: dict, output_dir: Path) -> dict:
 
 def fused_scores(checkpoint: Path, json_out: Path) -> dict:
     """The criterion every row is chosen on: ``bench/fusion.py``'s MRR of the served hybrid
-    (z-scored dense and BM25 at the checkpoint's hybrid weight) on both validation sets, and
-    their mean."""
-    from cetd_phase1.retrieve import HYBRID_WEIGHT
-
-    weight = json.loads((checkpoint / "config.json").read_text()).get("hybrid_weight",
-                                                                      HYBRID_WEIGHT)
+    (z-scored dense and BM25 at the checkpoint's hybrid weight, less its class penalty) on both
+    validation sets, and their mean."""
     subprocess.run([sys.executable, str(REPO / "bench" / "fusion.py"), "--checkpoint",
                     str(checkpoint), "--json", str(json_out)],
                    check=True, capture_output=True, text=True, cwd=REPO)
     table = json.loads(json_out.read_text())
-    key = f"model z-convex w={weight}"
+    key = "served"
     stdlib = table["stdlib validation"][key][0]
     fr = table["feature requests validation"][key][0]
     return {"fused_stdlib": stdlib, "fused_fr": fr, "fused_mean": (stdlib + fr) / 2}

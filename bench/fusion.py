@@ -6,7 +6,8 @@ half of the feature requests (gold labels only). Validation data only: use it to
 
     python bench/fusion.py --checkpoint outputs/phase1-minilm/final
 
-For each dense model (the checkpoint and its untrained backbone) prints full-app MRR and R@5 of:
+Prints full-app MRR and R@5 of what ``retrieve`` serves (the checkpoint's hybrid weight and class
+penalty) and, for each dense model (the checkpoint and its untrained backbone), of:
 the model alone, BM25 alone, reciprocal rank fusion for several k, and a convex combination
 ``w * z(dense) + (1 - w) * z(bm25)`` of per-query z-scored scores for several weights; then
 three-way mixes of the model, its untrained backbone and BM25.
@@ -43,7 +44,8 @@ def score_sets(checkpoint: str, registry, split, label_sources,
                section_chunks: int | None = None, late_interaction: float | None = None,
                backbone: bool = True) -> dict:
     """Per method, the full-app score vectors and labels of every headline query; under
-    ``"lines"`` each query's section lengths in lines (in the same order as its scores).
+    ``"lines"`` each query's section lengths in lines and under ``"classes"`` which of its
+    sections are classes (both in the same order as its scores).
     ``section_chunks`` and ``late_interaction``: the
     checkpoint's own unless given; ``backbone``: also score its untrained backbone."""
     from cetd_phase1.evaluation import (HEADLINE_SOURCES, Method, _backbone_path, _load_queries,
@@ -68,10 +70,20 @@ def score_sets(checkpoint: str, registry, split, label_sources,
                    if r.query.label_source in HEADLINE_SOURCES and r.labels.any()]
         out[m.name] = [(r.scores, r.labels) for r in results]
     # the same queries and section order under every method: the last one's results will do
-    out["lines"] = [np.array([s.line_end - s.line_start + 1 for s in
-                              (indexes[r.query.app_id].sections[i] for i in r.section_ids)])
-                    for r in results]
+    sections = [[indexes[r.query.app_id].sections[i] for i in r.section_ids] for r in results]
+    out["lines"] = [np.array([s.line_end - s.line_start + 1 for s in row]) for row in sections]
+    out["classes"] = [np.array([s.kind == "class" for s in row]) for row in sections]
     return out
+
+
+def served_ranking(checkpoint: str) -> tuple[float, float]:
+    """The checkpoint's ``hybrid_weight`` and ``class_penalty``: how ``retrieve`` fuses its
+    scores with BM25 (the defaults of a checkpoint made before either was saved)."""
+    from cetd_phase1.model import resolve_backbone
+    from cetd_phase1.retrieve import HYBRID_WEIGHT
+
+    config = json.loads((Path(resolve_backbone(checkpoint)) / "config.json").read_text())
+    return config.get("hybrid_weight", HYBRID_WEIGHT), config.get("class_penalty", 0.0)
 
 
 def validation_benches(cache: Path) -> dict:
@@ -127,12 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     from cetd_phase1.retrieve import hybrid_fuse, zscore
 
     benches = validation_benches(Path(args.cache))
+    weight, penalty = served_ranking(args.checkpoint)
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for bench, (registry, split, sources) in benches.items():
         sets = score_sets(args.checkpoint, registry, split, sources, args.section_chunks)
         sets.pop("lines")
+        classes = sets.pop("classes")
         bm25 = sets["bm25"]
-        rows = {"bm25": measure(bm25)}
+        # what retrieve serves: the checkpoint's hybrid weight and class penalty
+        served = [(hybrid_fuse(d, b, weight) - penalty * c, l)
+                  for (d, l), (b, _), c in zip(sets["model"], bm25, classes)]
+        rows = {"served": measure(served), "bm25": measure(bm25)}
         for dense_name in [n for n in sets if n != "bm25"]:
             dense = sets[dense_name]
             rows[dense_name] = measure(dense)

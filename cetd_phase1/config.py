@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from cetd_phase1.errors import CETDError, check_share
+from cetd_phase1.errors import CETDError, check_penalty, check_share
 
 #: ``evaluation.metric`` values -> key of :func:`cetd_phase1.metrics.compute_ranking_metrics`.
 METRICS = {"retrieval_accuracy": "accuracy", "accuracy": "accuracy", "map": "map", "mrr": "mrr",
@@ -40,6 +40,7 @@ class ModelSection:
     section_chunks: int = 1  # texts a long function is ranked by (its best); 1 = its first
     late_interaction: float = 0.0  # share of token-level MaxSim when ranking; 0 = cosine only
     hybrid_weight: float = 0.7  # the model's share in the hybrid ranking with BM25
+    class_penalty: float = 0.0  # subtracted from a class's hybrid score (z-units); 0 = none
 
 
 @dataclass
@@ -143,7 +144,7 @@ class Phase1Config:
                     max_req_length=d.max_req_length, max_code_length=d.max_code_length,
                     encode_chunk_size=m.encode_chunk_size, split_identifiers=m.split_identifiers,
                     section_chunks=m.section_chunks, late_interaction=m.late_interaction,
-                    hybrid_weight=m.hybrid_weight)
+                    hybrid_weight=m.hybrid_weight, class_penalty=m.class_penalty)
 
 
 _SECTIONS = {"model": ModelSection, "training": TrainingSection, "dataset": DatasetSection,
@@ -306,6 +307,7 @@ def validate(cfg: Phase1Config) -> None:
     for key, share in (("late_interaction", m.late_interaction),
                        ("hybrid_weight", m.hybrid_weight)):
         check_share(f"{p}: model.{key}", share)
+    check_penalty(f"{p}: model.class_penalty", m.class_penalty)
     if t.gather_across_devices and t.loss != "infonce":
         raise CETDError(f"{p}: training.gather_across_devices needs loss: infonce (the bce "
                         f"loss scores each requirement's own candidates only)")

@@ -14,3 +14,11 @@ def check_share(name: str, share: float) -> float:
     if not 0.0 <= share <= 1.0:
         raise CETDError(f"{name} must be in [0, 1], got {share}")
     return share
+
+
+def check_penalty(name: str, penalty: float) -> float:
+    """``penalty`` if it is a finite number >= 0 (such as ``class_penalty``); a CETDError
+    naming ``name`` otherwise."""
+    if not 0.0 <= penalty < float("inf"):
+        raise CETDError(f"{name} must be a number >= 0, got {penalty}")
+    return penalty

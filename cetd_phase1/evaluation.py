@@ -30,7 +30,7 @@ from cetd_phase1.errors import CETDError, check_share
 from cetd_phase1.metrics import DEFAULT_KS, average_metrics, positive_ranks, query_metrics
 from cetd_phase1.registry import App, Registry
 from cetd_phase1.atomic import atomic_write, atomic_write_text
-from cetd_phase1.retrieve import AppIndex, BM25Scorer, Retriever, hybrid_fuse
+from cetd_phase1.retrieve import AppIndex, BM25Scorer, Retriever
 
 PROTOCOLS = ("full_app", "candidate_set")
 #: Label sources whose queries make the headline; heuristic labels are a guess, not ground truth.
@@ -103,8 +103,7 @@ class Method:
         """Score matrix [Q, N] over every section of the app."""
         if self.fused_from is not None:
             dense = self.fused_from.scores(requirements, app, index)
-            weight = self.fused_from.retriever.hybrid_weight
-            return np.stack([hybrid_fuse(d, index.bm25.scores(r), weight)
+            return np.stack([self.fused_from.retriever.fuse(d, r, index)
                              for d, r in zip(dense, requirements)])
         if self.retriever is None:
             return np.stack([index.bm25.scores(r) for r in requirements]) if requirements \
@@ -269,7 +268,9 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
     if hybrid:
         methods.append(Method("model+bm25 (hybrid)", model, fused_from=methods[0]))
         notes.append(f"The hybrid mixes z-scores: {model.hybrid_weight:g} x model + "
-                     f"{1 - model.hybrid_weight:g} x BM25.")
+                     f"{1 - model.hybrid_weight:g} x BM25"
+                     + (f", less {model.class_penalty:g} for a class." if model.class_penalty
+                        else "."))
     methods.append(Method("bm25", None))
     backbone_path = _backbone_path(checkpoint, backbone)
     if backbone_path is None:

@@ -30,7 +30,7 @@ from transformers import (AutoConfig, AutoModel, AutoTokenizer, PreTrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import ModelOutput
 
-from cetd_phase1.errors import CETDError, check_share
+from cetd_phase1.errors import CETDError, check_penalty, check_share
 from cetd_phase1.losses import LOSSES, build_loss
 from cetd_phase1.sections import format_section, split_camel_case
 
@@ -103,6 +103,10 @@ class CETDConfig(PreTrainedConfig):
         hybrid_weight: the share of the model's z-scored scores in the hybrid ranking with
             BM25 (:func:`~cetd_phase1.retrieve.hybrid_fuse`), chosen on validation data with
             ``late_interaction``: the mix ranks on a different scale than the cosine alone.
+        class_penalty: subtracted from a class's hybrid score (z-units): a class's text is
+            its methods' code, so it matches what they match, while a feature-level
+            requirement names the function that changed (README, "Classes behind their
+            methods"); 0 = none.
     """
 
     model_type = "cetd_retriever"
@@ -118,7 +122,8 @@ class CETDConfig(PreTrainedConfig):
                  max_req_length: int = 128, max_code_length: int = 256,
                  encode_chunk_size: int | None = None, split_identifiers: bool = False,
                  section_chunks: int = 1, late_interaction: float = 0.0,
-                 hybrid_weight: float = 0.7, **kwargs: Any) -> None:
+                 hybrid_weight: float = 0.7, class_penalty: float = 0.0,
+                 **kwargs: Any) -> None:
         if pooling is not None and pooling not in POOLINGS:
             raise CETDError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if loss not in LOSSES:
@@ -130,6 +135,7 @@ class CETDConfig(PreTrainedConfig):
         check_section_chunks(section_chunks)
         check_share("late_interaction", late_interaction)
         check_share("hybrid_weight", hybrid_weight)
+        check_penalty("class_penalty", class_penalty)
         self.backbone = backbone
         self.backbone_config = backbone_config
         self.pooling = pooling
@@ -154,6 +160,7 @@ class CETDConfig(PreTrainedConfig):
         self.section_chunks = section_chunks
         self.late_interaction = late_interaction
         self.hybrid_weight = hybrid_weight
+        self.class_penalty = class_penalty
         super().__init__(**kwargs)
 
 

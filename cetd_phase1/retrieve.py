@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cetd_phase1.atomic import atomic_directory, atomic_write
-from cetd_phase1.errors import CETDError, check_share
+from cetd_phase1.errors import CETDError, check_penalty, check_share
 from cetd_phase1.registry import App
 if TYPE_CHECKING:  # model imports torch; retrieve stays light until a model is loaded
     from cetd_phase1.model import Encoded
@@ -225,6 +225,11 @@ class AppIndex:
             self._bm25 = BM25Scorer(self.texts)
         return self._bm25
 
+    @functools.cached_property
+    def classes(self) -> np.ndarray:
+        """Which sections are classes, bool [N]."""
+        return np.array([s.kind == "class" for s in self.sections], dtype=bool)
+
 
 class Retriever:
     """A bi-encoder plus a per-app section index cache.
@@ -240,7 +245,8 @@ class Retriever:
                  cache_dir: str | Path | None = None, hybrid: bool = True,
                  hybrid_weight: float | None = None, show_progress: bool = False,
                  section_chunks: int | None = None,
-                 late_interaction: float | None = None) -> None:
+                 late_interaction: float | None = None,
+                 class_penalty: float | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.identity = identity
         self.max_query_length, self.max_code_length = max_query_length, max_code_length
@@ -253,6 +259,9 @@ class Retriever:
         self.late_interaction = check_share(
             "late_interaction",
             model.config.late_interaction if late_interaction is None else late_interaction)
+        self.class_penalty = check_penalty(
+            "class_penalty", getattr(model.config, "class_penalty", 0.0)
+            if class_penalty is None else class_penalty)
         self.show_progress = show_progress
         from cetd_phase1.model import check_section_chunks
 
@@ -372,6 +381,14 @@ class Retriever:
         queries = self._encode(list(requirements), self.max_query_length, False)
         return index.vectors.scores(queries, self.late_interaction, index.chunk_starts)
 
+    def fuse(self, dense: np.ndarray, requirement: str, index: AppIndex) -> np.ndarray:
+        """The served hybrid score of every section of ``index`` from the model's ``dense``
+        scores for ``requirement``: :func:`hybrid_fuse` with BM25 at ``hybrid_weight``, less
+        ``class_penalty`` for each class (its text is its methods' code: it matches what they
+        match, and a feature-level requirement names the function that changed)."""
+        fused = hybrid_fuse(dense, index.bm25.scores(requirement), self.hybrid_weight)
+        return fused - self.class_penalty * index.classes if self.class_penalty else fused
+
     def retrieve(self, requirement: str, app: str | Path | App, k: int = 5,
                  hybrid: bool | None = None) -> list[dict]:
         """Top-``k`` sections of ``app`` for ``requirement``, best first.
@@ -388,8 +405,7 @@ class Retriever:
             return []
         dense = self.dense_scores([requirement], index)[0]
         use_hybrid = self.hybrid if hybrid is None else hybrid
-        scores = hybrid_fuse(dense, index.bm25.scores(requirement), self.hybrid_weight) \
-            if use_hybrid else dense
+        scores = self.fuse(dense, requirement, index) if use_hybrid else dense
         top = np.argsort(-scores, kind="stable")[:k]
         return [{"score": float(scores[i]), "dense_score": float(dense[i]),
                  "file": index.sections[i].file, "qualname": index.sections[i].qualname,

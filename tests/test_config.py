@@ -109,6 +109,8 @@ def test_unknown_section_fails(tmp_path):
      'base_model: "x"\n  late_interaction: 1.5', "model.late_interaction must be in"),
     ('base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"',
      'base_model: "x"\n  hybrid_weight: -0.1', "model.hybrid_weight must be in"),
+    ('base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"',
+     'base_model: "x"\n  class_penalty: -0.3', "model.class_penalty must be a number >= 0"),
 
     ("max_grad_norm: 1.0", "max_grad_norm: 1.0\n  mine_negatives_step: -5",
      "training.mine_negatives_step must be >= 0"),

@@ -125,6 +125,34 @@ def test_retrieval_is_hybrid_by_default_and_prefers_word_overlap(tiny_model, app
         Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache", hybrid_weight=-1)
 
 
+def test_class_penalty_lowers_every_class_in_the_served_ranking_only(tiny_model, apps,
+                                                                      tmp_path):
+    cache = tmp_path / "cache"
+    plain = Retriever.from_pretrained(tiny_model, cache_dir=cache)
+    assert plain.class_penalty == 0.0  # a checkpoint made before the option: no penalty
+    r = Retriever.from_pretrained(tiny_model, cache_dir=cache, class_penalty=0.5)
+    query = "stack push pop items"
+    index = r.index(apps / "calc")
+    assert index.classes.any() and not index.classes.all()
+    dense = r.dense_scores([query], index)[0]
+    np.testing.assert_allclose(r.fuse(dense, query, index),
+                               plain.fuse(dense, query, index) - 0.5 * index.classes)
+    every = len(index.sections)
+    hits = {h["qualname"]: h for h in r.retrieve(query, app=apps / "calc", k=every)}
+    before = {h["qualname"]: h for h in plain.retrieve(query, app=apps / "calc", k=every)}
+    for name, hit in hits.items():
+        drop = 0.5 if hit["kind"] == "class" else 0.0
+        assert hit["score"] == pytest.approx(before[name]["score"] - drop, abs=1e-6)
+        assert hit["dense_score"] == pytest.approx(before[name]["dense_score"], abs=1e-6)
+    assert r.retrieve(query, app=apps / "calc", k=every, hybrid=False) == \
+        plain.retrieve(query, app=apps / "calc", k=every, hybrid=False)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(CETDError, match="class_penalty must be a number >= 0"):
+            Retriever.from_pretrained(tiny_model, cache_dir=cache, class_penalty=bad)
+    with pytest.raises(CETDError, match="class_penalty must be a number >= 0"):
+        model_lib.CETDConfig(class_penalty=-1.0)
+
+
 def test_unknown_app_is_a_clear_error(tiny_model, tmp_path):
     with pytest.raises(CETDError, match="no-such-app"):
         resolve_app("no-such-app")
