@@ -237,6 +237,12 @@ def run_list_apps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _class_penalty_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--class-penalty", type=float, default=None, metavar="D",
+                   help="take D off every class's hybrid score (default: the checkpoint's "
+                        "model.class_penalty; 0 = none)")
+
+
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     from cetd_phase1.registry import SPLITS
 
@@ -268,6 +274,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--late-interaction", type=float, default=None, metavar="A",
                    help="rank by (1 - A) x cosine + A x MaxSim over token vectors (default: the "
                         "checkpoint's model.late_interaction; 0 = the cosine alone)")
+    _class_penalty_argument(p)
     p.add_argument("--label-sources", default="docstring,gold,heuristic",
                    help="comma-separated label sources of the queries (default "
                         "docstring,gold,heuristic; 'gold' alone for annotated requirements only)")
@@ -286,6 +293,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                              cache_dir=args.cache_dir, batch_size=args.batch_size,
                              section_chunks=args.section_chunks,
                              late_interaction=args.late_interaction,
+                             class_penalty=args.class_penalty,
                              label_sources=[s.strip() for s in args.label_sources.split(",")
                                             if s.strip()],
                              command="python -m cetd_phase1 " + " ".join(sys.argv[1:]))
@@ -321,6 +329,7 @@ def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
                    help="rank by (1 - A) x cosine + A x MaxSim over token vectors (default: the "
                         "checkpoint's model.late_interaction; 0 = the cosine alone, which keeps "
                         "a far smaller index)")
+    _class_penalty_argument(p)
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="section index cache (default $CETD_CACHE/index)")
@@ -331,11 +340,13 @@ def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
 def run_retrieve(args: argparse.Namespace) -> int:
     import json
 
-    from cetd_phase1.errors import check_share
+    from cetd_phase1.errors import check_penalty, check_share
     from cetd_phase1.retrieve import Retriever
 
     if args.late_interaction is not None:  # before the model loads
         check_share("late_interaction", args.late_interaction)
+    if args.class_penalty is not None:
+        check_penalty("class_penalty", args.class_penalty)
     checkpoint = args.checkpoint
     if checkpoint is None:  # say which model ranks: the untrained one must not pass for trained
         trained = (TRAINED_DEFAULT / "config.json").is_file()
@@ -345,7 +356,8 @@ def run_retrieve(args: argparse.Namespace) -> int:
               file=sys.stderr)
     retriever = Retriever.from_pretrained(checkpoint, cache_dir=args.cache_dir,
                                           hybrid=not args.dense_only, show_progress=True,
-                                          late_interaction=args.late_interaction)
+                                          late_interaction=args.late_interaction,
+                                          class_penalty=args.class_penalty)
     hits = retriever.retrieve(args.requirement, app=args.app, k=args.k)
     if args.json:
         print(json.dumps(hits, indent=2))

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cetd_phase1.errors import CETDError, check_share
+from cetd_phase1.errors import CETDError, check_penalty, check_share
 from cetd_phase1.metrics import DEFAULT_KS, average_metrics, positive_ranks, query_metrics
 from cetd_phase1.registry import App, Registry
 from cetd_phase1.atomic import atomic_write, atomic_write_text
@@ -218,13 +218,15 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
                    random_negatives: int = 2, batch_size: int = 64, command: str = "",
                    label_sources: Sequence[str] = ("docstring", "gold", "heuristic"),
                    section_chunks: int | None = None,
-                   late_interaction: float | None = None) -> dict:
+                   late_interaction: float | None = None,
+                   class_penalty: float | None = None) -> dict:
     """Evaluate ``checkpoint`` on ``split`` of ``registry`` (default: the stdlib, or PostgreSQL
     when ``$DATABASE_URL`` is set), or on every app of ``apps_dir`` (a folder of apps or a
     manifest), against BM25 and the untrained backbone; write the report files to ``out``.
     ``section_chunks`` overrides how many texts the checkpoint reads a long function as (None:
     its own ``model.section_chunks``; the backbone always reads one); ``late_interaction`` the
-    share of MaxSim in its score (None: its own; the backbone ranks by the cosine).
+    share of MaxSim in its score (None: its own; the backbone ranks by the cosine);
+    ``class_penalty`` what the hybrid takes off a class (None: its own).
 
     Returns the ``metrics.json`` content.
     """
@@ -241,6 +243,8 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
         check_section_chunks(section_chunks)
     if late_interaction is not None:
         check_share("late_interaction", late_interaction)
+    if class_penalty is not None:
+        check_penalty("class_penalty", class_penalty)
     if apps_dir is not None:
         if not Path(apps_dir).exists():
             raise CETDError(f"{apps_dir}: no such apps folder or manifest")
@@ -259,7 +263,8 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
 
     model = Retriever.from_pretrained(checkpoint, cache_dir=index_cache, batch_size=batch_size,
                                       show_progress=True, section_chunks=section_chunks,
-                                      late_interaction=late_interaction)
+                                      late_interaction=late_interaction,
+                                      class_penalty=class_penalty)
     methods = [Method("model", model)]
     notes = []
     if model.late_interaction:

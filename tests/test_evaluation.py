@@ -177,6 +177,33 @@ def test_cli_late_interaction_overrides_the_checkpoint_and_bad_values_are_one_li
         assert "\n" not in err
 
 
+def test_cli_class_penalty_overrides_the_checkpoint_and_bad_values_are_one_line(
+        setup, tmp_path, capsys):
+    ckpt, apps, cache = setup
+    args = ["evaluate", "--checkpoint", str(ckpt), "--apps", str(apps), "--cache-dir",
+            str(cache), "--hybrid"]
+    assert main([*args, "--out", str(tmp_path / "o"), "--class-penalty", "0.5"]) == 0
+    assert "less 0.5 for a class" in (tmp_path / "o" / "report.md").read_text()
+    assert main([*args, "--out", str(tmp_path / "p")]) == 0  # the checkpoint's own: none
+    assert "for a class" not in (tmp_path / "p" / "report.md").read_text()
+    retrieve = ["retrieve", "add two numbers", "--app", str(apps / "calc"), "--checkpoint",
+                str(ckpt), "--cache-dir", str(cache), "--json", "-k", "9"]
+    capsys.readouterr()
+    assert main(retrieve) == 0
+    plain = {h["qualname"]: h["score"] for h in json.loads(capsys.readouterr().out)}
+    assert main([*retrieve, "--class-penalty", "0.5"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == len(plain) and any(h["kind"] == "class" for h in hits)
+    for hit in hits:
+        drop = 0.5 if hit["kind"] == "class" else 0.0
+        assert hit["score"] == pytest.approx(plain[hit["qualname"]] - drop, abs=1e-6)
+    for command in (args + ["--out", str(tmp_path / "o2")], retrieve):
+        assert main([*command, "--class-penalty", "-1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "class_penalty must be a number >= 0" in err
+        assert "\n" not in err
+
+
 def test_retrieve_ranks_with_the_main_jobs_model_where_it_ran_and_says_which(
         setup, tmp_path, monkeypatch, capsys):
     """Without --checkpoint: the model `python run_phase1.py` wrote in the working folder, else
