@@ -157,31 +157,39 @@ def test_cli_section_chunks_overrides_the_checkpoint_and_bad_values_are_one_line
     assert err.startswith("error:") and "section_chunks must be >= 1" in err and "\n" not in err
 
 
+def _hybrid_evaluate(setup) -> list[str]:
+    ckpt, apps, cache = setup
+    return ["evaluate", "--checkpoint", str(ckpt), "--apps", str(apps), "--cache-dir",
+            str(cache), "--hybrid"]
+
+
+def _bad_value_is_one_line(capsys, commands, option: str, value: str, message: str) -> None:
+    for command in commands:
+        assert main([*command, option, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and "\n" not in err
+
+
 def test_cli_late_interaction_overrides_the_checkpoint_and_bad_values_are_one_line(
         setup, tmp_path, capsys):
     ckpt, apps, cache = setup
-    args = ["evaluate", "--checkpoint", str(ckpt), "--apps", str(apps), "--cache-dir",
-            str(cache), "--hybrid"]
+    args = _hybrid_evaluate(setup)
     assert main([*args, "--out", str(tmp_path / "o"), "--late-interaction", "0.5"]) == 0
     report = (tmp_path / "o" / "report.md").read_text()
     assert "0.5 x cosine + 0.5 x MaxSim" in report and "0.7 x model + 0.3 x BM25" in report
     assert main([*args, "--out", str(tmp_path / "p")]) == 0  # the checkpoint's own: cosine
     assert "MaxSim" not in (tmp_path / "p" / "report.md").read_text()
     capsys.readouterr()
-    for command in (args + ["--out", str(tmp_path / "o2")],
-                    ["retrieve", "add two numbers", "--app", str(apps / "calc"),
-                     "--checkpoint", str(ckpt), "--cache-dir", str(cache)]):
-        assert main([*command, "--late-interaction", "1.5"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error:") and "late_interaction must be in [0, 1]" in err
-        assert "\n" not in err
+    retrieve = ["retrieve", "add two numbers", "--app", str(apps / "calc"), "--checkpoint",
+                str(ckpt), "--cache-dir", str(cache)]
+    _bad_value_is_one_line(capsys, (args + ["--out", str(tmp_path / "o2")], retrieve),
+                           "--late-interaction", "1.5", "late_interaction must be in [0, 1]")
 
 
 def test_cli_class_penalty_overrides_the_checkpoint_and_bad_values_are_one_line(
         setup, tmp_path, capsys):
     ckpt, apps, cache = setup
-    args = ["evaluate", "--checkpoint", str(ckpt), "--apps", str(apps), "--cache-dir",
-            str(cache), "--hybrid"]
+    args = _hybrid_evaluate(setup)
     assert main([*args, "--out", str(tmp_path / "o"), "--class-penalty", "0.5"]) == 0
     assert "less 0.5 for a class" in (tmp_path / "o" / "report.md").read_text()
     assert main([*args, "--out", str(tmp_path / "p")]) == 0  # the checkpoint's own: none
@@ -197,11 +205,8 @@ def test_cli_class_penalty_overrides_the_checkpoint_and_bad_values_are_one_line(
     for hit in hits:
         drop = 0.5 if hit["kind"] == "class" else 0.0
         assert hit["score"] == pytest.approx(plain[hit["qualname"]] - drop, abs=1e-6)
-    for command in (args + ["--out", str(tmp_path / "o2")], retrieve):
-        assert main([*command, "--class-penalty", "-1"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error:") and "class_penalty must be a number >= 0" in err
-        assert "\n" not in err
+    _bad_value_is_one_line(capsys, (args + ["--out", str(tmp_path / "o2")], retrieve),
+                           "--class-penalty", "-1", "class_penalty must be a number >= 0")
 
 
 def test_retrieve_ranks_with_the_main_jobs_model_where_it_ran_and_says_which(
