@@ -8,8 +8,8 @@ class's served hybrid score (z-units, ``model.class_penalty``), on the stdlib va
 Why it might help: a class's text is its header and then its methods' code, so a class matches
 whatever its first methods match, and a feature-level requirement names the function that
 changed, not the class around it: on the feature requests' validation half the top section is
-often a class whose own method is the answer. Prints, per penalty ``d`` (0: none), how many
-queries rank an unlabelled class first, then full-app MRR / R@5 of the hybrid and the mean MRR
+often a class whose own method is the answer. Prints how many queries have a class among their
+relevant sections and, per penalty ``d`` (0: none), how many rank an unlabelled class first, then full-app MRR / R@5 of the hybrid and the mean MRR
 of the two sets, the criterion of ``bench/ablation.py``.
 """
 
@@ -25,7 +25,7 @@ PENALTIES = (0.0, 0.1, 0.2, 0.3, 0.5)
 
 def main(argv: list[str] | None = None) -> int:
     from fusion import (measure, print_validation_table, score_sets, served_ranking,
-                        validation_arguments, validation_benches)
+                        served_scores, validation_arguments, validation_benches)
 
     parser = validation_arguments(__doc__)
     parser.add_argument("--late-interaction", type=float, default=None,
@@ -34,24 +34,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="model.hybrid_weight to fuse with (default: the checkpoint's)")
     args = parser.parse_args(argv)
 
-    from cetd_phase1.retrieve import hybrid_fuse
-
     weight = served_ranking(args.checkpoint)[0] if args.hybrid_weight is None \
         else args.hybrid_weight
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for bench, (registry, split, sources) in validation_benches(Path(args.cache)).items():
         sets = score_sets(args.checkpoint, registry, split, sources, args.section_chunks,
                           late_interaction=args.late_interaction, backbone=False)
-        hybrid = [hybrid_fuse(d, b, weight) for (d, _), (b, _) in zip(sets["model"],
-                                                                       sets["bm25"])]
-        labels = [l for _, l in sets["model"]]
+        wanted = sum(bool((c & (l > 0)).any()) for c, (_, l) in zip(sets["classes"],
+                                                                     sets["model"]))
+        print(f"{bench}: {wanted} of {len(sets['model'])} queries have a class among their "
+              "relevant sections")
         rows = {}
         for d in PENALTIES:
-            scores = [h - d * c for h, c in zip(hybrid, sets["classes"])]
-            rows[f"hybrid - {d} x class"] = measure(list(zip(scores, labels)))
+            served = served_scores(sets, weight, d)
+            rows[f"hybrid - {d} x class"] = measure(served)
             wrong = sum(bool(c[s.argmax()] and not l[s.argmax()])
-                        for s, c, l in zip(scores, sets["classes"], labels))
-            print(f"{bench}, d {d}: {wrong} of {len(labels)} queries rank an unlabelled class "
+                        for (s, l), c in zip(served, sets["classes"]))
+            print(f"{bench}, d {d}: {wrong} of {len(served)} queries rank an unlabelled class "
                   "first")
         table[bench] = rows
     print_validation_table(table, args.checkpoint, args.json)

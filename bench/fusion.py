@@ -86,6 +86,16 @@ def served_ranking(checkpoint: str) -> tuple[float, float]:
     return config.get("hybrid_weight", HYBRID_WEIGHT), config.get("class_penalty", 0.0)
 
 
+def served_scores(sets: dict, weight: float, penalty: float) -> list[tuple[np.ndarray,
+                                                                         np.ndarray]]:
+    """Per query of :func:`score_sets`'s ``sets``, the scores ``retrieve`` serves (the model's
+    fused with BM25 at ``weight``, less ``penalty`` for a class) and the labels."""
+    from cetd_phase1.retrieve import hybrid_fuse
+
+    return [(hybrid_fuse(d, b, weight) - penalty * c, l)
+            for (d, l), (b, _), c in zip(sets["model"], sets["bm25"], sets["classes"])]
+
+
 def validation_benches(cache: Path) -> dict:
     """name -> (registry, split, label sources) of the two validation sets every row is chosen
     on: the stdlib validation split (docstrings) and the feature requests' validation half."""
@@ -143,13 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for bench, (registry, split, sources) in benches.items():
         sets = score_sets(args.checkpoint, registry, split, sources, args.section_chunks)
-        sets.pop("lines")
-        classes = sets.pop("classes")
+        rows = {"served": measure(served_scores(sets, weight, penalty))}
+        sets.pop("lines"), sets.pop("classes")
         bm25 = sets["bm25"]
-        # what retrieve serves: the checkpoint's hybrid weight and class penalty
-        served = [(hybrid_fuse(d, b, weight) - penalty * c, l)
-                  for (d, l), (b, _), c in zip(sets["model"], bm25, classes)]
-        rows = {"served": measure(served), "bm25": measure(bm25)}
+        rows["bm25"] = measure(bm25)
         for dense_name in [n for n in sets if n != "bm25"]:
             dense = sets[dense_name]
             rows[dense_name] = measure(dense)

@@ -1,5 +1,5 @@
 """The one exception type the command line turns into a one-line message (never a traceback),
-and the range check that config files, checkpoints and command-line flags share."""
+and the range checks that config files, checkpoints and command-line flags share."""
 
 
 class CETDError(Exception):

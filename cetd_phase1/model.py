@@ -615,8 +615,9 @@ class Encoded:
         the section's tokens (a requirement's words may sit in different parts of a long
         function) when both sides carry token vectors. The token vectors are copied once into
         the matrix MaxSim multiplies and kept: bfloat16 where the CPU computes it natively (2
-        bytes x D per token of the app in memory, about 3x faster than float32, cosines off
-        by under 0.001), float32 elsewhere (4 bytes; emulated bfloat16 would be slower)."""
+        bytes x D per token of the app in memory, faster than float32: README, "Speed";
+        cosines within bfloat16's rounding), float32 elsewhere (4 bytes; emulated bfloat16
+        would be slower)."""
         dense = best_text_scores(queries.pooled @ self.pooled.T, sections)
         if not share or self.tokens is None or queries.tokens is None or not len(self):
             return dense

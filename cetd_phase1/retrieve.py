@@ -253,15 +253,15 @@ class Retriever:
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "index"
         self.hybrid = hybrid
-        # None: what the checkpoint was chosen with (hybrid weight, late interaction share)
+        # None: what the checkpoint was chosen with (hybrid weight, late interaction share,
+        # class penalty)
         self.hybrid_weight = check_share(
             "hybrid weight", model.config.hybrid_weight if hybrid_weight is None else hybrid_weight)
         self.late_interaction = check_share(
             "late_interaction",
             model.config.late_interaction if late_interaction is None else late_interaction)
         self.class_penalty = check_penalty(
-            "class_penalty", getattr(model.config, "class_penalty", 0.0)
-            if class_penalty is None else class_penalty)
+            "class_penalty", model.config.class_penalty if class_penalty is None else class_penalty)
         self.show_progress = show_progress
         from cetd_phase1.model import check_section_chunks
 
