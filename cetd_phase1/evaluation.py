@@ -95,9 +95,11 @@ class Method:
     def __init__(self, name: str, retriever: Retriever | None, *,
                  fused_from: "Method | None" = None) -> None:
         self.name, self.retriever, self.fused_from = name, retriever, fused_from
-        # (app, requirements) -> dense matrix: the hybrid reuses the model's scores, whose
-        # MaxSim is the dearest step of an evaluation
-        self._dense: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+        # (app, requirements) -> dense matrix, kept only for a method a hybrid fuses from: the
+        # hybrid reuses the model's scores, whose MaxSim is the dearest step of an evaluation
+        self._dense: dict[tuple[str, tuple[str, ...]], np.ndarray] | None = None
+        if fused_from is not None and fused_from._dense is None:
+            fused_from._dense = {}
 
     def scores(self, requirements: list[str], app: App, index: AppIndex) -> np.ndarray:
         """Score matrix [Q, N] over every section of the app."""
@@ -108,6 +110,8 @@ class Method:
         if self.retriever is None:
             return np.stack([index.bm25.scores(r) for r in requirements]) if requirements \
                 else np.zeros((0, len(index.sections)))
+        if self._dense is None:
+            return self.retriever.dense_scores(requirements, self.retriever.index(app))
         key = (app.app_id, tuple(requirements))
         if key not in self._dense:
             self._dense[key] = self.retriever.dense_scores(requirements,
