@@ -264,6 +264,20 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "batch32-split-chunks8-frozen-late-200 with every class 0.3 lower in the served hybrid "
         "(model.class_penalty; training is the same): the default",
         CLASSES_LOWER_200),
+    "batch32-split-chunks8-frozen-late-cls0.3-pypidoc-200": (
+        "the default with the 15 PyPI packages' function docstrings as requirements too "
+        "(dataset.source stdlib+pypi): more code and docstrings than the stdlib alone",
+        {**CLASSES_LOWER_200, "dataset.source": "stdlib+pypi"}),
+    "batch32-split-chunks8-frozen-late-cls0.3-widedoc-300": (
+        "the default with the 37 PyPI packages of bench/pypi_packages_wide.yaml, their "
+        "docstrings and changelogs, on 300 steps (warmup 30; about the peer's training time)",
+        {**CLASSES_LOWER_200, "dataset.source": "stdlib+pypi",
+         "dataset.pypi_packages": WIDE_PACKAGES, "training.max_steps": 300,
+         "training.warmup_steps": 30}),
+    "batch32-split-chunks8-frozen-late-cls0.3-neg3-200": (
+        "the default with 3 BM25 hard negatives per requirement instead of 1 (each "
+        "requirement against 127 candidates; about twice the training time)",
+        {**CLASSES_LOWER_200, "training.negatives_per_query": 3}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
