@@ -278,6 +278,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "the default with 3 BM25 hard negatives per requirement instead of 1 (each "
         "requirement against 127 candidates; about twice the training time)",
         {**CLASSES_LOWER_200, "training.negatives_per_query": 3}),
+    "batch32-split-chunks8-frozen-late-cls0.3-neg3-lr1e-4-200": (
+        "the default with 3 BM25 hard negatives and learning rate 1e-4: the two levers that "
+        "lift docstrings most within the peer's training time, together (the docstring "
+        "ceiling of this budget)",
+        {**CLASSES_LOWER_200, "training.negatives_per_query": 3,
+         "training.learning_rate": 1e-4}),
     "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
                    "(training.anchor_weight 1.0)",
                    {"training.max_steps": 400, "training.anchor_weight": 1.0}),
