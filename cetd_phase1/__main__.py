@@ -340,10 +340,11 @@ def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
 def run_retrieve(args: argparse.Namespace) -> int:
     import json
 
-    from cetd_phase1.errors import check_penalty, check_share
+    from cetd_phase1.errors import check_penalty, check_requirement, check_share
     from cetd_phase1.retrieve import Retriever
 
-    if args.late_interaction is not None:  # before the model loads
+    check_requirement(args.requirement)  # these checks come before the model loads
+    if args.late_interaction is not None:
         check_share("late_interaction", args.late_interaction)
     if args.class_penalty is not None:
         check_penalty("class_penalty", args.class_penalty)

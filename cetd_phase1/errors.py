@@ -22,3 +22,12 @@ def check_penalty(name: str, penalty: float) -> float:
     if not 0.0 <= penalty < float("inf"):
         raise CETDError(f"{name} must be a number >= 0, got {penalty}")
     return penalty
+
+
+def check_requirement(requirement: str) -> str:
+    """``requirement`` if it holds any text; a CETDError otherwise (an empty query embeds to
+    the tokenizer's special tokens alone and would rank the app by noise)."""
+    if not requirement.strip():
+        raise CETDError("the requirement is empty: say what the code should do, e.g. "
+                        "'parse JSON strings into Python objects'")
+    return requirement

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cetd_phase1.atomic import atomic_directory, atomic_write
-from cetd_phase1.errors import CETDError, check_penalty, check_share
+from cetd_phase1.errors import CETDError, check_penalty, check_requirement, check_share
 from cetd_phase1.registry import App
 if TYPE_CHECKING:  # model imports torch; retrieve stays light until a model is loaded
     from cetd_phase1.model import Encoded
@@ -400,6 +400,7 @@ class Retriever:
         """
         if k < 1:
             raise CETDError(f"k must be at least 1, got {k}")
+        check_requirement(requirement)
         index = self.index(app)
         if not index.sections:
             return []

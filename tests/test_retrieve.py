@@ -153,6 +153,22 @@ def test_class_penalty_lowers_every_class_in_the_served_ranking_only(tiny_model,
         model_lib.CETDConfig(class_penalty=-1.0)
 
 
+@pytest.mark.parametrize("requirement", ["", "  \n\t"])
+def test_an_empty_requirement_is_a_clear_error_not_a_ranking(tiny_model, apps, tmp_path, capsys,
+                                                             requirement):
+    from cetd_phase1.__main__ import main
+
+    r = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache")
+    with pytest.raises(CETDError, match="the requirement is empty"):
+        r.retrieve(requirement, app=apps / "calc")
+    capsys.readouterr()
+    # the command line says so before it loads anything: this checkpoint does not exist
+    assert main(["retrieve", requirement, "--app", str(apps / "calc"), "--checkpoint",
+                 str(tmp_path / "no-model")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the requirement is empty") and "\n" not in err, err
+
+
 def test_unknown_app_is_a_clear_error(tiny_model, tmp_path):
     with pytest.raises(CETDError, match="no-such-app"):
         resolve_app("no-such-app")
