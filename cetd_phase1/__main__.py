@@ -360,6 +360,9 @@ def run_retrieve(args: argparse.Namespace) -> int:
                                           late_interaction=args.late_interaction,
                                           class_penalty=args.class_penalty)
     hits = retriever.retrieve(args.requirement, app=args.app, k=args.k)
+    if not hits:  # silence would read as "nothing matched"; say why there was nothing to rank
+        print(f"warning: {retriever.index(args.app).report.summary()}: nothing to rank "
+              "(no parsable non-test .py file)", file=sys.stderr)
     if args.json:
         print(json.dumps(hits, indent=2))
         return 0

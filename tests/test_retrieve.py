@@ -169,6 +169,22 @@ def test_an_empty_requirement_is_a_clear_error_not_a_ranking(tiny_model, apps, t
     assert err.startswith("error: the requirement is empty") and "\n" not in err, err
 
 
+def test_an_app_without_sections_says_so_on_the_command_line(tiny_model, tmp_path, capsys):
+    from cetd_phase1.__main__ import main
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "notes.txt").write_text("not python")
+    (app / "broken.py").write_text("def f(:\n")
+    assert main(["retrieve", "sort the players", "--app", str(app), "--checkpoint",
+                 str(tiny_model), "--cache-dir", str(tmp_path / "cache"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "[]"
+    warning = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "app: 0 files, 0 sections; skipped 1 (syntax_error=1)" in \
+        warning[0] and "nothing to rank" in warning[0], err
+
+
 def test_unknown_app_is_a_clear_error(tiny_model, tmp_path):
     with pytest.raises(CETDError, match="no-such-app"):
         resolve_app("no-such-app")
