@@ -260,6 +260,10 @@ def gold_examples(app_root: Path, sections: Sequence[Section],
             result.problems.append(LabelProblem(str(ann_file), str(err)))
     known = {s.key for s in sections}
     for req, keys in annotations.items():
+        if not req:
+            result.problems.append(LabelProblem(
+                str(ann_file), f"requirement text is empty (annotated {', '.join(keys)[:60]!r})"))
+            continue
         missing = [k for k in keys if k not in known]
         for k in missing:
             result.problems.append(LabelProblem(

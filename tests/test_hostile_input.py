@@ -59,7 +59,8 @@ def corpus(tmp_path) -> Path:
     _write(apps / "missing_ann" / "cart.py", GOOD)
     _write(apps / "missing_ann" / "gold_requirements.md", "- Add an item to the cart\n")
     _write(apps / "missing_ann" / "gold_annotations.yaml",
-           "Add an item to the cart:\n  - cart.py::add_item\n  - cart.py::no_such_function\n")
+           "Add an item to the cart:\n  - cart.py::add_item\n  - cart.py::no_such_function\n"
+           "'  ':\n  - cart.py::add_item\n")  # a blank requirement: an error, not a query
     _write(apps / "empty_gold" / "cart.py", GOOD)
     _write(apps / "empty_gold" / "gold_requirements.md", "")
     _write(apps / "bad_yaml" / "cart.py", GOOD)
@@ -110,6 +111,8 @@ def test_build_data_explains_every_bad_file_and_app_and_keeps_the_rest(corpus, u
     line("warning: nodocs:", str(corpus / "nodocs"), "no labelled requirement")
     line("error: missing_ann:", str(corpus / "missing_ann" / "gold_annotations.yaml"),
          "'cart.py::no_such_function'", "names no section")
+    line("error: missing_ann:", str(corpus / "missing_ann" / "gold_annotations.yaml"),
+         "requirement text is empty (annotated 'cart.py::add_item')")
     line("warning: empty_gold:", str(corpus / "empty_gold" / "gold_requirements.md"),
          "no requirements")
     line("error: bad_yaml:", str(corpus / "bad_yaml" / "gold_annotations.yaml"), "malformed YAML")
