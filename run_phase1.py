@@ -109,7 +109,7 @@ def run(cli: argparse.Namespace) -> int:
     from cetd_phase1.checkpoints import NonFiniteGuard
     from cetd_phase1.config import apply_overrides, load_config, training_arguments
     from cetd_phase1.dataset import build_dataset, build_sections, registry_for
-    from cetd_phase1.errors import CETDError
+    from cetd_phase1.errors import CETDError, check_output_dir
     from cetd_phase1.model import CETDRetriever, load_tokenizer, resolve_backbone
     from cetd_phase1.trainer import RetrievalCollator, RetrievalTrainer, group_queries
 
@@ -118,7 +118,7 @@ def run(cli: argparse.Namespace) -> int:
                           max_steps=cli.max_steps, num_epochs=cli.num_epochs,
                           batch_size=cli.batch_size, learning_rate=cli.learning_rate,
                           resume_from_checkpoint=cli.resume_from_checkpoint)
-    output_dir = Path(cfg.model.output_dir)
+    output_dir = Path(check_output_dir(cfg.model.output_dir))
 
     # 2. Logging (INFO on the main process only).
     probe = training_arguments(cfg)

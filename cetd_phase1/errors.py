@@ -31,3 +31,13 @@ def check_requirement(requirement: str) -> str:
         raise CETDError("the requirement is empty: say what the code should do, e.g. "
                         "'parse JSON strings into Python objects'")
     return requirement
+
+
+def check_output_dir(path: str) -> str:
+    """``path`` unless it names something other than a folder: checked before any work, so a
+    typo'd ``--out``/``--output_dir`` costs a line, not a run that fails when it saves."""
+    from pathlib import Path
+
+    if Path(path).exists() and not Path(path).is_dir():
+        raise CETDError(f"{path}: exists and is not a folder; outputs go to a folder")
+    return path

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cetd_phase1.errors import CETDError, check_penalty, check_share
+from cetd_phase1.errors import CETDError, check_output_dir, check_penalty, check_share
 from cetd_phase1.metrics import DEFAULT_KS, average_metrics, positive_ranks, query_metrics
 from cetd_phase1.registry import App, Registry
 from cetd_phase1.atomic import atomic_write, atomic_write_text
@@ -243,6 +243,7 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
     checkpoint, out = Path(resolve_backbone(checkpoint)), Path(out)
     if not (checkpoint / "config.json").is_file():
         raise CETDError(f"{checkpoint}: not a model folder (no config.json)")
+    check_output_dir(str(out))
     if section_chunks is not None:  # before any work, not after the queries are built
         check_section_chunks(section_chunks)
     if late_interaction is not None:

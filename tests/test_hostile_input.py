@@ -199,6 +199,24 @@ def test_damaged_checkpoint_is_one_line_naming_the_file(checkpoints, corpus, tmp
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
+def test_an_output_path_that_is_a_file_is_one_line_and_the_file_is_kept(checkpoints, corpus,
+                                                                        tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_phase1", ROOT / "run_phase1.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    taken = _write(tmp_path / "results", "someone's file\n")
+    assert main(["evaluate", "--checkpoint", str(checkpoints / "good"), "--apps", str(corpus),
+                 "--out", str(taken), "--label-sources", "docstring",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert script.main(["--output_dir", str(taken), "--max_steps", "1"]) == 2
+    errors = _one_line_errors(capsys.readouterr().err)
+    assert len(errors) == 2 and all(f"{taken}: exists and is not a folder" in e
+                                    for e in errors), errors
+    assert taken.read_text() == "someone's file\n"
+
+
 def test_no_traceback_reaches_the_terminal(checkpoints, tmp_path):
     """The real process: stderr holds the one line, the exit code is 2."""
     done = subprocess.run([sys.executable, "-m", "cetd_phase1", "retrieve", "add an item",
