@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from cetd_phase1.errors import CETDError
+from cetd_phase1.errors import CETDError, os_error_line
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {}
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except CETDError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # the environment (paths, permissions, disk), not a bug of ours
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
+        return CETDError.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -41,3 +41,11 @@ def check_output_dir(path: str) -> str:
     if Path(path).exists() and not Path(path).is_dir():
         raise CETDError(f"{path}: exists and is not a folder; outputs go to a folder")
     return path
+
+
+def os_error_line(err: OSError) -> str:
+    """One terminal line for a file-system failure (a cache path that is a file, a folder
+    without write permission, a full disk): the path and the system's reason, no traceback."""
+    if err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return str(err)

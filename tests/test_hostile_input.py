@@ -217,6 +217,19 @@ def test_an_output_path_that_is_a_file_is_one_line_and_the_file_is_kept(checkpoi
     assert taken.read_text() == "someone's file\n"
 
 
+def test_a_cache_path_that_is_a_file_is_one_line_naming_it(checkpoints, corpus, tmp_path,
+                                                          capsys):
+    """File-system failures (here a cache folder that is a file) are the environment's: one
+    line with the path and the system's reason, exit 2."""
+    taken = _write(tmp_path / "cache", "not a folder\n")
+    assert main(["retrieve", "add an item", "--app", str(corpus / "good"), "--checkpoint",
+                 str(checkpoints / "good"), "--cache-dir", str(taken)]) == 2
+    assert main(["build-data", "--apps", str(corpus / "good"), "--cache-dir", str(taken)]) == 2
+    errors = _one_line_errors(capsys.readouterr().err)
+    assert len(errors) == 2 and all(e.startswith(f"error: {taken}") for e in errors), errors
+    assert "Not a directory" in errors[0] and "File exists" in errors[1], errors
+
+
 def test_no_traceback_reaches_the_terminal(checkpoints, tmp_path):
     """The real process: stderr holds the one line, the exit code is 2."""
     done = subprocess.run([sys.executable, "-m", "cetd_phase1", "retrieve", "add an item",
