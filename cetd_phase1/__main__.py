@@ -104,6 +104,10 @@ def _print_report(report) -> None:
           f"skipped files by reason: {by_reason}")
     for reason, n in sorted(report.skipped_examples.items()):
         print(f"examples dropped ({reason}): {n}")
+    _print_problems(report)
+
+
+def _print_problems(report) -> None:
     for app, message, is_error in report.problems:
         print(f"{'error' if is_error else 'warning'}: {app}: {message}")
 
@@ -120,7 +124,8 @@ def run_build_data(args: argparse.Namespace) -> int:
 
 
 @command("validate-data", "Check the dataset: counts, label balance, duplicates, and leakage "
-         "(an app in two splits, a requirement verbatim in its positive). Exits 1 on leakage.",
+         "(an app in two splits, a requirement verbatim in its positive). Exits 1 on leakage "
+         "or a label-file error.",
          _add_data_args)
 def run_validate_data(args: argparse.Namespace) -> int:
     import json
@@ -130,6 +135,7 @@ def run_validate_data(args: argparse.Namespace) -> int:
     dd, report = _build_from_args(args)
     result = validate_dataset(dd)
     print(json.dumps(result.stats, indent=2))
+    _print_problems(report)  # the label-file errors that make the exit code 1 without leakage
     for w in result.warnings:
         print(f"warning: {w}")
     for v in result.violations:

@@ -117,6 +117,13 @@ def test_build_data_explains_every_bad_file_and_app_and_keeps_the_rest(corpus, u
          "no requirements")
     line("error: bad_yaml:", str(corpus / "bad_yaml" / "gold_annotations.yaml"), "malformed YAML")
 
+    # validate-data exits 1 for the same label-file errors, so it must show them too
+    assert main(["validate-data", "--apps", str(corpus), "--label-sources", "docstring,gold",
+                 "--cache-dir", str(tmp_path / "cache")]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    line("error: missing_ann:", "requirement text is empty")
+    line("error: bad_yaml:", "malformed YAML")
+
     # every other app, and every good file of the broken app, still made it into the data
     from cetd_phase1.dataset import build_dataset, build_sections
     rows = build_dataset(corpus, label_sources=("docstring", "gold"),
