@@ -369,9 +369,12 @@ def run_retrieve(args: argparse.Namespace) -> int:
                                           late_interaction=args.late_interaction,
                                           class_penalty=args.class_penalty)
     hits = retriever.retrieve(args.requirement, app=args.app, k=args.k)
+    report = retriever.index(args.app).report  # in memory since retrieve built it
+    for path, reason in report.skipped:  # their sections are missing from the ranking
+        print(f"skipped {report.app}/{path}: {reason}", file=sys.stderr)
     if not hits:  # silence would read as "nothing matched"; say why there was nothing to rank
-        print(f"warning: {retriever.index(args.app).report.summary()}: nothing to rank "
-              "(no parsable non-test .py file)", file=sys.stderr)
+        print(f"warning: {report.summary()}: nothing to rank (no parsable non-test .py file)",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(hits, indent=2))
         return 0

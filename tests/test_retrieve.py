@@ -183,6 +183,8 @@ def test_an_app_without_sections_says_so_on_the_command_line(tiny_model, tmp_pat
     warning = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert len(warning) == 1 and "app: 0 files, 0 sections; skipped 1 (syntax_error=1)" in \
         warning[0] and "nothing to rank" in warning[0], err
+    assert [line for line in err.splitlines() if line.startswith("skipped ")] == \
+        ["skipped app/broken.py: syntax_error: invalid syntax (line 1)"], err
 
 
 def test_unknown_app_is_a_clear_error(tiny_model, tmp_path):
