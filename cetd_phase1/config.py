@@ -55,8 +55,9 @@ class TrainingSection:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "k_proj",
-                                                               "o_proj"])
+    # None: peft's choice for the backbone's architecture (its query and value projections),
+    # so a config that names no modules fits MiniLM as well as Qwen
+    target_modules: list[str] | None = None
     loss: str = "infonce"  # infonce | bce (the seed's objective)
     temperature: float = 0.05
     bce_scale: float = 20.0

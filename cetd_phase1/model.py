@@ -475,6 +475,11 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def _config_for(backbone: str, backbone_config: PreTrainedConfig,
                 settings: dict[str, Any]) -> CETDConfig:
     decoder = is_decoder_backbone(backbone_config)
+    positions = getattr(backbone_config, "max_position_embeddings", None)
+    for key in ("max_req_length", "max_code_length"):  # longer inputs fail deep in the forward
+        if positions and settings.get(key, 0) > positions:
+            raise CETDError(f"dataset.{key} {settings[key]} is more than the {positions} "
+                            f"positions of backbone {backbone!r}: set it to {positions} or less")
     settings = dict(settings)
     if settings.get("pooling") is None:
         settings["pooling"] = "last_token" if decoder else "mean"

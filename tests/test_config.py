@@ -180,3 +180,37 @@ def test_every_ablation_variant_is_a_valid_config(tmp_path):
     for name, (_, changes) in ablation.VARIANTS.items():
         cfg = ablation.variant_config(base, {**ablation.BASE_CHANGES, **changes}, tmp_path)
         config_from_dict(cfg, f"variant {name}")
+
+
+def test_a_config_naming_no_lora_modules_fits_an_encoder_backbone(tmp_path):
+    """The seed's LoRA is on by default; with no target_modules peft picks the architecture's
+    query/value projections, so a minimal config on a BERT-like backbone builds, not fails."""
+    from _tiny_models import make_tiny_encoder
+
+    from cetd_phase1.model import CETDRetriever
+
+    cfg = config_from_dict({"model": {"base_model": str(make_tiny_encoder(tmp_path / "bert"))},
+                            "dataset": {"max_code_length": 512}})  # the seed's 2048 is Qwen's
+    assert cfg.training.use_lora and cfg.training.target_modules is None
+    model = CETDRetriever.from_backbone(cfg.model.base_model, **cfg.model_settings())
+    trainable = {n.split(".lora_")[0].split(".")[-1] for n, p in model.named_parameters()
+                 if p.requires_grad and ".lora_" in n}
+    assert trainable == {"query", "value"}, trainable
+
+
+def test_text_lengths_beyond_the_backbones_positions_are_a_clear_error(tmp_path):
+    """The seed's 2048-token code length fits Qwen, not a 512-position encoder: say so before
+    training instead of failing inside the first forward pass."""
+    from _tiny_models import make_tiny_encoder
+
+    from cetd_phase1.model import CETDRetriever
+
+    tiny = str(make_tiny_encoder(tmp_path / "bert"))
+    limit = CETDRetriever.from_backbone(tiny).backbone.config.max_position_embeddings
+    for key in ("max_code_length", "max_req_length"):
+        cfg = config_from_dict({"model": {"base_model": tiny}, "dataset": {key: limit + 1}})
+        with pytest.raises(CETDError, match=f"dataset.{key} {limit + 1} is more than the "
+                                            f"{limit} positions"):
+            CETDRetriever.from_backbone(cfg.model.base_model, **cfg.model_settings())
+    cfg = config_from_dict({"model": {"base_model": tiny}, "dataset": {"max_code_length": limit}})
+    CETDRetriever.from_backbone(cfg.model.base_model, **cfg.model_settings())  # the limit fits
