@@ -94,15 +94,11 @@ def format_metrics(name: str, metrics: dict[str, float], prefix: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cetd_phase1.errors import CETDError, os_error_line
+    from cetd_phase1.errors import CETDError, report
     try:
         return run(parse_args(argv))
-    except CETDError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except OSError as err:  # the environment (paths, permissions, disk), not a bug of ours
-        print(f"error: {os_error_line(err)}", file=sys.stderr)
-        return CETDError.exit_code
+    except (CETDError, OSError) as err:
+        return report(err)
 
 
 def run(cli: argparse.Namespace) -> int:

@@ -2,8 +2,9 @@
 
 Each command is a ``run_*`` function registered with :func:`command` as
 ``name -> (help, add_arguments, run)``; ``run(args)`` returns the exit code. Heavy imports stay
-inside the functions so ``--help`` is instant. A :class:`~cetd_phase1.errors.CETDError` becomes one line on
-stderr and its exit code, never a traceback.
+inside the functions so ``--help`` is instant. A :class:`~cetd_phase1.errors.CETDError` or an ``OSError``
+becomes one line on stderr and its exit code (:func:`~cetd_phase1.errors.report`), never a
+traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from cetd_phase1.errors import CETDError, os_error_line
+from cetd_phase1.errors import CETDError, report
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {}
@@ -39,12 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args._run(args)
-    except CETDError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except OSError as err:  # the environment (paths, permissions, disk), not a bug of ours
-        print(f"error: {os_error_line(err)}", file=sys.stderr)
-        return CETDError.exit_code
+    except (CETDError, OSError) as err:
+        return report(err)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,5 +1,6 @@
 """The one exception type the command line turns into a one-line message (never a traceback),
-and the range checks that config files, checkpoints and command-line flags share."""
+the function that prints that line (for file-system failures too), and the range checks that
+config files, checkpoints and command-line flags share."""
 
 
 class CETDError(Exception):
@@ -43,9 +44,16 @@ def check_output_dir(path: str) -> str:
     return path
 
 
-def os_error_line(err: OSError) -> str:
-    """One terminal line for a file-system failure (a cache path that is a file, a folder
-    without write permission, a full disk): the path and the system's reason, no traceback."""
-    if err.filename is not None:
-        return f"{err.filename}: {err.strerror or err}"
-    return str(err)
+def report(err: "CETDError | OSError") -> int:
+    """Print the one terminal line for ``err`` and return the exit code: a CETDError's own
+    message, or for a file-system failure (a cache path that is a file, a folder without write
+    permission, a full disk: the environment, not a bug) the path and the system's reason."""
+    import sys
+
+    if isinstance(err, CETDError):
+        line, code = str(err), err.exit_code
+    else:
+        line = f"{err.filename}: {err.strerror or err}" if err.filename is not None else str(err)
+        code = CETDError.exit_code
+    print(f"error: {line}", file=sys.stderr)
+    return code

@@ -82,6 +82,16 @@ def unreadable(monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", refuse)
 
 
+def _run_phase1():
+    """``run_phase1.py`` as a module, so its ``main`` runs in this process (capsys sees it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_phase1", ROOT / "run_phase1.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def _one_line_errors(err: str) -> list[str]:
     assert "Traceback" not in err
     return [line for line in err.splitlines() if line.startswith("error")]
@@ -147,11 +157,7 @@ def test_build_data_explains_every_bad_file_and_app_and_keeps_the_rest(corpus, u
     ("evaluation:\n  eval_steps: 0\n", "evaluation.eval_steps must be > 0"),
 ])
 def test_bad_configs_are_one_line_exit_2(tmp_path, capsys, text, reason):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_phase1", ROOT / "run_phase1.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _run_phase1()
     config = _write(tmp_path / "bad.yaml", text)
     assert script.main(["--config", str(config)]) == 2
     errors = _one_line_errors(capsys.readouterr().err)
@@ -208,11 +214,7 @@ def test_damaged_checkpoint_is_one_line_naming_the_file(checkpoints, corpus, tmp
 
 def test_an_output_path_that_is_a_file_is_one_line_and_the_file_is_kept(checkpoints, corpus,
                                                                         tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_phase1", ROOT / "run_phase1.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _run_phase1()
     taken = _write(tmp_path / "results", "someone's file\n")
     assert main(["evaluate", "--checkpoint", str(checkpoints / "good"), "--apps", str(corpus),
                  "--out", str(taken), "--label-sources", "docstring",
@@ -275,8 +277,6 @@ def remove_item(cart, item):
 @pytest.mark.slow
 def test_analysed_code_is_never_imported_or_executed(tmp_path, capsys):
     """Apps whose module bodies would write a file if run: build, train, evaluate, retrieve."""
-    import importlib.util
-
     canary = tmp_path / "EXECUTED"
     splits = {"evil_train": "train", "evil_val": "validation", "evil_hold": "holdout"}
     for app in splits:
@@ -296,9 +296,7 @@ def test_analysed_code_is_never_imported_or_executed(tmp_path, capsys):
     cache = ["--cache-dir", str(tmp_path / "cache")]
     assert main(["build-data", "--apps", str(manifest), "--label-sources", "docstring",
                  *cache]) == 0
-    spec = importlib.util.spec_from_file_location("run_phase1", ROOT / "run_phase1.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _run_phase1()
     assert script.main(["--config", str(config)]) == 0
     final = str(tmp_path / "out" / "final")
     assert main(["evaluate", "--checkpoint", final, "--apps", str(tmp_path / "apps"),
