@@ -369,6 +369,16 @@ def spread(values: list[float]) -> str:
         if values else "-"
 
 
+def check_variants(out: Path) -> None:
+    """Every variant is a valid config: a typo fails now, not minutes into a training run."""
+    from cetd_phase1.config import config_from_dict
+
+    base = yaml.safe_load(DEFAULT.read_text())
+    for name, (_, changes) in VARIANTS.items():
+        config_from_dict(variant_config(base, {**BASE_CHANGES, **changes}, out),
+                         f"variant {name}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -383,6 +393,7 @@ def main() -> int:
                              "spread: two runs of one recipe differ by about 0.01 here")
     args = parser.parse_args()
     out = Path(args.out)
+    check_variants(out)
     rows = []
     for name in args.only or list(VARIANTS):
         for seed in args.seeds or [None]:

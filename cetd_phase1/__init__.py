@@ -5,3 +5,14 @@ Data flows one way: ``sections`` -> ``labels`` -> ``dataset`` -> ``model``/``tra
 """
 
 __version__ = "0.1.0"
+
+
+def resource(*parts: str):
+    """A file shipped inside the package (configs, the pinned PyPI list, the SQL schema), so a
+    non-editable install finds it as the source checkout does."""
+    from importlib.resources import as_file, files
+    from pathlib import Path
+
+    # a regular install unpacks to files on disk; as_file is the documented way to get the path
+    with as_file(files(__name__).joinpath(*parts)) as path:
+        return Path(path)

@@ -268,6 +268,9 @@ def validate(cfg: Phase1Config) -> None:
                         f"max_code_length tokens only), got {m.section_chunks}")
     if min(d.max_code_length, d.max_req_length) < 8:
         raise CETDError(f"{p}: dataset.max_req_length/max_code_length must be at least 8 tokens")
+    if t.max_steps == 0 or t.max_steps < -1:
+        raise CETDError(f"{p}: training.max_steps must be > 0, or -1 to train "
+                        f"training.num_epochs epochs; got {t.max_steps}")
     if t.num_epochs <= 0 and t.max_steps <= 0:
         raise CETDError(f"{p}: set training.num_epochs > 0 or training.max_steps > 0")
     if e.save_steps % e.eval_steps:

@@ -17,10 +17,11 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cetd_phase1 import resource
 from cetd_phase1.changelog import find_changelog
 from cetd_phase1.errors import CETDError
 
-PACKAGES_FILE = Path(__file__).resolve().parents[1] / "data" / "pypi_packages.yaml"
+PACKAGES_FILE = resource("data", "pypi_packages.yaml")
 _NOT_CODE = {"tests", "test", "testing", "docs", "doc", "examples", "example", "benchmarks",
              "bench", "scripts", "tools", "build", "dist"}
 

@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Protocol
 
+from cetd_phase1 import resource
 from cetd_phase1.errors import CETDError
 
 if TYPE_CHECKING:
@@ -209,8 +210,8 @@ class CombinedRegistry:
 
 # --- PostgreSQL -----------------------------------------------------------------------------
 
-#: The schema of the ``applications`` table, in the source checkout.
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "data" / "schema.sql"
+#: The schema of the ``applications`` table, shipped in the package.
+SCHEMA_PATH = resource("data", "schema.sql")
 
 #: Seconds to wait for the server, so a wrong host fails fast instead of hanging (a URL's own
 #: ``connect_timeout`` wins).

@@ -190,3 +190,35 @@ def test_freeze_layers_beyond_the_backbone_is_one_line(setup, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the data progress bars
     assert last.startswith("error: ")
     assert last.endswith("freeze_layers 3: the backbone has 2 layers")
+
+
+@pytest.mark.slow
+def test_skip_evaluation_trains_and_saves_without_ranking_any_split(setup, capsys):
+    """The one-minute setup check: no validation during or after training, no holdout pass,
+    and still a final model and metrics.json."""
+    tmp_path, config = setup
+    assert _load_script().main(["--config", str(config), "--max_steps", "2",
+                                "--skip_evaluation"]) == 0
+    out = tmp_path / "out"
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["global_step"] == 2
+    assert "validation" not in report and "holdout" not in report
+    assert (out / "final" / "config.json").is_file()
+    assert "holdout" not in capsys.readouterr().out
+
+
+def test_console_script_runs_the_driver(tmp_path, capsys):
+    """``cetd-phase1 train`` (and ``python -m cetd_phase1 train``) is run_phase1.py's driver,
+    with its own options and one-line errors."""
+    from cetd_phase1.__main__ import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"], prog="cetd-phase1")
+    assert done.value.code == 0
+    usage = capsys.readouterr().out
+    assert "usage: cetd-phase1 train" in usage and "--skip_evaluation" in usage
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  max_steps: -3\n")
+    assert main(["train", "--config", str(bad)], prog="cetd-phase1") == 2
+    err = capsys.readouterr().err
+    assert "training.max_steps must be > 0, or -1" in err and "\n" not in err.strip()

@@ -1,0 +1,43 @@
+"""What a non-editable install gets: the package data the code reads, the console script and
+the licence, from a wheel built the way pip builds one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_code_reads_its_data_from_inside_the_package():
+    import cetd_phase1
+    from cetd_phase1 import pypi, registry, train
+
+    package = Path(cetd_phase1.__file__).resolve().parent
+    for path in (train.DEFAULT_CONFIG, registry.SCHEMA_PATH, pypi.PACKAGES_FILE):
+        assert path.is_file() and package in path.resolve().parents
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_configs_data_console_script_and_licence(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, cwd=tmp_path)
+    wheel = next(tmp_path.glob("cetd_phase1-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for shipped in ("cetd_phase1/configs/phase1_minilm_cpu.yaml",
+                    "cetd_phase1/configs/phase1_qwen_coder_1.5b.yaml",
+                    "cetd_phase1/configs/accelerate/cpu.yaml",
+                    "cetd_phase1/data/pypi_packages.yaml", "cetd_phase1/data/schema.sql",
+                    "cetd_phase1/train.py"):
+        assert shipped in names, shipped
+    info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+    entry_points = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
+    assert "cetd-phase1 = cetd_phase1.__main__:console" in entry_points
+    assert any(n.startswith(f"{info}/") and "LICENSE" in n for n in names)
+    metadata = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
+    # a GPU user chooses their torch build; the README's commands pin the CPU wheel
+    assert "Requires-Dist: torch==" not in metadata
