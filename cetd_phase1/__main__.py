@@ -110,9 +110,9 @@ def _print_report(report) -> None:
     _print_problems(report)
 
 
-def _print_problems(report) -> None:
+def _print_problems(report, file=None) -> None:
     for app, message, is_error in report.problems:
-        print(f"{'error' if is_error else 'warning'}: {app}: {message}")
+        print(f"{'error' if is_error else 'warning'}: {app}: {message}", file=file)
 
 
 @command("build-data", "Build (or load from cache) the labelled Arrow dataset and show the "
@@ -137,16 +137,17 @@ def run_validate_data(args: argparse.Namespace) -> int:
 
     dd, report = _build_from_args(args)
     result = validate_dataset(dd)
-    print(json.dumps(result.stats, indent=2))
-    _print_problems(report)  # the label-file errors that make the exit code 1 without leakage
+    print(json.dumps(result.stats, indent=2))  # stdout holds the JSON alone, for a pipe
+    # the label-file errors that make the exit code 1 without leakage
+    _print_problems(report, file=sys.stderr)
     for w in result.warnings:
-        print(f"warning: {w}")
+        print(f"warning: {w}", file=sys.stderr)
     for v in result.violations:
         print(f"LEAKAGE: {v}", file=sys.stderr)
     if result.violations:
         print(f"error: {len(result.violations)} leakage violation(s)", file=sys.stderr)
         return 1
-    print("ok: no leakage")
+    print("ok: no leakage", file=sys.stderr)
     return 1 if report.has_errors else 0
 
 def _database_url_argument(p: argparse.ArgumentParser) -> None:
@@ -384,7 +385,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
     for hit in hits:
         code = hit["code"] if len(hit["code"]) <= 200 else hit["code"][:200] + "..."
         print(f"Score: {hit['score']:.3f}\nFile: {hit['file']}:{hit['line_start']}-"
-              f"{hit['line_end']}, Function: {hit['qualname']}\nCode: {code}\n")
+              f"{hit['line_end']}, {hit['kind'].capitalize()}: {hit['qualname']}\nCode: {code}\n")
     return 0
 
 

@@ -11,6 +11,7 @@ this module.
 from __future__ import annotations
 
 import difflib
+import os
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -352,9 +353,21 @@ def training_arguments(cfg: Phase1Config, *, has_validation: bool = True):
     cuda = torch.cuda.is_available()
     if t.fp16 and not cuda:
         raise CETDError(f"{cfg.path}: training.fp16 needs a CUDA GPU (none is visible)")
-    fp16 = cuda if t.fp16 is None else t.fp16
     from cetd_phase1.model import cpu_has_native_bf16
-    bf16 = (not cuda and cpu_has_native_bf16()) if t.bf16 is None else t.bf16
+    # `accelerate launch` passes its config file's mixed_precision in this variable: the user's
+    # choice there wins over the automatic one (the YAML's explicit fp16/bf16 win over both)
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched not in (None, "no", "fp16", "bf16"):
+        raise CETDError(f"accelerate mixed_precision {launched!r}: this project trains with "
+                        f"no, fp16 or bf16")
+    fp16 = (launched == "fp16" if launched else cuda) if t.fp16 is None else t.fp16
+    bf16 = ((launched == "bf16" if launched else not cuda and cpu_has_native_bf16())
+            if t.bf16 is None else t.bf16)
+    if fp16 and bf16:
+        raise CETDError(f"{cfg.path}: training.fp16/bf16 and accelerate's mixed_precision "
+                        f"{launched!r} ask for both fp16 and bf16; pick one")
+    if fp16 and not cuda:
+        raise CETDError(f"{cfg.path}: fp16 needs a CUDA GPU (none is visible)")
     evaluating = has_validation
     return TrainingArguments(
         output_dir=cfg.model.output_dir,

@@ -164,7 +164,8 @@ class CETDConfig(PreTrainedConfig):
         super().__init__(**kwargs)
 
 
-# Lets AutoConfig/AutoTokenizer read a saved checkpoint's config.json by its model_type.
+# Lets AutoConfig/AutoTokenizer read a saved checkpoint's config.json by its model_type
+# (AutoModel is registered below the model class).
 AutoConfig.register(CETDConfig.model_type, CETDConfig, exist_ok=True)
 
 
@@ -442,6 +443,9 @@ class CETDRetriever(PreTrainedModel):
         model.train(is_trainable)
         return model
 
+
+# AutoModel.from_pretrained(final) opens a saved retriever as CETDRetriever.from_pretrained does.
+AutoModel.register(CETDConfig, CETDRetriever, exist_ok=True)
 
 #: Backbone config keys of the dropout on attention probabilities (BERT-like, Qwen2/Llama).
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")

@@ -133,9 +133,12 @@ def iter_python_files(root: Path, report: ExtractionReport) -> Iterator[tuple[Pa
         seen_dirs.add(real)
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
         for name in sorted(filenames):
+            rel = rel_dir / name if str(rel_dir) != "." else PurePosixPath(name)
+            if not os.path.exists(os.path.join(dirpath, name)):  # os.walk lists it as a file
+                report.skip(rel.as_posix(), "dangling_link: the link's target does not exist")
+                continue
             if not name.endswith(".py"):
                 continue
-            rel = rel_dir / name if str(rel_dir) != "." else PurePosixPath(name)
             if is_test_path(rel):
                 continue
             yield Path(dirpath) / name, rel.as_posix()

@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return run(parse_args(argv, prog))
     except (CETDError, OSError) as err:
         return report(err)
+    except KeyboardInterrupt:  # one line, not the Trainer's traceback; checkpoints are complete
+        print("interrupted: resume with --resume_from_checkpoint last (the newest complete "
+              "checkpoint-* folder of the output dir)", file=sys.stderr)
+        return 130
 
 
 def run(cli: argparse.Namespace) -> int:

@@ -68,8 +68,14 @@ def test_qwen_config_keeps_the_seeds_values():
     seed = config_from_dict(raw)
     for section in ("training", "evaluation"):
         for key in raw[section]:
+            if key in ("batch_size", "gradient_accumulation_steps"):
+                continue  # 4 x 8 for the seed's 8 x 4 (below)
             expected = getattr(getattr(seed, section), key)
             assert getattr(getattr(cfg, section), key) == expected, f"{section}.{key}"
+    # the seed's 32 requirements a step, in batches a 24 GB P40 holds
+    t = cfg.training
+    assert (t.batch_size, t.gradient_accumulation_steps) == (4, 8)
+    assert not Path(cfg.model.output_dir).is_absolute()
     assert cfg.model.base_model == seed.model.base_model
     assert (cfg.dataset.max_code_length, cfg.dataset.max_req_length) == (2048, 512)
 
@@ -205,3 +211,24 @@ def test_text_lengths_beyond_the_backbones_positions_are_a_clear_error(tmp_path)
             CETDRetriever.from_backbone(cfg.model.base_model, **cfg.model_settings())
     cfg = config_from_dict({"model": {"base_model": tiny}, "dataset": {"max_code_length": limit}})
     CETDRetriever.from_backbone(cfg.model.base_model, **cfg.model_settings())  # the limit fits
+
+
+def test_accelerate_files_mixed_precision_wins_over_the_automatic_choice(tmp_path, monkeypatch):
+    """`accelerate launch --config_file ...` with mixed_precision "no" trains in fp32 (it was
+    overridden by the automatic bf16/fp16 choice); without accelerate the choice is automatic."""
+    from cetd_phase1.config import training_arguments
+    from cetd_phase1.model import cpu_has_native_bf16
+
+    cfg = apply_overrides(load_config(CONFIGS / "phase1_minilm_cpu.yaml"),
+                          output_dir=str(tmp_path / "out"))
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    auto = training_arguments(cfg)
+    assert (auto.bf16, auto.fp16) == (cpu_has_native_bf16(), False)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    off = training_arguments(cfg)
+    assert (off.bf16, off.fp16) == (False, False)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert training_arguments(cfg).bf16
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(CETDError, match="mixed_precision 'fp8'"):
+        training_arguments(cfg)

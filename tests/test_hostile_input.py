@@ -130,7 +130,7 @@ def test_build_data_explains_every_bad_file_and_app_and_keeps_the_rest(corpus, u
     # validate-data exits 1 for the same label-file errors, so it must show them too
     assert main(["validate-data", "--apps", str(corpus), "--label-sources", "docstring,gold",
                  "--cache-dir", str(tmp_path / "cache")]) == 1
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().err.splitlines()
     line("error: missing_ann:", "requirement text is empty")
     line("error: bad_yaml:", "malformed YAML")
 

@@ -190,6 +190,11 @@ def test_save_then_from_pretrained_gives_same_scores(kind, encoder_dir, decoder_
     via_loader, tok2 = load_retriever(tmp_path / "saved")
     np.testing.assert_allclose(encode_texts(via_loader, tok2, TEXTS, max_length=32), before,
                                atol=1e-5)
+    from transformers import AutoModel  # the auto class opens it too, as transformers users do
+    via_auto = AutoModel.from_pretrained(tmp_path / "saved")
+    assert isinstance(via_auto, CETDRetriever)
+    np.testing.assert_allclose(encode_texts(via_auto, tok, TEXTS, max_length=32), before,
+                               atol=1e-5)
 
 
 def test_load_retriever_plain_minilm_matches_sentence_transformers():

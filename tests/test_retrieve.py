@@ -187,6 +187,20 @@ def test_an_app_without_sections_says_so_on_the_command_line(tiny_model, tmp_pat
         ["skipped app/broken.py: syntax_error: invalid syntax (line 1)"], err
 
 
+def test_the_command_line_names_each_hit_by_its_kind(tiny_model, tmp_path, capsys):
+    from cetd_phase1.__main__ import main
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shop.py").write_text("class Basket:\n    def total(self):\n        return 1\n\n"
+                                 "def checkout():\n    return 2\n")
+    assert main(["retrieve", "sum the basket", "--app", str(app), "--checkpoint",
+                 str(tiny_model), "--cache-dir", str(tmp_path / "cache"), "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Class: Basket" in out and "Method: Basket.total" in out
+    assert "Function: checkout" in out and "Function: Basket\n" not in out
+
+
 def test_unknown_app_is_a_clear_error(tiny_model, tmp_path):
     with pytest.raises(CETDError, match="no-such-app"):
         resolve_app("no-such-app")

@@ -222,3 +222,18 @@ def test_console_script_runs_the_driver(tmp_path, capsys):
     assert main(["train", "--config", str(bad)], prog="cetd-phase1") == 2
     err = capsys.readouterr().err
     assert "training.max_steps must be > 0, or -1" in err and "\n" not in err.strip()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    """An interrupted run (Ctrl-C anywhere in training) says how to resume instead of printing
+    the Trainer's traceback."""
+    from cetd_phase1 import train
+
+    def interrupted(_cli):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "run", interrupted)
+    assert train.main([]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted: resume with --resume_from_checkpoint last")
+    assert "\n" not in err and "Traceback" not in err

@@ -146,12 +146,15 @@ def test_bad_files_are_skipped_with_reasons_never_dropped_silently(tmp_path):
     _write(tmp_path, "bom_crlf.py", "\ufeffdef win():\r\n    return 2\r\n".encode("utf-8"))
     (tmp_path / "loop").mkdir()
     os.symlink(tmp_path / "loop", tmp_path / "loop" / "again")
+    os.symlink(tmp_path / "gone", tmp_path / "vendored")  # a dangling link to a folder
+    os.symlink(tmp_path / "gone.py", tmp_path / "linked.py")
     sections, report = extract_sections(tmp_path, max_file_bytes=1000)
     assert sorted(s.qualname for s in sections) == ["ok", "win"]
     reasons = {path: reason.split(":")[0] for path, reason in report.skipped}
     assert reasons == {"broken.py": "syntax_error", "latin.py": "undecodable",
                        "binary.py": "binary", "big.py": "too_large",
-                       "loop/again": "symlink_loop"}
+                       "loop/again": "symlink_loop", "vendored": "dangling_link",
+                       "linked.py": "dangling_link"}
     assert report.counts_by_reason()["syntax_error"] == 1
     assert "broken.py" not in {s.file for s in sections}
 
