@@ -51,11 +51,13 @@ def redact(value: Any) -> Any:
     return value
 
 
-def model_card(model_config: dict[str, Any], repo_id: str, *, training_config: dict[str, Any],
-               metrics: dict[str, dict[str, float]]) -> str:
-    """The ``README.md`` of a published retriever: hub metadata, how to load it, the metrics
-    of each evaluated split (``metrics[split]`` holds ``<prefix>_<metric>`` keys) and the
-    training configuration (passwords redacted)."""
+def model_card(model_config: dict[str, Any], repo_id: str, *,
+               training_config: dict[str, Any] | None,
+               metrics: dict[str, dict[str, float]], loading: str | None = None) -> str:
+    """The ``README.md`` of a published retriever: hub metadata, how to load it (``loading``:
+    another snippet, e.g. for a sentence-transformers export), the metrics of each evaluated
+    split (``metrics[split]`` holds ``<prefix>_<metric>`` keys) and the training
+    configuration (passwords redacted; ``None``: not known where the card is written)."""
     from huggingface_hub import ModelCardData
 
     base = str(model_config.get("backbone", ""))
@@ -77,7 +79,7 @@ def model_card(model_config: dict[str, Any], repo_id: str, *, training_config: d
     head = " and projection head" if model_config.get("projection_dim") else ""
     weights = (f"a LoRA adapter (r={model_config.get('lora_r')}){head} on `{base}`; the base "
                f"weights are not in this repository and are loaded from `{base}`"
-               if lora else "all weights of a full fine-tune")
+               if lora else f"all weights of a full fine-tune of `{base}`")
     return f"""---
 {data.to_yaml()}
 ---
@@ -89,8 +91,7 @@ sections (functions, methods, classes) of one Python application by how likely t
 requirement. This repository holds {weights}.
 
 ```python
-from cetd_phase1.model import CETDRetriever
-model = CETDRetriever.from_pretrained("{repo_id}")  # revision="..." for a fixed commit
+{loading or f'from cetd_phase1.model import CETDRetriever{chr(10)}model = CETDRetriever.from_pretrained("{repo_id}")  # revision="..." for a fixed commit'}
 ```
 
 Pooling `{model_config.get('pooling')}`, embedding size
@@ -102,12 +103,14 @@ score beside the pooled cosine).
 
 {table}
 
-## Training configuration
+{_training_section(training_config)}"""
 
-```yaml
-{yaml.safe_dump(redact(training_config), sort_keys=False).strip()}
-```
-"""
+
+def _training_section(training_config: dict[str, Any] | None) -> str:
+    if training_config is None:
+        return ""
+    dumped = yaml.safe_dump(redact(training_config), sort_keys=False).strip()
+    return f"## Training configuration\n\n```yaml\n{dumped}\n```\n"
 
 
 def prepare_upload(model_dir: str | Path, upload_dir: str | Path, *, repo_id: str,

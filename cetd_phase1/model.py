@@ -374,6 +374,14 @@ class CETDRetriever(PreTrainedModel):
         self.config.save_pretrained(out)
         if self.is_lora:
             self.backbone.save_pretrained(str(out))
+            # peft leaves a template card ("[More Information Needed]"); say what this is
+            from cetd_phase1.hub import CARD, model_card
+            (out / CARD).write_text(model_card(self.config.to_dict(), out.resolve().name,
+                                               training_config=None, metrics={},
+                                               loading=f'from cetd_phase1.model import '
+                                                       f'CETDRetriever\nmodel = CETDRetriever.'
+                                                       f'from_pretrained("{out}")'),
+                                    encoding="utf-8")
             extra = self._extra_state()
             if extra:
                 save_file(extra, str(out / HEAD_WEIGHTS), metadata={"format": "pt"})
@@ -414,14 +422,21 @@ class CETDRetriever(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
                         revision: str | None = None, is_trainable: bool = False,
+                        token: str | bool | None = None,
+                        dtype: torch.dtype | str | None = None,
+                        torch_dtype: torch.dtype | str | None = None,
                         **_: Any) -> "CETDRetriever":
         """Reload a folder written by :meth:`save_pretrained` (or a hub id holding one).
 
         With LoRA the base weights come from ``config.backbone``; without, the folder holds
-        everything. Works offline; ``trust_remote_code`` is never used. Returned in eval mode
-        unless ``is_trainable``.
+        everything. Works offline; ``trust_remote_code`` is never used. ``token`` reads a
+        private hub repo; ``dtype`` (or transformers 4's ``torch_dtype``) casts the weights
+        (``"auto"``/``None``: float32, what training and autocast expect). Returned in eval
+        mode unless ``is_trainable``. Other keyword arguments (the hub options ``AutoModel``
+        passes along) do not apply to a local folder and are ignored.
         """
-        directory = _local_folder(pretrained_model_name_or_path, revision)
+        wanted = _dtype(dtype if dtype is not None else torch_dtype)
+        directory = _local_folder(pretrained_model_name_or_path, revision, token)
         try:
             config = CETDConfig.from_pretrained(str(directory))
         except (OSError, ValueError, TypeError) as err:
@@ -440,6 +455,8 @@ class CETDRetriever(PreTrainedModel):
         else:
             model = cls(config)
         model.load_weights(directory)
+        if wanted is not None:
+            model = model.to(wanted)
         model.train(is_trainable)
         return model
 
@@ -492,7 +509,18 @@ def _config_for(backbone: str, backbone_config: PreTrainedConfig,
     return CETDConfig(backbone=backbone, backbone_config=backbone_config.to_dict(), **settings)
 
 
-def _local_folder(name_or_path: str | os.PathLike, revision: str | None) -> Path:
+def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """``from_pretrained``'s dtype argument as a torch dtype; ``None`` keeps float32."""
+    if value is None or value == "auto" or isinstance(value, torch.dtype):
+        return None if value == "auto" else value
+    found = getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(found, torch.dtype):
+        raise CETDError(f"dtype {value!r} is not a torch dtype (e.g. float32, bfloat16)")
+    return found
+
+
+def _local_folder(name_or_path: str | os.PathLike, revision: str | None,
+                  token: str | bool | None = None) -> Path:
     """A folder, or the snapshot of hub repo ``org/name`` at ``revision`` (default branch when
     None): downloaded into the HF cache once, then read from it; with ``HF_HUB_OFFLINE=1`` only
     from the cache (``refs/<revision>`` -> ``snapshots/<commit>``)."""
@@ -503,7 +531,7 @@ def _local_folder(name_or_path: str | os.PathLike, revision: str | None) -> Path
         raise CETDError(f"{name_or_path}: no such model folder")
     from huggingface_hub import snapshot_download
     try:
-        return Path(snapshot_download(str(name_or_path), revision=revision))
+        return Path(snapshot_download(str(name_or_path), revision=revision, token=token))
     except Exception as err:  # hub errors come in many types; the message says which
         raise CETDError(f"{name_or_path}: cannot fetch from the hub ({err})") from err
 

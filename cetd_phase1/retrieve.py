@@ -519,4 +519,12 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
         st = SentenceTransformer(modules=modules, device="cpu")
         with atomic_directory(out_dir) as staging:
             st.save(str(staging))
+            # sentence-transformers' own card says "Base model: Unknown": write what it is
+            from cetd_phase1.hub import CARD, model_card
+            loading = (f"from sentence_transformers import SentenceTransformer\n"
+                       f'model = SentenceTransformer("{out_dir}")\n'
+                       f"queries = model.encode_query([...]); code = model.encode_document([...])")
+            (Path(staging) / CARD).write_text(
+                model_card(config.to_dict(), out_dir.resolve().name, training_config=None,
+                           metrics={}, loading=loading), encoding="utf-8")
     return out_dir

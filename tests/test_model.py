@@ -177,6 +177,9 @@ def test_save_then_from_pretrained_gives_same_scores(kind, encoder_dir, decoder_
     if model.config.use_lora:
         assert {"adapter_model.safetensors", "adapter_config.json", "config.json"} <= files
         assert "model.safetensors" not in files  # base weights are never copied
+        card = (tmp_path / "saved" / "README.md").read_text()  # not peft's template
+        assert "[More Information Needed]" not in card and "LoRA adapter" in card
+        assert "CETDRetriever.from_pretrained" in card
     else:
         assert "model.safetensors" in files
     reloaded = CETDRetriever.from_pretrained(tmp_path / "saved")
@@ -405,3 +408,29 @@ def test_bf16_encoding_stays_close_to_fp32(encoder_dir):
     assert bf16.dtype == np.float32
     assert (fp32 * bf16).sum(axis=1).min() > 0.99
     assert not np.array_equal(fp32, bf16)  # autocast really ran in bf16
+
+
+def test_from_pretrained_honours_token_and_dtype(encoder_dir, tmp_path, monkeypatch):
+    """``token`` reaches the hub download and ``dtype`` / ``torch_dtype`` cast the weights;
+    both used to be accepted and silently ignored."""
+    import huggingface_hub
+    import torch
+
+    CETDRetriever.from_backbone(encoder_dir).save_pretrained(tmp_path / "saved")
+    asked = {}
+
+    def snapshot(repo_id, revision=None, token=None):
+        asked.update(repo_id=repo_id, token=token)
+        return str(tmp_path / "saved")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    model = CETDRetriever.from_pretrained("org/private-retriever", token="hf_secret",
+                                          dtype=torch.bfloat16)
+    assert asked == {"repo_id": "org/private-retriever", "token": "hf_secret"}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    legacy = CETDRetriever.from_pretrained(tmp_path / "saved", torch_dtype="float16")
+    assert {p.dtype for p in legacy.parameters()} == {torch.float16}
+    assert {p.dtype for p in CETDRetriever.from_pretrained(tmp_path / "saved", dtype="auto")
+            .parameters()} == {torch.float32}
+    with pytest.raises(CETDError, match="not a torch dtype"):
+        CETDRetriever.from_pretrained(tmp_path / "saved", dtype="floaty")

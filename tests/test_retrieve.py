@@ -238,6 +238,9 @@ def test_sentence_transformers_export_round_trip(tiny_model, tmp_path, settings,
     assert theirs.shape == ours.shape
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
     np.testing.assert_allclose(st.encode_query(texts), r.encode_queries(texts), atol=1e-5)
+    card = (out / "README.md").read_text()  # not sentence-transformers' "Base model: Unknown"
+    assert "Unknown" not in card and "cetd-phase1" in card
+    assert f'SentenceTransformer("{out}")' in card
 
 
 def test_export_says_to_split_identifiers_and_build_section_texts_first(tiny_model, tmp_path,
