@@ -16,3 +16,12 @@ def resource(*parts: str):
     # a regular install unpacks to files on disk; as_file is the documented way to get the path
     with as_file(files(__name__).joinpath(*parts)) as path:
         return Path(path)
+
+
+def default_cache_dir():
+    """``$CETD_CACHE`` or ``~/.cache/cetd_phase1``: the root of the dataset, PyPI and section
+    index caches (``datasets/``, ``pypi/``, ``index/``)."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("CETD_CACHE", Path.home() / ".cache" / "cetd_phase1"))

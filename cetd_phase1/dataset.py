@@ -10,7 +10,6 @@ source file or option rebuilds, an unchanged one is served from the Arrow cache.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Iterator
 
 import datasets
 
+from cetd_phase1 import default_cache_dir
 from cetd_phase1.atomic import atomic_write_text
 from cetd_phase1.changelog import find_changelog
 from cetd_phase1.errors import CETDError
@@ -41,11 +41,6 @@ EXAMPLE_FEATURES = datasets.Features({
     "origin": datasets.Value("string"),
 })
 SECTION_FEATURES = datasets.Features({**_SECTION_FEATURES, "docstring": datasets.Value("string")})
-
-
-def default_cache_dir() -> Path:
-    """``$CETD_CACHE`` or ``~/.cache/cetd_phase1``."""
-    return Path(os.environ.get("CETD_CACHE", Path.home() / ".cache" / "cetd_phase1"))
 
 
 @dataclass

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Protocol
 
-from cetd_phase1 import resource
+from cetd_phase1 import default_cache_dir, resource
 from cetd_phase1.errors import CETDError
 
 if TYPE_CHECKING:
@@ -167,7 +167,6 @@ class PyPIRegistry:
 
     def __init__(self, packages_file: Path | None = None, cache: Path | None = None,
                  label_sources: tuple[str, ...] | None = None) -> None:
-        from cetd_phase1.dataset import default_cache_dir  # dataset imports this module
         from cetd_phase1.pypi import PACKAGES_FILE
 
         self.packages_file = Path(packages_file or PACKAGES_FILE)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import re
 import tempfile
 import zipfile
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cetd_phase1 import default_cache_dir
 from cetd_phase1.atomic import atomic_directory, atomic_write
 from cetd_phase1.errors import CETDError, check_penalty, check_requirement, check_share
 from cetd_phase1.registry import App
@@ -50,11 +50,6 @@ INDEX_VERSION = "1"
 #: Used when the checkpoint config does not say (MiniLM-sized defaults).
 DEFAULT_MAX_QUERY_LENGTH = 128
 DEFAULT_MAX_CODE_LENGTH = 256
-
-
-def default_cache_dir() -> Path:
-    """``$CETD_CACHE`` or ``~/.cache/cetd_phase1`` (shared with the dataset cache)."""
-    return Path(os.environ.get("CETD_CACHE", Path.home() / ".cache" / "cetd_phase1"))
 
 
 def section_text(section: Section) -> str:

@@ -41,3 +41,26 @@ def test_the_wheel_ships_configs_data_console_script_and_licence(tmp_path):
     metadata = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     # a GPU user chooses their torch build; the README's commands pin the CPU wheel
     assert "Requires-Dist: torch==" not in metadata
+
+
+def test_no_import_circle_between_modules():
+    """Data flows one way: no module imports one that imports it back, directly or through
+    others, not even from inside a function."""
+    import ast
+
+    package = ROOT / "cetd_phase1"
+    graph: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = {node.module for node in ast.walk(ast.parse(path.read_text()))
+                       if isinstance(node, ast.ImportFrom) and node.module
+                       and node.module.startswith("cetd_phase1.") and node.module != name}
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == target or (nxt not in seen and reaches(nxt, target, seen | {nxt})):
+                return True
+        return False
+
+    circles = sorted(m for m in graph if reaches(m, m, {m}))
+    assert not circles, f"modules in an import circle: {circles}"
