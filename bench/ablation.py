@@ -124,29 +124,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                          "false): what bf16 autocast costs in quality",
                          {"training.batch_size": 32, "training.max_steps": 200,
                           "training.bf16": False}),
-    "mined-400": ("400 steps, from step 200 on hard negatives mined by the model itself "
-                  "(training.mine_negatives_step 200; top 3 of the own app)",
-                  {"training.max_steps": 400, "training.mine_negatives_step": 200}),
-    "batch32-mined-200": ("batch 32 on 200 steps (the default) with negatives mined by the "
-                          "model from step 100 on",
-                          {"training.batch_size": 32, "training.max_steps": 200,
-                           "training.mine_negatives_step": 100}),
     "batch32-neg3-200": ("batch32-200 with 3 BM25 hard negatives per requirement instead of 1",
                          {"training.batch_size": 32, "training.max_steps": 200,
                           "training.negatives_per_query": 3}),
     "batch32-code256-200": ("batch32-200 with code cut at 256 tokens instead of 128",
                             {"training.batch_size": 32, "training.max_steps": 200,
                              "dataset.max_code_length": 256}),
-    "batch32-neg3-mined-200": ("batch32-neg3-200 with the 3 negatives mined by the model from "
-                               "step 100 on",
-                               {"training.batch_size": 32, "training.max_steps": 200,
-                                "training.negatives_per_query": 3,
-                                "training.mine_negatives_step": 100}),
-    "batch32-mined-anchor0.3-200": ("batch32-mined-200 + RankingAnchorLoss at weight 0.3: "
-                                    "mining lifted stdlib, the anchor feature requests",
-                                    {"training.batch_size": 32, "training.max_steps": 200,
-                                     "training.mine_negatives_step": 100,
-                                     "training.anchor_weight": 0.3}),
     "batch32-bce-200": ("batch32-200 with the seed's objective: BCE on each requirement's own "
                         "candidates (training.loss bce) instead of InfoNCE over the batch",
                         {"training.batch_size": 32, "training.max_steps": 200,
@@ -161,15 +144,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                      "training.warmup_steps": 10}),
     "batch32-split-200": ("batch32-200 reading camelCase identifiers as words "
                           "(model.split_identifiers: basicConfig -> basic Config)", SPLIT_200),
-    "batch32-split-mined-200": ("batch32-split-200 (the default) with negatives mined by the "
-                                "model from step 100 on",
-                                {**SPLIT_200, "training.mine_negatives_step": 100}),
     "batch32-split-neg3-200": ("batch32-split-200 (the default) with 3 BM25 hard negatives per "
                                "requirement instead of 1",
                                {**SPLIT_200, "training.negatives_per_query": 3}),
-    "batch32-split-anchor0.3-200": ("batch32-split-200 (the default) + RankingAnchorLoss at "
-                                    "weight 0.3 (it lifted dense feature requests before)",
-                                    {**SPLIT_200, "training.anchor_weight": 0.3}),
     "batch32-split-notes-200": ("batch32-split-200 (the default) + the PyPI packages' version "
                                 "notes (versionadded/versionchanged/deprecated text -> its "
                                 "section) as requirements",
@@ -284,13 +261,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "ceiling of this budget)",
         {**CLASSES_LOWER_200, "training.negatives_per_query": 3,
          "training.learning_rate": 1e-4}),
-    "anchor-400": ("the default (400 steps) + RankingAnchorLoss toward the untrained backbone "
-                   "(training.anchor_weight 1.0)",
-                   {"training.max_steps": 400, "training.anchor_weight": 1.0}),
-    "anchor0.3-400": ("the default (400 steps) + RankingAnchorLoss, training.anchor_weight 0.3",
-                      {"training.max_steps": 400, "training.anchor_weight": 0.3}),
-    "anchor0.1-400": ("the default (400 steps) + RankingAnchorLoss, training.anchor_weight 0.1",
-                      {"training.max_steps": 400, "training.anchor_weight": 0.1}),
     "attn-dropout": ("the backbone's attention dropout (0.1) kept, as before the speed work",
                      {"model.attention_dropout": None}),
 }

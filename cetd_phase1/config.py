@@ -67,8 +67,6 @@ class TrainingSection:
     negatives_per_query: int = 5  # hard/random negatives per requirement and step
     gather_across_devices: bool = False
     same_app_batches: bool = False  # in-batch negatives from the requirement's own app
-    anchor_weight: float = 0.0  # > 0: keep in-batch rankings near the untrained model's
-    mine_negatives_step: int = 0  # > 0: from then on, dataset.hard_negatives mined by the model
     freeze_embeddings: bool = False  # keep the backbone's token embeddings as pretrained
     freeze_layers: int = 0  # and its first N transformer layers (full fine-tuning only)
     max_steps: int = -1
@@ -300,15 +298,6 @@ def validate(cfg: Phase1Config) -> None:
         raise CETDError(f"{p}: training.fp16 and training.bf16 are both on; pick one")
     if t.push_to_hub and not t.hub_model_id:
         raise CETDError(f"{p}: training.push_to_hub needs training.hub_model_id")
-    if t.anchor_weight < 0:
-        raise CETDError(f"{p}: training.anchor_weight must be >= 0 (0 = off), got "
-                        f"{t.anchor_weight}")
-    if t.mine_negatives_step < 0:
-        raise CETDError(f"{p}: training.mine_negatives_step must be >= 0 (0 = off), got "
-                        f"{t.mine_negatives_step}")
-    if t.mine_negatives_step and t.dataloader_num_workers:
-        raise CETDError(f"{p}: training.mine_negatives_step needs dataloader_num_workers: 0 "
-                        f"(worker processes keep the negatives they started with)")
     for key, share in (("late_interaction", m.late_interaction),
                        ("hybrid_weight", m.hybrid_weight)):
         check_share(f"{p}: model.{key}", share)

@@ -150,42 +150,6 @@ class BCELoss(nn.Module):
         return f"scale={self.scale}"
 
 
-class RankingAnchorLoss(nn.Module):
-    r"""Keeps the model's in-batch rankings near those of a frozen reference model (usually the
-    untrained backbone), a regulariser added to the contrastive loss ("learning without
-    forgetting" on rankings).
-
-    Docstring pairs teach the model one kind of query; on feature-level requirements the tuned
-    model ranks worse than the backbone it started from (README). For requirement :math:`i`
-    let :math:`\pi_i = \mathrm{softmax}_j(s(q_i, p_j)/\tau)` over the batch's candidates and
-    :math:`\pi^0_i` the same under the reference model's embeddings :math:`q^0, p^0`
-    (computed without gradient):
-
-    .. math::
-
-        \mathcal{L}_{anchor} = \frac{1}{B}\sum_{i=1}^{B}
-            \mathrm{KL}\left(\pi^0_i \,\|\, \pi_i\right)
-
-    It is 0 at the start of training and grows only where the model reorders candidates
-    differently from the reference, so the labels still move the positives up. The trainer
-    adds :math:`\lambda \mathcal{L}_{anchor}` (``training.anchor_weight``) to the main
-    loss. Candidates are this process's own (a regulariser needs no cross-rank negatives).
-    """
-
-    def __init__(self, temperature: float = 0.05):
-        super().__init__()
-        self.temperature = temperature
-
-    def forward(self, q: torch.Tensor, p: torch.Tensor, q_ref: torch.Tensor,
-                p_ref: torch.Tensor) -> torch.Tensor:
-        log_model = F.log_softmax(q.float() @ p.float().T / self.temperature, dim=-1)
-        log_ref = F.log_softmax(q_ref.float() @ p_ref.float().T / self.temperature, dim=-1)
-        return F.kl_div(log_model, log_ref, reduction="batchmean", log_target=True)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
-
-
 LOSSES = ("infonce", "bce")
 
 

@@ -194,9 +194,7 @@ def run(cli: argparse.Namespace) -> int:
         eval_dataset=pairs["validation"] if has_validation else None,
         eval_sections=sections["validation"], data_collator=collator,
         processing_class=tokenizer, callbacks=callbacks,
-        same_app_batches=cfg.training.same_app_batches,
-        anchor_weight=cfg.training.anchor_weight, train_sections=sections["train"],
-        mine_negatives_step=cfg.training.mine_negatives_step, mined_negatives=d.hard_negatives)
+        same_app_batches=cfg.training.same_app_batches)
 
     # 6. Train.
     checkpoint = resolve_checkpoint(cfg.training.resume_from_checkpoint, str(output_dir))

@@ -7,15 +7,10 @@ Data flow of one training step::
     NoDuplicatesBatchSampler  -> B requirements, none of whose candidates is another's positive
     RetrievalCollator         -> 1 positive + up to n negatives each, tokenised and padded
     CETDRetriever.forward     -> loss (InfoNCE over all B * (1 + n) candidates by default)
-    RetrievalTrainer          -> + anchor_weight x RankingAnchorLoss (optional, off by default)
-
-Optionally (``mine_negatives_step``), from one step on the negatives are no longer the dataset's
-BM25 and random ones but the sections the model itself ranks highest (:func:`mine_negatives`).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 from collections import defaultdict
@@ -26,9 +21,8 @@ import datasets
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
-from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers import PreTrainedTokenizerBase, Trainer
 
-from cetd_phase1.losses import RankingAnchorLoss
 from cetd_phase1.metrics import compute_ranking_metrics
 from cetd_phase1.model import (CETDRetriever, encode_for_ranking, pad,
                                section_texts, tokenize)
@@ -197,8 +191,6 @@ class RetrievalCollator:
     append_eos: bool = False
     split_identifiers: bool = False
     pad_to_multiple_of: int = 8
-    #: query_id -> negative texts replacing the item's own (set by RetrievalTrainer's mining)
-    mined: dict[str, list[str]] | None = None
 
     def __call__(self, items: list[dict[str, Any]],
                  rng: random.Random | None = None) -> dict[str, torch.Tensor]:
@@ -206,13 +198,8 @@ class RetrievalCollator:
         global generator)."""
         draw = rng or random
         requirements, candidates, labels, owners = [], [], [], []
-        # the sampler kept the dataset's negatives apart from the other items' positives;
-        # mined ones were not known to it
-        batch_positives = {t for item in items for t in item["positives"]} if self.mined else ()
         for i, item in enumerate(items):
             negatives = item["negatives"]
-            if self.mined and item["query_id"] in self.mined:
-                negatives = [t for t in self.mined[item["query_id"]] if t not in batch_positives]
             chosen = draw.sample(negatives, min(self.negatives_per_query, len(negatives)))
             requirements.append(item["requirement"])
             labels.append(len(candidates))
@@ -327,57 +314,6 @@ def rank_full_app(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
     return out
 
 
-def mine_negatives(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
-                   groups: datasets.Dataset, sections: datasets.Dataset, *, k: int,
-                   max_req_length: int, max_code_length: int, batch_size: int = 64,
-                   show_progress: bool = False) -> dict[str, list[str]]:
-    """Per grouped requirement (``query_id``), the encoder texts of the ``k`` sections of its
-    app (in ``sections``) that ``model`` ranks highest, its positives left out: the candidates
-    it confuses now, rather than those BM25 confused when the dataset was built."""
-    items, by_app = _app_pools(sections, set(groups["app_id"]))
-    texts = [format_section(file, qual, code) for file, qual, _, code in items]
-    encoded = encode_for_ranking(model, tokenizer, texts, max_length=max_code_length,
-                                 batch_size=batch_size, show_progress=show_progress)
-    queries = encode_for_ranking(model, tokenizer, list(groups["requirement"]),
-                                 max_length=max_req_length, batch_size=batch_size,
-                                 show_progress=show_progress)
-    query_ids, positives = groups["query_id"], groups["positives"]
-    asked: dict[str, list[int]] = defaultdict(list)  # app -> its requirements' rows
-    for qi, app in enumerate(groups["app_id"]):
-        asked[app].append(qi)
-    out: dict[str, list[str]] = {}
-    for app, rows in asked.items():
-        cand = np.array(by_app.get(app, []), dtype=np.int64)
-        matrix = (encoded.take(cand).scores(queries.take(np.array(rows)),
-                                            model.config.late_interaction)
-                  if len(cand) else np.zeros((len(rows), 0), np.float32))
-        for qi, row in zip(rows, matrix):
-            own = set(positives[qi])
-            mined: list[str] = []
-            for j in np.argsort(-row, kind="stable"):
-                text = texts[cand[j]]
-                if text not in own and text not in mined:
-                    mined.append(text)
-                    if len(mined) == k:
-                        break
-            out[query_ids[qi]] = mined
-    return out
-
-
-class _MineNegatives(TrainerCallback):
-    """Mines once, before the first step at or after ``trainer.mine_negatives_step``; a run
-    resumed past that step mines again with the restored weights (the first run's negatives
-    are not saved in checkpoints)."""
-
-    def __init__(self, trainer: "RetrievalTrainer") -> None:
-        self.trainer = trainer
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        t = self.trainer
-        if t.data_collator.mined is None and state.global_step >= t.mine_negatives_step:
-            t.mine()
-
-
 class RetrievalTrainer(Trainer):
     """``Trainer`` for the bi-encoder: no-duplicates batches, the model's own loss, and
     evaluation by full-app ranking (``eval_accuracy``, ``eval_map``, ``eval_mrr``,
@@ -392,65 +328,15 @@ class RetrievalTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args: Any, eval_sections: datasets.Dataset | None = None,
-                 same_app_batches: bool = False, anchor_weight: float = 0.0,
-                 train_sections: datasets.Dataset | None = None, mine_negatives_step: int = 0,
-                 mined_negatives: int = 3, **kwargs: Any) -> None:
+                 same_app_batches: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.eval_sections = eval_sections
-        self.train_sections = train_sections
-        self.mine_negatives_step = mine_negatives_step
-        self.mined_negatives = mined_negatives
-        if mine_negatives_step > 0:
-            if train_sections is None or not isinstance(self.data_collator, RetrievalCollator):
-                raise ValueError("mine_negatives_step needs train_sections and a "
-                                 "RetrievalCollator")
-            self.add_callback(_MineNegatives(self))
         self.same_app_batches = same_app_batches
-        self.anchor_weight = anchor_weight
-        self.anchor_model: CETDRetriever | None = None
-        if anchor_weight > 0:
-            # A frozen copy of the model as handed in (before any step or resumed checkpoint):
-            # the reference of RankingAnchorLoss. It is not a submodule, so never saved; it
-            # doubles the weights in memory (a LoRA model copies its base weights too).
-            self.anchor_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-            self.anchor_loss = RankingAnchorLoss(self.model.config.loss_temperature)
-        self._anchor_kl: list[torch.Tensor] = []  # since the last log ("anchor_kl")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The model's own loss, plus ``anchor_weight`` x :class:`RankingAnchorLoss` against
-        the frozen reference model when that weight is above 0."""
+        """The model's own loss (Tevatron style: the model computes it)."""
         outputs = model(**inputs)
-        loss = outputs.loss
-        if self.anchor_model is not None:
-            with torch.no_grad():
-                q_ref = self.anchor_model.encode(inputs["q_input_ids"], inputs["q_attention_mask"])
-                p_ref = self.anchor_model.encode(inputs["p_input_ids"], inputs["p_attention_mask"])
-            kl = self.anchor_loss(outputs.q_reps, outputs.p_reps, q_ref, p_ref)
-            self._anchor_kl.append(kl.detach())  # no .item() here: a GPU sync per step
-            loss = loss + self.anchor_weight * kl
-        return (loss, outputs) if return_outputs else loss
-
-    def mine(self) -> None:
-        """Replace every training requirement's negatives by the ``mined_negatives`` sections
-        of its app the current model ranks highest (:func:`mine_negatives`). Under several
-        processes each mines the same (same weights), like evaluation."""
-        collator = self.data_collator
-        logger.info("step %d: mining %d hard negatives per requirement with the model",
-                    self.state.global_step, self.mined_negatives)
-        collator.mined = mine_negatives(
-            self.accelerator.unwrap_model(self.model), self.processing_class, self.train_dataset,
-            self.train_sections, k=self.mined_negatives,
-            max_req_length=collator.max_req_length, max_code_length=collator.max_code_length,
-            batch_size=self.args.per_device_eval_batch_size,
-            show_progress=not self.args.disable_tqdm)
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """The Trainer's log, with the mean anchor KL since the last training log (the logged
-        ``loss`` includes ``anchor_weight`` times it) when the anchor is on."""
-        if "loss" in logs and self._anchor_kl:
-            logs = {**logs, "anchor_kl": round(torch.stack(self._anchor_kl).mean().item(), 4)}
-            self._anchor_kl.clear()
-        super().log(logs, start_time)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def get_train_dataloader(self) -> DataLoader:
         """Grouped requirements through :class:`NoDuplicatesBatchSampler` (an ordinary random

@@ -17,8 +17,7 @@ from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 
 from cetd_phase1.model import CETDRetriever, load_tokenizer  # noqa: E402
 from cetd_phase1.trainer import (NoDuplicatesBatchSampler, RetrievalCollator,  # noqa: E402
-                                 RetrievalTrainer, group_queries, mine_negatives,
-                                 rank_full_app)
+                                 RetrievalTrainer, group_queries, rank_full_app)
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +144,7 @@ def test_rank_full_app_scores_every_section_of_the_app(encoder_dir, rows, sectio
     assert ranked.app_ids[i] == "a2" and ranked.labels[i].tolist().index(1) == 3
 
 
-def _trainer(model, tok, rows, sections, out, anchor_weight: float = 0.0,
-             mine_negatives_step: int = 0, **kwargs) -> RetrievalTrainer:
+def _trainer(model, tok, rows, sections, out, **kwargs) -> RetrievalTrainer:
     settings = dict(output_dir=str(out), per_device_train_batch_size=4, learning_rate=3e-3,
                     report_to=[], remove_unused_columns=False, logging_steps=5, seed=0,
                     disable_tqdm=True, use_cpu=True)
@@ -156,9 +154,7 @@ def _trainer(model, tok, rows, sections, out, anchor_weight: float = 0.0,
     return RetrievalTrainer(model=model, args=TrainingArguments(**settings),
                             train_dataset=group_queries(rows), eval_dataset=rows,
                             eval_sections=sections, data_collator=collator,
-                            processing_class=tok, anchor_weight=anchor_weight,
-                            train_sections=sections, mine_negatives_step=mine_negatives_step,
-                            mined_negatives=2)
+                            processing_class=tok)
 
 
 def _fixed_batch_loss(model, trainer) -> float:
@@ -247,97 +243,3 @@ def test_resume_from_checkpoint_continues_the_step_count(encoder_dir, rows, sect
     assert loaded == [True]  # the checkpoint's adapter and head, exactly
     assert steps == [7, 8, 9]  # continues after the checkpoint, nothing re-run
     assert not np.isnan(second.state.log_history[-1]["train_loss"])
-
-
-def test_anchor_weight_adds_the_ranking_kl_to_a_frozen_copy(encoder_dir, rows, sections,
-                                                            tmp_path):
-    """With ``anchor_weight`` the trainer keeps a frozen copy of the model it was given; the
-    loss is the model's own loss plus weight x RankingAnchorLoss(model, copy), zero before any
-    step; training moves the model and never the copy."""
-    from cetd_phase1.losses import RankingAnchorLoss
-
-    torch.manual_seed(0)
-    model = CETDRetriever.from_backbone(encoder_dir, attention_dropout=0.0)
-    tok = load_tokenizer(encoder_dir)
-    plain = _trainer(model, tok, rows, sections, tmp_path / "plain", save_strategy="no")
-    trainer_anchor = _trainer(model, tok, rows, sections, tmp_path / "out", anchor_weight=0.5,
-                              max_steps=10, save_strategy="no", learning_rate=1e-3)
-    reference = trainer_anchor.anchor_model
-    assert plain.anchor_model is None and reference is not model
-    assert not any(p.requires_grad for p in reference.parameters())
-    snapshot = {k: v.clone() for k, v in reference.state_dict().items()}
-    batch = trainer_anchor.data_collator(list(trainer_anchor.train_dataset.select(range(8))))
-    model.eval()
-    with torch.no_grad():
-        own = float(model(**batch).loss)
-        assert float(trainer_anchor.compute_loss(model, batch)) == pytest.approx(own, rel=1e-5)
-        for param in model.backbone.encoder.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-        out = model(**batch)
-        ref_q = reference.encode(batch["q_input_ids"], batch["q_attention_mask"])
-        ref_p = reference.encode(batch["p_input_ids"], batch["p_attention_mask"])
-        kl = float(RankingAnchorLoss(0.05)(out.q_reps, out.p_reps, ref_q, ref_p))
-        total = float(trainer_anchor.compute_loss(model, batch))
-    assert kl > 1e-4
-    assert total == pytest.approx(float(out.loss) + 0.5 * kl, rel=1e-5)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer_anchor.train()
-    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in snapshot.items())
-    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    logged = [h for h in trainer_anchor.state.log_history if "loss" in h]
-    assert logged and all(h["anchor_kl"] >= 0 for h in logged)
-
-
-def test_mine_negatives_takes_the_models_top_ranked_sections_of_the_own_app(encoder_dir, rows,
-                                                                          sections):
-    from cetd_phase1.model import encode_texts
-    from cetd_phase1.sections import format_section
-
-    torch.manual_seed(0)
-    model = CETDRetriever.from_backbone(encoder_dir, attention_dropout=0.0)
-    tok = load_tokenizer(encoder_dir)
-    groups = group_queries(rows)
-    mined = mine_negatives(model, tok, groups, sections, k=2, max_req_length=16,
-                           max_code_length=32)
-    assert sorted(mined) == sorted(groups["query_id"])
-    texts = {a: [format_section(f, q, c) for aa, f, q, c in zip(
-        sections["app_id"], sections["file"], sections["qualname"], sections["code"]) if aa == a]
-        for a in set(sections["app_id"])}
-    for g in groups.select([0, 3, len(groups) - 1]):
-        pool = [t for t in texts[g["app_id"]] if t not in g["positives"]]
-        q = encode_texts(model, tok, [g["requirement"]], max_length=16)[0]
-        scores = encode_texts(model, tok, pool, max_length=32) @ q
-        assert mined[g["query_id"]] == [pool[i] for i in np.argsort(-scores, kind="stable")[:2]]
-
-
-def test_collator_uses_mined_negatives_but_never_another_items_positive(encoder_dir):
-    tok = load_tokenizer(encoder_dir)
-    items = [{"query_id": "0", "requirement": "r0", "positives": ["P0"], "negatives": ["N0"]},
-             {"query_id": "1", "requirement": "r1", "positives": ["P1"], "negatives": ["N1"]}]
-    collator = RetrievalCollator(tok, negatives_per_query=2,
-                                 mined={"0": ["P1", "M0"], "1": ["M1", "M2"]})
-    batch = collator(items)
-    texts = tok.batch_decode(batch["p_input_ids"], skip_special_tokens=True)
-    assert texts[0] == "p0" and texts[1:2] == ["m0"]  # P1 left out: item 1's positive
-    assert texts[2] == "p1" and sorted(texts[3:]) == ["m1", "m2"]
-    assert batch["owners"].tolist() == [0, 0, 1, 1, 1]
-
-
-def test_mining_step_switches_training_to_the_models_negatives(encoder_dir, rows, sections,
-                                                               tmp_path):
-    torch.manual_seed(0)
-    model = CETDRetriever.from_backbone(encoder_dir, attention_dropout=0.0)
-    tok = load_tokenizer(encoder_dir)
-    seen = []
-
-    class Spy(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            seen.append((state.global_step, trainer.data_collator.mined is not None))
-
-    trainer = _trainer(model, tok, rows, sections, tmp_path / "out", mine_negatives_step=3,
-                       max_steps=5, save_strategy="no")
-    trainer.add_callback(Spy())
-    trainer.train()
-    assert seen == [(0, False), (1, False), (2, False), (3, True), (4, True)]
-    assert set(trainer.data_collator.mined) == set(trainer.train_dataset["query_id"])
-    assert all(len(v) == 2 for v in trainer.data_collator.mined.values())
