@@ -187,15 +187,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                 "lr1e-4 row goes once ranked with late "
                                                 "interaction",
                                                 {**FROZEN_200, "training.learning_rate": 2e-4}),
-    "batch32-split-chunks4-frozen-2layers-200": ("batch32-split-chunks4-frozen-emb-200 with the "
-                                                 "first 2 of MiniLM's 6 layers frozen too "
-                                                 "(training.freeze_layers 2): more of the "
-                                                 "backbone's generality kept",
-                                                 {**FROZEN_200, "training.freeze_layers": 2}),
-    "batch32-split-chunks4-frozen-1layer-200": ("batch32-split-chunks4-frozen-emb-200 with the "
-                                                "first of MiniLM's 6 layers frozen too "
-                                                "(training.freeze_layers 1)",
-                                                {**FROZEN_200, "training.freeze_layers": 1}),
     "batch32-split-chunks4-frozen-cls-200": ("batch32-split-chunks4-frozen-emb-200 "
                                              "pooled by the [CLS] token instead of the mean "
                                              "(model.pooling cls)",

@@ -68,7 +68,6 @@ class TrainingSection:
     gather_across_devices: bool = False
     same_app_batches: bool = False  # in-batch negatives from the requirement's own app
     freeze_embeddings: bool = False  # keep the backbone's token embeddings as pretrained
-    freeze_layers: int = 0  # and its first N transformer layers (full fine-tuning only)
     max_steps: int = -1
     seed: int = 42
     weight_decay: float = 0.0
@@ -286,9 +285,6 @@ def validate(cfg: Phase1Config) -> None:
     if d.pypi_packages and not cfg.data_source.startswith("stdlib+pypi"):
         raise CETDError(f"{p}: dataset.pypi_packages is read by the stdlib+pypi sources only, "
                         f"not {cfg.data_source!r}")
-    if t.freeze_layers < 0 or (t.freeze_layers and t.use_lora):
-        raise CETDError(f"{p}: training.freeze_layers must be >= 0 and needs use_lora: false "
-                        f"(LoRA freezes every base weight), got {t.freeze_layers}")
     from cetd_phase1.labels import LABEL_SOURCES
     unknown = [s for s in d.label_sources if s not in LABEL_SOURCES]
     if unknown:

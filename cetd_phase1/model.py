@@ -339,22 +339,11 @@ class CETDRetriever(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
 
-    def freeze(self, embeddings: bool = False, layers: int = 0) -> None:
-        """Keep the backbone's token embeddings and/or its first ``layers`` transformer layers
-        as pretrained during training (``training.freeze_embeddings`` / ``freeze_layers``)."""
-        if embeddings:
-            # identifiers of unseen apps keep the pretrained vectors their tokens had
-            self.get_input_embeddings().requires_grad_(False)
-        if not layers:
-            return
-        # BERT-like encoders keep them in encoder.layer, Qwen2-like decoders in layers
-        stack = getattr(getattr(self.backbone, "encoder", self.backbone), "layer", None)
-        stack = stack if stack is not None else getattr(self.backbone, "layers", None)
-        if stack is None or layers > len(stack):
-            raise CETDError(f"training.freeze_layers {layers}: the backbone has "
-                            f"{0 if stack is None else len(stack)} layers")
-        for layer in stack[:layers]:
-            layer.requires_grad_(False)
+    def freeze_embeddings(self) -> None:
+        """Keep the backbone's token embeddings as pretrained during training
+        (``training.freeze_embeddings``): identifiers of unseen apps keep the vectors their
+        tokens had."""
+        self.get_input_embeddings().requires_grad_(False)
 
     # --- saving and loading -------------------------------------------------------------
 

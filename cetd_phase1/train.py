@@ -169,10 +169,8 @@ def run(cli: argparse.Namespace) -> int:
     model = CETDRetriever.from_backbone(cfg.model.base_model,
                                         attention_dropout=cfg.model.attention_dropout,
                                         **cfg.model_settings())
-    try:
-        model.freeze(cfg.training.freeze_embeddings, cfg.training.freeze_layers)
-    except CETDError as err:
-        raise CETDError(f"{cfg.path}: {err}") from None
+    if cfg.training.freeze_embeddings:
+        model.freeze_embeddings()
     tokenizer = load_tokenizer(resolve_backbone(cfg.model.base_model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -116,8 +116,6 @@ def test_unknown_section_fails(tmp_path):
     ('base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"',
      'base_model: "x"\n  class_penalty: -0.3', "model.class_penalty must be a number >= 0"),
 
-    ("max_grad_norm: 1.0", "max_grad_norm: 1.0\n  freeze_layers: 2",
-     "training.freeze_layers must be >= 0 and needs use_lora: false"),
     ("val_split: 0.1", "val_split: 0.1\n  pypi_packages: more.yaml",
      "dataset.pypi_packages is read by the stdlib\\+pypi sources only"),
     ("val_split: 0.1", "val_split: 0.1\n  label_sources: [docstring, docstrings]",
