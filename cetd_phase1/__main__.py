@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from cetd_phase1.errors import CETDError, report
+from cetd_phase1.labels import DEFAULT_LABEL_SOURCES
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {}
@@ -70,10 +71,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="random negatives per requirement, from the same app (default 2)")
     p.add_argument("--max-positives", type=int, default=5,
                    help="positives kept per requirement (default 5, as in the seed)")
-    p.add_argument("--label-sources", default="docstring,gold,heuristic",
+    p.add_argument("--label-sources", default=",".join(DEFAULT_LABEL_SOURCES),
                    help="comma-separated label sources: docstring, gold, heuristic, git, changelog, "
                         "version_notes, module_docstring, class_docstring "
-                        "(default docstring,gold,heuristic)")
+                        f"(default {','.join(DEFAULT_LABEL_SOURCES)})")
     p.add_argument("--cache-dir", default=None,
                    help="Arrow cache folder (default $CETD_CACHE/datasets or "
                         "~/.cache/cetd_phase1/datasets)")
@@ -288,9 +289,10 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="rank by (1 - A) x cosine + A x MaxSim over token vectors (default: the "
                         "checkpoint's model.late_interaction; 0 = the cosine alone)")
     _class_penalty_argument(p)
-    p.add_argument("--label-sources", default="docstring,gold,heuristic",
+    p.add_argument("--label-sources", default=",".join(DEFAULT_LABEL_SOURCES),
                    help="comma-separated label sources of the queries (default "
-                        "docstring,gold,heuristic; 'gold' alone for annotated requirements only)")
+                        f"{','.join(DEFAULT_LABEL_SOURCES)}; 'gold' alone for annotated "
+                        "requirements only)")
 
 
 @command("evaluate", "Rank each app's sections for its requirements; compare the model with "

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from cetd_phase1.errors import CETDError, check_penalty, check_share
+from cetd_phase1.labels import DEFAULT_LABEL_SOURCES
 
 #: ``evaluation.metric`` values -> key of :func:`cetd_phase1.metrics.compute_ranking_metrics`.
 METRICS = {"retrieval_accuracy": "accuracy", "accuracy": "accuracy", "map": "map", "mrr": "mrr",
@@ -95,7 +96,7 @@ class DatasetSection:
     hard_negatives: int = 3  # BM25-mined negatives per requirement in the dataset
     random_negatives: int = 2
     max_positives: int = 5
-    label_sources: list[str] = field(default_factory=lambda: ["docstring", "gold", "heuristic"])
+    label_sources: list[str] = field(default_factory=lambda: list(DEFAULT_LABEL_SOURCES))
     cache_dir: str | None = None
     seed: int = 0
 

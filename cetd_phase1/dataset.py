@@ -21,8 +21,8 @@ from cetd_phase1 import default_cache_dir
 from cetd_phase1.atomic import atomic_write_text
 from cetd_phase1.changelog import find_changelog
 from cetd_phase1.errors import CETDError
-from cetd_phase1.labels import (LABEL_SOURCES, MIN_REQUIREMENT_WORDS, AppLabels, HeuristicLabeler,
-                                label_app)
+from cetd_phase1.labels import (DEFAULT_LABEL_SOURCES, LABEL_SOURCES, MIN_REQUIREMENT_WORDS,
+                                AppLabels, HeuristicLabeler, label_app)
 from cetd_phase1.registry import SPLITS, App, Registry, RegistryError
 from cetd_phase1.sections import ExtractionReport, Section, extract_sections, format_section
 
@@ -82,7 +82,7 @@ class Phase1BuilderConfig(datasets.BuilderConfig):
     hard_negatives: int = 3
     random_negatives: int = 2
     max_positives: int = 5
-    label_sources: str = "docstring,gold,heuristic"
+    label_sources: str = ",".join(DEFAULT_LABEL_SOURCES)
     seed: int = 0
 
 
@@ -291,7 +291,7 @@ def _build(config_name: str, source, registry, cache_dir, report, heuristic,
 
 def build_dataset(source: str | Path | None = "stdlib", *, registry: Registry | None = None,
                   hard_negatives: int = 3, random_negatives: int = 2, max_positives: int = 5,
-                  label_sources: tuple[str, ...] = ("docstring", "gold", "heuristic"),
+                  label_sources: tuple[str, ...] = DEFAULT_LABEL_SOURCES,
                   cache_dir: str | Path | None = None, seed: int = 0,
                   report: BuildReport | None = None,
                   heuristic: HeuristicLabeler | None = None) -> datasets.DatasetDict:

@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from cetd_phase1.errors import CETDError, check_output_dir, check_penalty, check_share
+from cetd_phase1.labels import DEFAULT_LABEL_SOURCES
 from cetd_phase1.metrics import DEFAULT_KS, average_metrics, positive_ranks, query_metrics
 from cetd_phase1.registry import App, Registry
 from cetd_phase1.atomic import atomic_write, atomic_write_text
@@ -220,7 +221,7 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
                    hybrid: bool = False, backbone: str | None = None,
                    cache_dir: str | Path | None = None, hard_negatives: int = 3,
                    random_negatives: int = 2, batch_size: int = 64, command: str = "",
-                   label_sources: Sequence[str] = ("docstring", "gold", "heuristic"),
+                   label_sources: Sequence[str] = DEFAULT_LABEL_SOURCES,
                    section_chunks: int | None = None,
                    late_interaction: float | None = None,
                    class_penalty: float | None = None) -> dict:

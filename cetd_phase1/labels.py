@@ -27,6 +27,9 @@ from typing import Iterable, Sequence
 from cetd_phase1.sections import Section
 
 #: every label source (``label_app`` applies gold and heuristic first, docstring last)
+#: The label sources used where none are named: what every app folder has (its docstrings, its
+#: gold files, the heuristic guess); configs add ``changelog`` / ``git`` where apps have them.
+DEFAULT_LABEL_SOURCES = ("docstring", "gold", "heuristic")
 LABEL_SOURCES = ("docstring", "gold", "heuristic", "git", "changelog", "version_notes",
                  "module_docstring", "class_docstring")
 GOLD_REQUIREMENTS = "gold_requirements.md"
@@ -364,7 +367,7 @@ def changelog_examples(app_root: Path, sections: Sequence[Section]) -> list[Exam
 
 
 def label_app(app_root: Path, sections: Sequence[Section], *,
-              sources: Iterable[str] = ("docstring", "gold", "heuristic"),
+              sources: Iterable[str] = DEFAULT_LABEL_SOURCES,
               heuristic: HeuristicLabeler | None = None) -> AppLabels:
     """All examples of one app from the enabled label sources.
 
