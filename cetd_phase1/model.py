@@ -364,13 +364,12 @@ class CETDRetriever(PreTrainedModel):
         if self.is_lora:
             self.backbone.save_pretrained(str(out))
             # peft leaves a template card ("[More Information Needed]"); say what this is
+            from cetd_phase1.atomic import atomic_write_text
             from cetd_phase1.hub import CARD, model_card
-            (out / CARD).write_text(model_card(self.config.to_dict(), out.resolve().name,
-                                               training_config=None, metrics={},
-                                               loading=f'from cetd_phase1.model import '
-                                                       f'CETDRetriever\nmodel = CETDRetriever.'
-                                                       f'from_pretrained("{out}")'),
-                                    encoding="utf-8")
+            atomic_write_text(out / CARD, model_card(
+                self.config.to_dict(), out.resolve().name, training_config=None, metrics={},
+                loading=f'from cetd_phase1.model import CETDRetriever\n'
+                        f'model = CETDRetriever.from_pretrained("{out}")'))
             extra = self._extra_state()
             if extra:
                 save_file(extra, str(out / HEAD_WEIGHTS), metadata={"format": "pt"})

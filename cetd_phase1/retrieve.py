@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cetd_phase1 import default_cache_dir
-from cetd_phase1.atomic import atomic_directory, atomic_write
+from cetd_phase1.atomic import atomic_directory, atomic_write, atomic_write_text
 from cetd_phase1.errors import CETDError, check_penalty, check_requirement, check_share
 from cetd_phase1.registry import App
 if TYPE_CHECKING:  # model imports torch; retrieve stays light until a model is loaded
@@ -519,7 +519,7 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
             loading = (f"from sentence_transformers import SentenceTransformer\n"
                        f'model = SentenceTransformer("{out_dir}")\n'
                        f"queries = model.encode_query([...]); code = model.encode_document([...])")
-            (Path(staging) / CARD).write_text(
-                model_card(config.to_dict(), out_dir.resolve().name, training_config=None,
-                           metrics={}, loading=loading), encoding="utf-8")
+            atomic_write_text(Path(staging) / CARD, model_card(
+                config.to_dict(), out_dir.resolve().name, training_config=None, metrics={},
+                loading=loading))
     return out_dir
