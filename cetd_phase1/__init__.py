@@ -10,12 +10,10 @@ __version__ = "0.1.0"
 def resource(*parts: str):
     """A file shipped inside the package (configs, the pinned PyPI list, the SQL schema), so a
     non-editable install finds it as the source checkout does."""
-    from importlib.resources import as_file, files
     from pathlib import Path
 
-    # a regular install unpacks to files on disk; as_file is the documented way to get the path
-    with as_file(files(__name__).joinpath(*parts)) as path:
-        return Path(path)
+    # pip installs the package as files on disk (it is never imported from a zip)
+    return Path(__file__).resolve().parent.joinpath(*parts)
 
 
 def default_cache_dir():

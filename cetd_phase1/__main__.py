@@ -31,19 +31,20 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 
 def main(argv: list[str] | None = None, prog: str = "python -m cetd_phase1") -> int:
     """Parse ``argv`` and run one command; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # the driver parses its own options (run_phase1.py's)
+        from cetd_phase1.train import main as train
+        return train(argv[1:], prog=f"{prog} train")
     parser = argparse.ArgumentParser(prog=prog,
                                      description="CET-D Phase 1: requirement -> code retrieval")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # listed for --help only: `train` never reaches this parser (above)
     sub.add_parser("train", help="train, evaluate and save a retriever (run_phase1.py's "
                                  "options; `train --help` lists them)")
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p)
         p.set_defaults(_run=run)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:  # the driver parses its own options (run_phase1.py's)
-        from cetd_phase1.train import main as train
-        return train(argv[1:], prog=f"{prog} train")
     args = parser.parse_args(argv)
     try:
         return args._run(args)

@@ -337,8 +337,6 @@ def training_arguments(cfg: Phase1Config, *, has_validation: bool = True):
 
     t, e = cfg.training, cfg.evaluation
     cuda = torch.cuda.is_available()
-    if t.fp16 and not cuda:
-        raise CETDError(f"{cfg.path}: training.fp16 needs a CUDA GPU (none is visible)")
     from cetd_phase1.model import cpu_has_native_bf16
     # `accelerate launch` passes its config file's mixed_precision in this variable: the user's
     # choice there wins over the automatic one (the YAML's explicit fp16/bf16 win over both)
@@ -353,7 +351,8 @@ def training_arguments(cfg: Phase1Config, *, has_validation: bool = True):
         raise CETDError(f"{cfg.path}: training.fp16/bf16 and accelerate's mixed_precision "
                         f"{launched!r} ask for both fp16 and bf16; pick one")
     if fp16 and not cuda:
-        raise CETDError(f"{cfg.path}: fp16 needs a CUDA GPU (none is visible)")
+        asked = "training.fp16" if t.fp16 else "accelerate's mixed_precision fp16"
+        raise CETDError(f"{cfg.path}: {asked} needs a CUDA GPU (none is visible)")
     evaluating = has_validation
     return TrainingArguments(
         output_dir=cfg.model.output_dir,

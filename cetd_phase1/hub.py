@@ -76,6 +76,10 @@ def model_card(model_config: dict[str, Any], repo_id: str, *,
     header = "| split | " + " | ".join(SUMMARY_KEYS) + " |"
     rule = "|---" * (len(SUMMARY_KEYS) + 1) + "|"
     table = "\n".join([header, rule, *rows]) if rows else "(not evaluated)"
+    if loading is None:
+        loading = ("from cetd_phase1.model import CETDRetriever\n"
+                   f'model = CETDRetriever.from_pretrained("{repo_id}")  '
+                   '# revision="..." for a fixed commit')
     head = " and projection head" if model_config.get("projection_dim") else ""
     weights = (f"a LoRA adapter (r={model_config.get('lora_r')}){head} on `{base}`; the base "
                f"weights are not in this repository and are loaded from `{base}`"
@@ -91,7 +95,7 @@ sections (functions, methods, classes) of one Python application by how likely t
 requirement. This repository holds {weights}.
 
 ```python
-{loading or f'from cetd_phase1.model import CETDRetriever{chr(10)}model = CETDRetriever.from_pretrained("{repo_id}")  # revision="..." for a fixed commit'}
+{loading}
 ```
 
 Pooling `{model_config.get('pooling')}`, embedding size

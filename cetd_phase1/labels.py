@@ -26,10 +26,10 @@ from typing import Iterable, Sequence
 
 from cetd_phase1.sections import Section
 
-#: every label source (``label_app`` applies gold and heuristic first, docstring last)
 #: The label sources used where none are named: what every app folder has (its docstrings, its
 #: gold files, the heuristic guess); configs add ``changelog`` / ``git`` where apps have them.
 DEFAULT_LABEL_SOURCES = ("docstring", "gold", "heuristic")
+#: every label source (``label_app`` applies gold and heuristic first, docstring last)
 LABEL_SOURCES = ("docstring", "gold", "heuristic", "git", "changelog", "version_notes",
                  "module_docstring", "class_docstring")
 GOLD_REQUIREMENTS = "gold_requirements.md"

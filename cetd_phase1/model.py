@@ -499,8 +499,10 @@ def _config_for(backbone: str, backbone_config: PreTrainedConfig,
 
 def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
     """``from_pretrained``'s dtype argument as a torch dtype; ``None`` keeps float32."""
-    if value is None or value == "auto" or isinstance(value, torch.dtype):
-        return None if value == "auto" else value
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, torch.dtype):
+        return value
     found = getattr(torch, str(value).removeprefix("torch."), None)
     if not isinstance(found, torch.dtype):
         raise CETDError(f"dtype {value!r} is not a torch dtype (e.g. float32, bfloat16)")
