@@ -1,20 +1,20 @@
 #!/usr/bin/env python
 """Ablations of the default recipe, chosen on the VALIDATION split only.
 
-Each variant is the default config (configs/phase1_minilm_cpu.yaml) on 150 steps of 16 with a few keys
-changed (``BASE_CHANGES``, then the variant's own); it is
-trained with `run_phase1.py --skip_holdout` (the holdout is never looked at here) and scored on the
-validation apps (full-app ranking: MRR, Recall@5) and, with --feature-requests, on the validation
-half of the feature requests (bench/feature_requests_split.yaml).
+Each variant is the default config (configs/phase1_minilm_cpu.yaml) with a few keys changed; it
+is trained with `run_phase1.py --skip_holdout` (the holdout is never looked at here) and scored
+on the validation apps (full-app ranking: MRR, Recall@5) and, with --feature-requests, on the
+validation half of the feature requests (bench/feature_requests_split.yaml).
 
     python bench/ablation.py --out outputs/ablation                       # every variant
     python bench/ablation.py --out outputs/ablation --only default lora   # some of them
-    python bench/ablation.py --only batch32-200 --seeds 42 1 2 --feature-requests   # spread
+    python bench/ablation.py --only default neg3 --seeds 42 1 2 --feature-requests   # spread
 
-With --feature-requests each row also carries the criterion rows are chosen on: the served
-hybrid's MRR on both validation sets (``bench/fusion.py`` as ``retrieve`` serves it) and their
-mean. With --seeds each variant is trained once per training seed and a second table gives
-each variant's spread; a margin inside the default's spread is not a gain.
+With --feature-requests each row also carries the criterion rows are chosen on: the MRR of the
+served hybrid (model fused with BM25 as ``retrieve`` serves it) on both validation sets and
+their mean (docs/experiments.md). With --seeds each variant is trained once per training seed
+and a second table gives each variant's spread; a margin inside the default's spread is not a
+gain.
 
 Prints a table (variant, seed, change, validation MRR / R@5, feature-request MRR / R@5, fused
 scores, train seconds, the command) and writes it to OUT/ablation.md.
@@ -34,226 +34,49 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "configs" / "phase1_minilm_cpu.yaml"
+if str(REPO) not in sys.path:  # check_variants imports cetd_phase1 from a clean checkout
+    sys.path.insert(0, str(REPO))
 
-#: the label sources of every row before the summaries (92488c8), and of the default again
-CHANGELOG_SOURCES = ["docstring", "gold", "heuristic", "changelog"]
-#: Every variant runs on the schedule and text the table was measured on, 150 steps of 16
-#: requirements with identifiers read as written, each section ranked by its first text and the
-#: pooled cosine alone (the default config now trains 200 steps of 32, splits camelCase
-#: identifiers, reads long functions as up to 8 texts, keeps the token embeddings frozen
-#: and ranks with late interaction, chosen from these rows); a variant's own changes come on top.
-BASE_CHANGES = {"training.max_steps": 150, "training.batch_size": 16,
-                "model.split_identifiers": False, "model.section_chunks": 1,
-                "training.freeze_embeddings": False,
-                "dataset.label_sources": CHANGELOG_SOURCES,
-                "model.late_interaction": 0.0, "model.hybrid_weight": 0.7,
-                "model.class_penalty": 0.0}
-#: the changelog rows' data: stdlib + 15 PyPI packages with their changelogs (an option)
-PYPI_CHANGELOGS = {"dataset.source": "stdlib+pypi", "dataset.label_sources": CHANGELOG_SOURCES}
-
-#: the default's recipe from 376a3e9 (200 steps of 32, identifiers as words), and since 5c45c61
-#: (+ long functions ranked by their best of 4 texts): the base of the rows measured on them
-SPLIT_200 = {"training.batch_size": 32, "training.max_steps": 200,
-             "model.split_identifiers": True}
-CHUNKS4_200 = {**SPLIT_200, "model.section_chunks": 4}
-FROZEN_200 = {**CHUNKS4_200, "training.freeze_embeddings": True}
-#: the default since 92488c8: + module and class summaries as requirements
-SUMMARIES_200 = {**FROZEN_200, "dataset.label_sources": [*CHANGELOG_SOURCES, "module_docstring",
-                                                         "class_docstring"]}
-#: the default from 72d0822: the summaries' training, ranked by 0.25 x cosine + 0.75 x MaxSim
-#: and fused with BM25 at 0.8 (bench/late_interaction.py); since the summaries were dropped
-#: again, the frozen recipe ranked that way (LATE_FROZEN_200, the default until the thirteenth
-#: session)
-LATE_200 = {**SUMMARIES_200, "model.late_interaction": 0.75, "model.hybrid_weight": 0.8}
-LATE_FROZEN_200 = {**FROZEN_200, "model.late_interaction": 0.75, "model.hybrid_weight": 0.8}
-#: the default since the thirteenth session: the same training, a long function read as up to
-#: 8 texts (MaxSim over all their tokens) instead of 4
-CHUNKS8_LATE_200 = {**LATE_FROZEN_200, "model.section_chunks": 8}
-#: the default since the fourteenth session: the same, every class 0.3 lower in the served
-#: hybrid (bench/class_penalty.py)
-CLASSES_LOWER_200 = {**CHUNKS8_LATE_200, "model.class_penalty": 0.3}
-WIDE_PACKAGES = "bench/pypi_packages_wide.yaml"
-
-#: name -> (what changes, {section.key: value})
+#: name -> (what changes against the default config, {section.key: value}); each variant turns
+#: one lever of the default back or further, so its row reads against the default's
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "default": ("the default recipe on 150 steps", {}),
-    "lora": ("LoRA r=16 instead of full fine-tuning", {"training.use_lora": True,
-                                                       "training.learning_rate": 2e-4}),
-    "lr2e-5": ("learning rate 2e-5", {"training.learning_rate": 2e-5}),
-    "lr1e-4": ("learning rate 1e-4", {"training.learning_rate": 1e-4}),
-    "tau0.1": ("temperature 0.1", {"training.temperature": 0.1}),
+    "default": ("the default config as it stands", {}),
+    "lora": ("LoRA r=16 (learning rate 2e-4) instead of full fine-tuning",
+             {"training.use_lora": True, "training.learning_rate": 2e-4}),
+    "lr1e-4": ("learning rate 1e-4 instead of 5e-5", {"training.learning_rate": 1e-4}),
+    "tau0.03": ("temperature 0.03 instead of 0.05", {"training.temperature": 0.03}),
     "neg0": ("in-batch negatives only (no BM25 hard negative)",
              {"training.negatives_per_query": 0}),
-    "neg3": ("3 hard negatives per requirement", {"training.negatives_per_query": 3}),
+    "neg3": ("3 BM25 hard negatives per requirement instead of 1",
+             {"training.negatives_per_query": 3}),
+    "mixed-app": ("in-batch negatives from any app (training.same_app_batches false)",
+                  {"training.same_app_batches": False}),
+    "steps300": ("300 steps instead of 200 (warmup 30, the same 10%)",
+                 {"training.max_steps": 300, "training.warmup_steps": 30}),
     "code256": ("code cut at 256 tokens instead of 128", {"dataset.max_code_length": 256}),
-    "bce": ("the seed's BCE objective instead of InfoNCE", {"training.loss": "bce"}),
-    "steps300": ("300 steps instead of 150", {"training.max_steps": 300}),
-    "steps400": ("400 steps instead of 150 (the 600-step run peaked at 350)",
-                 {"training.max_steps": 400}),
-    "batch32": ("batch 32", {"training.batch_size": 32}),
-    "same-app": ("in-batch negatives from the requirement's own app (same_app_batches)",
-                 {"training.same_app_batches": True}),
-    "same-app-neg0": ("same-app batches, no BM25 hard negative (in-batch negatives only)",
-                      {"training.same_app_batches": True, "training.negatives_per_query": 0}),
-    "code256-250": ("code cut at 256 tokens, 250 steps (about the default's training time)",
-                    {"dataset.max_code_length": 256, "training.max_steps": 250}),
-    "same-app-400": ("same-app batches on 400 steps (the default schedule)",
-                     {"training.same_app_batches": True, "training.max_steps": 400}),
-    "same-app-neg0-800": ("same-app batches, no hard negative, 800 steps (about the time of "
-                          "400 steps with one)",
-                          {"training.same_app_batches": True, "training.negatives_per_query": 0,
-                           "training.max_steps": 800}),
-    "changelog-400": ("+ 15 PyPI packages (train split) with the changelog label source "
-                      "(dataset.source: stdlib+pypi), 400 steps",
-                      {"training.max_steps": 400, **PYPI_CHANGELOGS}),
-    "pypi-docstrings-400": ("+ the same PyPI packages, docstrings only (changelog-400's control), "
-                            "400 steps",
-                            {"training.max_steps": 400, "dataset.source": "stdlib+pypi"}),
-    "changelog-only-400": ("+ the same PyPI packages, their changelog requirements only "
-                           "(dataset.source: stdlib+pypi-changelog), 400 steps; the default",
-                           {"training.max_steps": 400, **PYPI_CHANGELOGS,
-                            "dataset.source": "stdlib+pypi-changelog"}),
-    "default-400": ("the default config as it stands on 400 steps of 16 (the schedule before "
-                    "batch32-200): measures a code change against the row of the commit "
-                    "before it",
-                    {"training.max_steps": 400}),
-    "batch32-200": ("batch 32 on 200 steps (the default since): as many requirements per "
-                    "run as 400 of 16, twice the in-batch negatives per step",
-                    {"training.batch_size": 32, "training.max_steps": 200}),
-    "batch32-200-fp32": ("batch32-200 in fp32 where the CPU has native bf16 (training.bf16 "
-                         "false): what bf16 autocast costs in quality",
-                         {"training.batch_size": 32, "training.max_steps": 200,
-                          "training.bf16": False}),
-    "batch32-neg3-200": ("batch32-200 with 3 BM25 hard negatives per requirement instead of 1",
-                         {"training.batch_size": 32, "training.max_steps": 200,
-                          "training.negatives_per_query": 3}),
-    "batch32-code256-200": ("batch32-200 with code cut at 256 tokens instead of 128",
-                            {"training.batch_size": 32, "training.max_steps": 200,
-                             "dataset.max_code_length": 256}),
-    "batch32-bce-200": ("batch32-200 with the seed's objective: BCE on each requirement's own "
-                        "candidates (training.loss bce) instead of InfoNCE over the batch",
-                        {"training.batch_size": 32, "training.max_steps": 200,
-                         "training.loss": "bce"}),
-    "batch32-tau0.03-200": ("batch32-200 with temperature 0.03 instead of 0.05 (0.1 lost "
-                            "0.03 at 150 steps of 16)",
-                            {"training.batch_size": 32, "training.max_steps": 200,
-                             "training.temperature": 0.03}),
-    "batch64-100": ("batch 64 on 100 steps (warmup 10): as many requirements per run as "
-                    "the default, 127 candidates per requirement instead of 63",
-                    {"training.batch_size": 64, "training.max_steps": 100,
-                     "training.warmup_steps": 10}),
-    "batch32-split-200": ("batch32-200 reading camelCase identifiers as words "
-                          "(model.split_identifiers: basicConfig -> basic Config)", SPLIT_200),
-    "batch32-split-neg3-200": ("batch32-split-200 (the default) with 3 BM25 hard negatives per "
-                               "requirement instead of 1",
-                               {**SPLIT_200, "training.negatives_per_query": 3}),
-    "batch32-split-notes-200": ("batch32-split-200 (the default) + the PyPI packages' version "
-                                "notes (versionadded/versionchanged/deprecated text -> its "
-                                "section) as requirements",
-                                {**SPLIT_200,
-                                 "dataset.label_sources": [*CHANGELOG_SOURCES, "version_notes"]}),
-    "batch32-split-wide-200": ("batch32-split-200 (the default) with the changelog entries of "
-                               "37 PyPI packages instead of 15 (bench/pypi_packages_wide.yaml)",
-                               {**SPLIT_200, "dataset.pypi_packages": WIDE_PACKAGES}),
-    "batch32-split-chunks4-200": ("batch32-split-200 read at ranking time as up to 4 texts per "
-                                  "long function, each scored, the best kept "
-                                  "(model.section_chunks 4)", CHUNKS4_200),
-    "batch32-split-chunks4-wide-200": ("batch32-split-chunks4-200 (the previous default) with "
-                                       "the changelog entries of 37 PyPI packages instead of 15",
-                                       {**CHUNKS4_200, "dataset.pypi_packages": WIDE_PACKAGES}),
-    "batch32-split-chunks4-300": ("batch32-split-chunks4-200 (the previous default) on 300 "
-                                  "steps (warmup 30, the same 10%): about the peer's training "
-                                  "time",
-                                  {**CHUNKS4_200, "training.max_steps": 300,
-                                   "training.warmup_steps": 30}),
-    "batch32-split-chunks4-frozen-emb-200": ("batch32-split-chunks4-200 (the previous "
-                                             "default) with the backbone's token embeddings "
-                                             "frozen "
-                                             "(training.freeze_embeddings): the default from "
-                                             "cb27c96 until 92488c8",
-                                             FROZEN_200),
-    "batch32-split-chunks4-frozen-emb-300": ("batch32-split-chunks4-frozen-emb-200 "
-                                             "on 300 steps (warmup 30): the time frozen "
-                                             "embeddings save, spent on more steps",
-                                             {**FROZEN_200, "training.max_steps": 300,
-                                              "training.warmup_steps": 30}),
-    "batch32-split-chunks4-frozen-lr1e-4-200": ("batch32-split-chunks4-frozen-emb-200 at learning "
-                                                "rate 1e-4 instead of 5e-5: do frozen token "
-                                                "vectors let the layers above move faster "
-                                                "without losing feature requests?",
-                                                {**FROZEN_200, "training.learning_rate": 1e-4}),
-    "batch32-split-chunks4-frozen-lr2e-4-200": ("batch32-split-chunks4-frozen-emb-200 at learning "
-                                                "rate 2e-4: how far the faster rate of the "
-                                                "lr1e-4 row goes once ranked with late "
-                                                "interaction",
-                                                {**FROZEN_200, "training.learning_rate": 2e-4}),
-    "batch32-split-chunks4-frozen-cls-200": ("batch32-split-chunks4-frozen-emb-200 "
-                                             "pooled by the [CLS] token instead of the mean "
-                                             "(model.pooling cls)",
-                                             {**FROZEN_200, "model.pooling": "cls"}),
-    "batch32-split-chunks4-frozen-moddoc-200": (
-        "batch32-split-chunks4-frozen-emb-200 + module docstrings as requirements "
-        "of the module's 2-8 public top-level sections (label source module_docstring)",
-        {**FROZEN_200, "dataset.label_sources": [*CHANGELOG_SOURCES, "module_docstring"]}),
-    "batch32-split-chunks4-frozen-summaries-200": (
-        "batch32-split-chunks4-frozen-moddoc-200 + class docstrings as requirements of the "
-        "class and its 2-8 public methods (label source class_docstring): the default",
-        SUMMARIES_200),
-    "batch32-split-chunks4-frozen-classdoc-200": (
-        "batch32-split-chunks4-frozen-emb-200 + class docstrings as requirements of the class "
-        "and its 2-8 public methods, without the module summaries: which half of the "
-        "summaries moves feature requests?",
-        {**FROZEN_200, "dataset.label_sources": [*CHANGELOG_SOURCES, "class_docstring"]}),
-    "batch32-split-chunks4-frozen-summaries-300": (
-        "batch32-split-chunks4-frozen-summaries-200 (the default) on 300 steps (warmup 30): "
-        "more steps lifted the docstrings and lowered feature requests; do the summaries "
-        "keep the second?",
-        {**SUMMARIES_200, "training.max_steps": 300, "training.warmup_steps": 30}),
-    "batch32-split-chunks4-frozen-summaries-pypi-200": (
-        "batch32-split-chunks4-frozen-summaries-200 (the default) with the 15 PyPI packages' "
-        "module and class summaries as requirements too (dataset.source "
-        "stdlib+pypi-summaries; their function docstrings stay out)",
-        {**SUMMARIES_200, "dataset.source": "stdlib+pypi-summaries"}),
-    "batch32-split-chunks4-frozen-summaries-late-200": (
-        "batch32-split-chunks4-frozen-summaries-200, ranked by 0.25 x pooled cosine + 0.75 x "
-        "token-level MaxSim (model.late_interaction 0.75) and fused with BM25 at 0.8 "
-        "(model.hybrid_weight): the default from 72d0822",
-        LATE_200),
-    "batch32-split-chunks4-frozen-late-200": (
-        "batch32-split-chunks4-frozen-emb-200 (no module or class summaries) ranked the same "
-        "way: the default from f20d5d1 to the thirteenth session",
-        LATE_FROZEN_200),
-    "batch32-split-chunks8-frozen-late-200": (
-        "batch32-split-chunks4-frozen-late-200 with a long function read as up to 8 texts "
-        "instead of 4 (model.section_chunks 8; training is the same, only ranking reads more "
-        "of it): the default of the thirteenth session",
-        CHUNKS8_LATE_200),
-    "batch32-split-chunks8-frozen-late-cls0.3-200": (
-        "batch32-split-chunks8-frozen-late-200 with every class 0.3 lower in the served hybrid "
-        "(model.class_penalty; training is the same): the default",
-        CLASSES_LOWER_200),
-    "batch32-split-chunks8-frozen-late-cls0.3-pypidoc-200": (
-        "the default with the 15 PyPI packages' function docstrings as requirements too "
-        "(dataset.source stdlib+pypi): more code and docstrings than the stdlib alone",
-        {**CLASSES_LOWER_200, "dataset.source": "stdlib+pypi"}),
-    "batch32-split-chunks8-frozen-late-cls0.3-widedoc-300": (
-        "the default with the 37 PyPI packages of bench/pypi_packages_wide.yaml, their "
-        "docstrings and changelogs, on 300 steps (warmup 30; about the peer's training time)",
-        {**CLASSES_LOWER_200, "dataset.source": "stdlib+pypi",
-         "dataset.pypi_packages": WIDE_PACKAGES, "training.max_steps": 300,
-         "training.warmup_steps": 30}),
-    "batch32-split-chunks8-frozen-late-cls0.3-neg3-200": (
-        "the default with 3 BM25 hard negatives per requirement instead of 1 (each "
-        "requirement against 127 candidates; about twice the training time)",
-        {**CLASSES_LOWER_200, "training.negatives_per_query": 3}),
-    "batch32-split-chunks8-frozen-late-cls0.3-neg3-lr1e-4-200": (
-        "the default with 3 BM25 hard negatives and learning rate 1e-4: the two levers that "
-        "lift docstrings most within the peer's training time, together (the docstring "
-        "ceiling of this budget)",
-        {**CLASSES_LOWER_200, "training.negatives_per_query": 3,
-         "training.learning_rate": 1e-4}),
-    "attn-dropout": ("the backbone's attention dropout (0.1) kept, as before the speed work",
+    "unfrozen-emb": ("token embeddings trained too (training.freeze_embeddings false)",
+                     {"training.freeze_embeddings": False}),
+    "fp32": ("fp32 where the CPU has native bf16 (training.bf16 false): what bf16 autocast "
+             "costs in quality", {"training.bf16": False}),
+    "attn-dropout": ("the backbone's attention dropout (0.1) kept: no flash attention on a CPU",
                      {"model.attention_dropout": None}),
+    "cls-pooling": ("pooled by the [CLS] token instead of the mean", {"model.pooling": "cls"}),
+    "no-split": ("identifiers read as written (model.split_identifiers false)",
+                 {"model.split_identifiers": False}),
+    "chunks1": ("a long function ranked by its first text only (model.section_chunks 1)",
+                {"model.section_chunks": 1}),
+    "no-late": ("ranked by the pooled cosine alone (model.late_interaction 0), fused with BM25 "
+                "at 0.7, its weight before late interaction",
+                {"model.late_interaction": 0.0, "model.hybrid_weight": 0.7}),
+    "no-class-penalty": ("no class penalty in the served hybrid (model.class_penalty 0)",
+                         {"model.class_penalty": 0.0}),
+    "stdlib-only": ("the stdlib docstrings alone, offline: no PyPI changelog requirements "
+                    "(dataset.source stdlib, no changelog label source)",
+                    {"dataset.source": "stdlib",
+                     "dataset.label_sources": ["docstring", "gold", "heuristic"]}),
+    "pypi-wide": ("the changelogs of the 37 packages of bench/pypi_packages_wide.yaml instead "
+                  "of the 15 pinned ones (dataset.pypi_packages)",
+                  {"dataset.pypi_packages": str(REPO / "bench" / "pypi_packages_wide.yaml")}),
 }
 
 
@@ -266,18 +89,24 @@ def variant_config(base: dict, changes: dict, output_dir: Path) -> dict:
     return cfg
 
 
-def fused_scores(checkpoint: Path, json_out: Path) -> dict:
-    """The criterion every row is chosen on: ``bench/fusion.py``'s MRR of the served hybrid
-    (z-scored dense and BM25 at the checkpoint's hybrid weight, less its class penalty) on both
-    validation sets, and their mean."""
-    subprocess.run([sys.executable, str(REPO / "bench" / "fusion.py"), "--checkpoint",
-                    str(checkpoint), "--json", str(json_out)],
+def feature_request_scores(checkpoint: Path, out: Path) -> dict:
+    """Dense MRR / R@5 on the feature requests' validation half, and the criterion every row is
+    chosen on: the MRR of the served hybrid (the checkpoint's hybrid weight and class penalty)
+    on both validation sets, and their mean. One ``bench/feature_requests.py --hybrid`` run."""
+    subprocess.run([sys.executable, str(REPO / "bench" / "feature_requests.py"), "--checkpoint",
+                    str(checkpoint), "--half", "validation", "--hybrid", "--out", str(out)],
                    check=True, capture_output=True, text=True, cwd=REPO)
-    table = json.loads(json_out.read_text())
-    key = "served"
-    stdlib = table["stdlib validation"][key][0]
-    fr = table["feature requests validation"][key][0]
-    return {"fused_stdlib": stdlib, "fused_fr": fr, "fused_mean": (stdlib + fr) / 2}
+    summary = json.loads((out / "summary.json").read_text())
+    fr = next(m for name, m in summary.items() if name.startswith("feature requests"))
+    stdlib = next(m for name, m in summary.items() if name.startswith("stdlib"))
+
+    def served(m: dict) -> float:
+        return next(v["full_app"]["mrr"] for k, v in m["baselines"].items() if "hybrid" in k)
+
+    row = {"fr_mrr": fr["full_app"]["mrr"], "fr_r5": fr["full_app"]["recall@5"],
+           "fused_stdlib": served(stdlib), "fused_fr": served(fr)}
+    row["fused_mean"] = (row["fused_stdlib"] + row["fused_fr"]) / 2
+    return row
 
 
 def run_variant(name: str, changes: dict, out: Path, feature_requests: bool,
@@ -288,8 +117,7 @@ def run_variant(name: str, changes: dict, out: Path, feature_requests: bool,
     vdir = out / run_name(name, seed)
     vdir.mkdir(parents=True, exist_ok=True)
     cfg_file = vdir / "config.yaml"
-    cfg_file.write_text(yaml.safe_dump(variant_config(base, {**BASE_CHANGES, **changes},
-                                                      vdir / "model")))
+    cfg_file.write_text(yaml.safe_dump(variant_config(base, changes, vdir / "model")))
     cmd = [sys.executable, str(REPO / "run_phase1.py"), "--config", str(cfg_file),
            "--skip_holdout"]
     start = time.time()
@@ -302,15 +130,7 @@ def run_variant(name: str, changes: dict, out: Path, feature_requests: bool,
            "val_r5": metrics["validation"]["eval_recall@5"],
            "seed": seed, "command": command(name, seed)}
     if feature_requests:
-        fr = subprocess.run([sys.executable, str(REPO / "bench" / "feature_requests.py"),
-                             "--checkpoint", str(vdir / "model" / "final"), "--half",
-                             "validation", "--skip-stdlib", "--out", str(vdir / "fr")],
-                            check=True, capture_output=True, text=True, cwd=REPO)
-        summary = json.loads((vdir / "fr" / "summary.json").read_text())
-        full = next(iter(summary.values()))["full_app"]
-        row["fr_mrr"], row["fr_r5"] = full["mrr"], full["recall@5"]
-        del fr
-        row.update(fused_scores(vdir / "model" / "final", vdir / "fusion.json"))
+        row.update(feature_request_scores(vdir / "model" / "final", vdir / "fr"))
     (vdir / "row.json").write_text(json.dumps(row, indent=2))
     return row
 
@@ -336,8 +156,7 @@ def check_variants(out: Path) -> None:
 
     base = yaml.safe_load(DEFAULT.read_text())
     for name, (_, changes) in VARIANTS.items():
-        config_from_dict(variant_config(base, {**BASE_CHANGES, **changes}, out),
-                         f"variant {name}")
+        config_from_dict(variant_config(base, changes, out), f"variant {name}")
 
 
 def main() -> int:
@@ -364,7 +183,7 @@ def main() -> int:
                 rows[-1].update(variant=name, seed=seed, command=command(name, seed))
                 final = done.parent / "model" / "final"
                 if args.feature_requests and "fused_mean" not in rows[-1] and final.is_dir():
-                    rows[-1].update(fused_scores(final, done.parent / "fusion.json"))
+                    rows[-1].update(feature_request_scores(final, done.parent / "fr"))
                     done.write_text(json.dumps(rows[-1], indent=2))
             else:
                 rows.append(run_variant(name, VARIANTS[name][1], out, args.feature_requests,

@@ -1,7 +1,10 @@
 """Which PyPI packages would give training requirements: fetch each one's newest source
 distribution with pip, lay it out as the PyPI registry does, and count its changelog entries that
-name 1-8 of its sections (label source ``changelog``) and its version notes (``version_notes``).
-This is how ``data/pypi_packages.yaml`` is chosen; it never reads the feature-request packages.
+name 1-8 of its sections (label source ``changelog``). It never reads the feature-request
+packages.
+
+This is how the pinned list ``data/pypi_packages.yaml`` (and ``bench/pypi_packages_wide.yaml``)
+is regenerated: run it with ``--min-entries 20`` on candidate names and paste the printed lines.
 
     python bench/pypi_scout.py --cache outputs/pypi-scout setuptools psutil yarl ...
     python bench/pypi_scout.py --cache outputs/pypi-scout --min-entries 20 NAMES...  # YAML lines
@@ -21,7 +24,6 @@ from feature_requests import REQUESTS
 
 from cetd_phase1.changelog import changelog_pairs
 from cetd_phase1.errors import CETDError
-from cetd_phase1.labels import version_note_examples
 from cetd_phase1.pypi import lay_out
 from cetd_phase1.sections import extract_sections
 
@@ -52,20 +54,20 @@ def newest_spec(name: str, sdists: Path) -> str:
     return f"{name}=={newest.name.removesuffix('.tar.gz').rpartition('-')[2]}"
 
 
-def scout(name: str, cache: Path) -> tuple[str, int, int, int, str]:
-    """(spec, sections, changelog pairs, version-note examples, problem or '')."""
+def scout(name: str, cache: Path) -> tuple[str, int, int, str]:
+    """(spec, sections, changelog pairs, problem or '')."""
     try:
         spec = newest_spec(name, cache / "sdists")
         app = lay_out(spec, cache / "sdists", cache / "apps")
     except CETDError as err:
-        return name, 0, 0, 0, str(err)
+        return name, 0, 0, str(err)
     sections, _ = extract_sections(app, spec)
-    return (spec, len(sections), len(changelog_pairs(app, sections)),
-            len(version_note_examples(sections)), "")
+    return spec, len(sections), len(changelog_pairs(app, sections)), ""
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="+", help="package names (NAME or NAME==VER)")
     ap.add_argument("--cache", type=Path, default=Path("outputs/pypi-scout"))
     ap.add_argument("--min-entries", type=int, default=0,
@@ -79,11 +81,11 @@ def main() -> None:
     (args.cache / "apps").mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=4) as pool:
         rows = list(pool.map(lambda n: scout(n, args.cache), names))
-    print(f"{'package':40} {'sections':>8} {'changelog':>9} {'notes':>6}  problem")
-    for spec, n_sections, n_changelog, n_notes, problem in sorted(rows, key=lambda r: -r[2]):
-        print(f"{spec:40} {n_sections:8} {n_changelog:9} {n_notes:6}  {problem[:60]}")
+    print(f"{'package':40} {'sections':>8} {'changelog':>9}  problem")
+    for spec, n_sections, n_changelog, problem in sorted(rows, key=lambda r: -r[2]):
+        print(f"{spec:40} {n_sections:8} {n_changelog:9}  {problem[:60]}")
     if args.min_entries:
-        print("\n".join(f"  - {r[0]}" for r in rows if r[2] >= args.min_entries and not r[4]))
+        print("\n".join(f"  - {r[0]}" for r in rows if r[2] >= args.min_entries and not r[3]))
 
 
 if __name__ == "__main__":
