@@ -73,8 +73,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-positives", type=int, default=5,
                    help="positives kept per requirement (default 5, as in the seed)")
     p.add_argument("--label-sources", default=",".join(DEFAULT_LABEL_SOURCES),
-                   help="comma-separated label sources: docstring, gold, heuristic, git, changelog, "
-                        "version_notes, module_docstring, class_docstring "
+                   help="comma-separated label sources: docstring, gold, heuristic, git, changelog "
                         f"(default {','.join(DEFAULT_LABEL_SOURCES)})")
     p.add_argument("--cache-dir", default=None,
                    help="Arrow cache folder (default $CETD_CACHE/datasets or "

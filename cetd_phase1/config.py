@@ -85,9 +85,9 @@ class TrainingSection:
 
 @dataclass
 class DatasetSection:
-    # stdlib | stdlib+pypi[-changelog|-summaries] | folder or manifest of apps | postgres | URL
+    # stdlib | stdlib+pypi-changelog | folder or manifest of apps | postgres | URL
     source: str = "stdlib"
-    # the pinned PyPI packages of the stdlib+pypi sources (None: data/pypi_packages.yaml)
+    # the pinned PyPI packages of stdlib+pypi-changelog (None: data/pypi_packages.yaml)
     pypi_packages: str | None = None
     train_file: str | None = None  # the seed's name for the data source (a folder of apps)
     val_split: float | None = 0.1  # apps are split by name hash, 70/10/20
@@ -283,9 +283,10 @@ def validate(cfg: Phase1Config) -> None:
         raise CETDError(f"{p}: dataset.train_file: the seed's JSONL of examples is built here "
                         f"from the applications; name the apps instead (dataset.source: stdlib, "
                         f"a folder of apps, or postgres)")
-    if d.pypi_packages and not cfg.data_source.startswith("stdlib+pypi"):
-        raise CETDError(f"{p}: dataset.pypi_packages is read by the stdlib+pypi sources only, "
-                        f"not {cfg.data_source!r}")
+    from cetd_phase1.registry import PYPI_SOURCE
+    if d.pypi_packages and cfg.data_source != PYPI_SOURCE:
+        raise CETDError(f"{p}: dataset.pypi_packages is read by dataset.source: {PYPI_SOURCE} "
+                        f"only, not {cfg.data_source!r}")
     from cetd_phase1.labels import LABEL_SOURCES
     unknown = [s for s in d.label_sources if s not in LABEL_SOURCES]
     if unknown:

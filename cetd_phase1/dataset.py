@@ -249,7 +249,7 @@ def source_fingerprint(registry: Registry) -> str:
 
 def registry_for(source: str | Path | None, database_url: str | None = None,
                  pypi_packages: str | Path | None = None) -> Registry:
-    """``"stdlib"`` (default), ``stdlib+pypi[-changelog]`` (with ``pypi_packages``, a pinned
+    """``"stdlib"`` (default), ``stdlib+pypi-changelog`` (with ``pypi_packages``, a pinned
     list other than ``data/pypi_packages.yaml``), a folder/manifest of apps, or ``postgres``/a
     database URL."""
     from cetd_phase1.registry import registry_from

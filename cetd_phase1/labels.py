@@ -8,13 +8,7 @@ Label sources, each example tagged with its ``label_source``:
 * ``heuristic`` - gold requirements without annotation, labelled by the seed's embedding +
   keyword heuristic (training only; evaluation can exclude it);
 * ``git`` - commit descriptions -> the sections each commit changed (``git_history.py``);
-* ``changelog`` - changelog entries -> the sections they name (``changelog.py``);
-* ``version_notes`` - the text of a docstring's ``versionadded`` / ``versionchanged`` /
-  ``deprecated`` notes -> the section that carries them: what changed, said in a release's words;
-* ``module_docstring`` - the first paragraph of a module's docstring -> the module's 2-8 public
-  top-level functions and classes: a feature-level requirement with several positives;
-* ``class_docstring`` - the first paragraph of a class's docstring -> the class and its 2-8
-  public methods (instead of the class alone, as ``docstring`` labels it).
+* ``changelog`` - changelog entries -> the sections they name (``changelog.py``).
 """
 
 from __future__ import annotations
@@ -30,21 +24,13 @@ from cetd_phase1.sections import Section
 #: gold files, the heuristic guess); configs add ``changelog`` / ``git`` where apps have them.
 DEFAULT_LABEL_SOURCES = ("docstring", "gold", "heuristic")
 #: every label source (``label_app`` applies gold and heuristic first, docstring last)
-LABEL_SOURCES = ("docstring", "gold", "heuristic", "git", "changelog", "version_notes",
-                 "module_docstring", "class_docstring")
+LABEL_SOURCES = ("docstring", "gold", "heuristic", "git", "changelog")
 GOLD_REQUIREMENTS = "gold_requirements.md"
 GOLD_ANNOTATIONS = "gold_annotations.yaml"
 MIN_REQUIREMENT_WORDS = 4
-#: A summary docstring over more sections than this describes a whole library, not a feature
-#: (the bound the git and changelog sources use too).
-MAX_SUMMARY_SECTIONS = 8
 
 _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(.*\S)\s*$")
 _WORD = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])|\d+")
-_VERSION_NOTE = re.compile(r"^([ \t]*)\.\.\s+(?:versionadded|versionchanged|deprecated)::"
-                           r"[ \t]*\S*[ \t]*(.*)$")
-_ROLE = re.compile(r":[\w.:+-]+:`[!~]?([^`<]+?)(?:\s*<[^>]*>)?`")
-_MARKUP = re.compile(r"``([^`]+)``|`([^`]+)`_{0,2}|\*\*?([^*\s][^*]*?)\*\*?")
 
 
 @dataclass
@@ -95,96 +81,6 @@ def docstring_examples(sections: Sequence[Section]) -> list[Example]:
         grouped.setdefault(req, []).append(s.key)
     # conditionally defined twins share one key; keep it once
     return [Example(req, list(dict.fromkeys(keys)), "docstring") for req, keys in grouped.items()]
-
-
-def version_notes(docstring: str) -> list[str]:
-    """The first paragraph of each ``versionadded`` / ``versionchanged`` / ``deprecated`` note of
-    a docstring (the version argument dropped, reST roles and markup reduced to their words);
-    notes with no text are left out."""
-    lines = docstring.splitlines()
-    notes = []
-    for i, line in enumerate(lines):
-        m = _VERSION_NOTE.match(line)
-        if not m:
-            continue
-        indent, body = len(m.group(1).expandtabs()), [m.group(2)]
-        for nxt in lines[i + 1:]:
-            if not nxt.strip():
-                if "".join(body).strip():  # the note's first paragraph, as for docstrings
-                    break
-                continue
-            if len(nxt.expandtabs()) - len(nxt.expandtabs().lstrip()) <= indent:
-                break
-            body.append(nxt)
-        text = _MARKUP.sub(lambda t: next(g for g in t.groups() if g is not None),
-                           _ROLE.sub(r"\1", normalise(" ".join(body))))
-        if text:
-            notes.append(text)
-    return notes
-
-
-def version_note_examples(sections: Sequence[Section]) -> list[Example]:
-    """Requirements from version notes; sections sharing one note form one example."""
-    grouped: dict[str, list[str]] = {}
-    for s in sections:
-        for note in version_notes(s.docstring or ""):
-            if len(note.split()) >= MIN_REQUIREMENT_WORDS:
-                grouped.setdefault(note, []).append(s.key)
-    return [Example(req, list(dict.fromkeys(keys)), "version_notes")
-            for req, keys in grouped.items()]
-
-
-def _public(name: str) -> bool:
-    return not name.startswith("_")
-
-
-def module_docstring_examples(app_root: Path, sections: Sequence[Section]) -> list[Example]:
-    """Requirements from module docstrings: each module's 2-8 public top-level sections are its
-    positives (fewer is a docstring pair in disguise, more a whole library)."""
-    import ast
-
-    from cetd_phase1.sections import ExtractionReport, read_source
-
-    root = Path(app_root)
-    top: dict[str, list[str]] = {}
-    for s in sections:
-        if "." not in s.qualname and _public(s.qualname):
-            top.setdefault(s.file, []).append(s.key)
-    grouped: dict[str, dict[str, None]] = {}  # requirement -> its keys, in order, once each
-    for rel, keys in top.items():
-        path = root if root.is_file() else root / rel
-        # unreadable files are already in the extraction report; they have no sections here
-        source = read_source(path, rel, ExtractionReport(app=root.name))
-        try:
-            doc = ast.get_docstring(ast.parse(source)) if source is not None else None
-        except (SyntaxError, ValueError, RecursionError):
-            doc = None
-        if not doc:
-            continue
-        req = first_paragraph(doc)
-        if len(req.split()) >= MIN_REQUIREMENT_WORDS:
-            grouped.setdefault(req, {}).update(dict.fromkeys(keys))
-    return [Example(req, list(keys), "module_docstring") for req, keys in grouped.items()
-            if 2 <= len(keys) <= MAX_SUMMARY_SECTIONS]
-
-
-def class_docstring_examples(sections: Sequence[Section]) -> list[Example]:
-    """Requirements from class docstrings: the class and its 2-8 public methods are positives."""
-    methods: dict[tuple[str, str], list[str]] = {}
-    for s in sections:
-        owner, _, name = s.qualname.rpartition(".")
-        if owner and s.kind in ("method", "async_method") and _public(name):
-            methods.setdefault((s.file, owner), []).append(s.key)
-    grouped: dict[str, list[str]] = {}
-    for s in sections:
-        own = methods.get((s.file, s.qualname), [])
-        if s.kind != "class" or not s.docstring or not 2 <= len(own) <= MAX_SUMMARY_SECTIONS:
-            continue
-        req = first_paragraph(s.docstring)
-        if len(req.split()) >= MIN_REQUIREMENT_WORDS:
-            grouped.setdefault(req, []).extend([s.key, *own])
-    return [Example(req, list(dict.fromkeys(keys)), "class_docstring")
-            for req, keys in grouped.items()]
 
 
 def parse_requirements(markdown: str) -> list[str]:
@@ -388,13 +284,9 @@ def label_app(app_root: Path, sections: Sequence[Section], *,
         git = git_examples(root, sections)
         result.examples.extend(git.examples)
         result.problems.extend(git.problems)
-    # in this order: a later source never relabels a requirement an earlier one gave; the class
-    # summary comes before ``docstring``, which would label the class alone
+    # in this order: a later source never relabels a requirement an earlier one gave
     for source, examples in (
             ("changelog", lambda: changelog_examples(root, sections)),
-            ("version_notes", lambda: version_note_examples(sections)),
-            ("module_docstring", lambda: module_docstring_examples(root, sections)),
-            ("class_docstring", lambda: class_docstring_examples(sections)),
             ("docstring", lambda: docstring_examples(sections))):
         if source in sources:
             taken = {e.requirement for e in result.examples}

@@ -7,9 +7,8 @@ These sources share one small interface (:class:`Registry`):
 * :class:`DirectoryRegistry` - a folder whose subfolders are applications, or a YAML manifest;
 * :class:`PostgresRegistry` - the seed's ``applications`` table (see ``data/schema.sql``);
 * :class:`PyPIRegistry` - pinned PyPI source distributions with changelogs (``pypi.py``), all
-  in the train split; ``stdlib+pypi`` is the stdlib with them added (:class:`CombinedRegistry`),
-  ``stdlib+pypi-changelog`` the same with only their changelog requirements,
-  ``stdlib+pypi-summaries`` with their module and class summaries too.
+  in the train split; ``stdlib+pypi-changelog`` is the stdlib with them added
+  (:class:`CombinedRegistry`), their changelog requirements only.
 """
 
 from __future__ import annotations
@@ -487,11 +486,10 @@ def list_apps(database_url: str, split: str | None = None,
     return listed
 
 
-#: the stdlib+pypi sources that limit the PyPI apps' label sources (never function docstrings)
-_PYPI_LABEL_SOURCES = {
-    "stdlib+pypi-changelog": ("changelog", "version_notes"),
-    "stdlib+pypi-summaries": ("changelog", "version_notes", "module_docstring", "class_docstring"),
-}
+#: the source that adds the pinned PyPI packages to the stdlib (train split), and the one label
+#: source their apps give (never their docstrings)
+PYPI_SOURCE = "stdlib+pypi-changelog"
+_PYPI_LABEL_SOURCES = ("changelog",)
 
 
 def registry_from(source: str | Path | None, database_url: str | None = None,
@@ -500,16 +498,17 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
     """The registry that a config key or command-line option names.
 
     * ``"stdlib"`` -> :class:`StdlibRegistry`;
-    * ``"stdlib+pypi"`` -> the stdlib plus :class:`PyPIRegistry` (train split);
-      ``"stdlib+pypi-changelog"`` the same with only their changelog (and, where the config
-      lists that source, version-note) requirements; ``"stdlib+pypi-summaries"`` with their
-      module and class summaries too (where listed), never their function docstrings;
+    * ``"stdlib+pypi-changelog"`` -> the stdlib plus :class:`PyPIRegistry` (train split), whose
+      apps give only their changelog requirements (where the config lists ``changelog``), never
+      their docstrings;
     * ``"postgres"`` / ``"postgresql"`` -> :class:`PostgresRegistry` on ``database_url``, else
       ``$DATABASE_URL``;
     * a ``postgres://`` or ``postgresql://`` URL -> :class:`PostgresRegistry` on that URL;
     * ``None`` -> :class:`PostgresRegistry` when ``database_url`` or ``$DATABASE_URL`` is set,
       else :class:`StdlibRegistry`;
-    * anything else (a folder of apps or a YAML manifest) -> :class:`DirectoryRegistry`.
+    * anything else (a folder of apps or a YAML manifest) -> :class:`DirectoryRegistry`; a
+      ``stdlib...`` name that is neither of the above nor an existing path is a CETDError naming
+      it, not a missing folder.
 
     ``source_roots`` applies to the PostgreSQL registry only; ``pypi_packages`` (a pinned list,
     default ``data/pypi_packages.yaml``) to the PyPI ones.
@@ -521,12 +520,9 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
         return PostgresRegistry(url, source_roots) if url else StdlibRegistry()
     if source == "stdlib":
         return StdlibRegistry()
-    if source == "stdlib+pypi":
-        return CombinedRegistry(StdlibRegistry(), PyPIRegistry(pypi_packages))
-    if source in _PYPI_LABEL_SOURCES:
+    if source == PYPI_SOURCE:
         return CombinedRegistry(StdlibRegistry(),
-                                PyPIRegistry(pypi_packages,
-                                             label_sources=_PYPI_LABEL_SOURCES[source]))
+                                PyPIRegistry(pypi_packages, label_sources=_PYPI_LABEL_SOURCES))
     if source in ("postgres", "postgresql"):
         if not url:
             raise DatabaseError(f"registry {source!r} needs a database: pass --database-url "
@@ -534,4 +530,7 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
         return PostgresRegistry(url, source_roots)
     if source.startswith(("postgres://", "postgresql://")):
         return PostgresRegistry(source, source_roots)
+    if source.startswith("stdlib") and not Path(source).exists():
+        raise CETDError(f"unknown data source {source!r}: expected 'stdlib', {PYPI_SOURCE!r}, a "
+                        "folder or YAML manifest of apps, 'postgres' or a postgresql:// URL")
     return DirectoryRegistry(Path(source))

@@ -117,7 +117,9 @@ def test_unknown_section_fails(tmp_path):
      'base_model: "x"\n  class_penalty: -0.3', "model.class_penalty must be a number >= 0"),
 
     ("val_split: 0.1", "val_split: 0.1\n  pypi_packages: more.yaml",
-     "dataset.pypi_packages is read by the stdlib\\+pypi sources only"),
+     "dataset.pypi_packages is read by dataset.source: stdlib\\+pypi-changelog only"),
+    ("val_split: 0.1", "val_split: 0.1\n  source: stdlib+pypi\n  pypi_packages: more.yaml",
+     "dataset.pypi_packages .* not 'stdlib\\+pypi'"),
     ("val_split: 0.1", "val_split: 0.1\n  label_sources: [docstring, docstrings]",
      "dataset.label_sources: unknown 'docstrings'"),
 ])

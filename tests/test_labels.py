@@ -1,4 +1,4 @@
-"""The label sources: docstring, version notes, gold annotations, heuristic, git."""
+"""The label sources: docstring, gold annotations, heuristic, git."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from cetd_phase1.labels import (HeuristicLabeler, docstring_examples, label_app,
-                                parse_requirements, version_notes)
+                                parse_requirements)
 from cetd_phase1.sections import extract_sections
 
 EXAMPLE_APP = Path(__file__).resolve().parents[1] / "data" / "example_apps" / "json_parser"
@@ -37,105 +37,6 @@ def c():
     examples = docstring_examples(sections)
     assert [(e.requirement, e.positives, e.label_source) for e in examples] == [
         ("Load the configuration file from disk.", ["m.py::a", "m.py::c"], "docstring")]
-
-
-def test_version_notes_first_paragraph_without_version_or_markup():
-    doc = """Do a thing.
-
-.. versionchanged:: 2.0
-    Added the :func:`~pkg.mod.foo` and ``bar``
-    parameters, see *this*.
-
-    A second paragraph, left out.
-.. versionadded:: 1.0
-.. deprecated:: 3.0 Use `baz` instead of qux.
-Args:
-    x: .. versionadded:: 1.1 not a note: mid-line
-"""
-    assert version_notes(doc) == ["Added the pkg.mod.foo and bar parameters, see this.",
-                                  "Use baz instead of qux."]
-
-
-def test_version_notes_label_source_groups_sections_and_skips_short_notes(tmp_path):
-    _app(tmp_path, {"m.py": '''
-class Client:
-    """An HTTP client.
-
-    .. versionchanged:: 3.1
-        Enums are left to the caller, speeding them up.
-    """
-
-    def send(self, request, timeout=None):
-        """Send a request.
-
-        .. versionadded:: 2.0
-            The timeout parameter is honoured for every request.
-        .. versionchanged:: 2.1
-            Renamed.
-        """
-
-def fetch():
-    """Fetch.
-
-    .. versionchanged:: 3.1
-       Enums are left to the caller,
-       speeding them up.
-    """
-'''})
-    sections, _ = extract_sections(tmp_path)
-    labels = label_app(tmp_path, sections, sources=("version_notes",))
-    assert [(e.requirement, e.positives, e.label_source) for e in labels.examples] == [
-        ("Enums are left to the caller, speeding them up.", ["m.py::Client", "m.py::fetch"],
-         "version_notes"),
-        ("The timeout parameter is honoured for every request.", ["m.py::Client.send"],
-         "version_notes")]
-    # off unless listed: the docstring source alone never reads the notes
-    assert all(e.label_source == "docstring"
-               for e in label_app(tmp_path, sections, sources=("docstring",)).examples)
-
-
-def test_module_and_class_docstrings_label_several_sections(tmp_path):
-    _app(tmp_path, {
-        "cookies.py": '"""Parse and emit HTTP cookie headers."""\n'
-                      "def parse(h): pass\ndef emit(c): pass\ndef _quote(v): pass\n"
-                      "class Jar:\n"
-                      '    """A container class for a set of cookies."""\n'
-                      "    def add(self, c): pass\n    def clear(self): pass\n"
-                      "    def _evict(self): pass\n",
-        # one public section: a docstring pair in disguise, not a summary
-        "single.py": '"""Helpers for reading the config file."""\ndef read(): pass\n',
-        # nine public sections: a whole library, not a feature
-        "big.py": '"""Everything about the many things here."""\n'
-                  + "".join(f"def f{i}(): pass\n" for i in range(9)),
-        "pkg/__init__.py": "",
-        "pkg/short.py": '"""Tiny."""\ndef a(): pass\ndef b(): pass\n',
-        "pkg/broken.py": '"""Broken module docstring here."""\ndef a(:\n',
-    })
-    sections, _ = extract_sections(tmp_path)
-    labels = label_app(tmp_path, sections,
-                       sources=("module_docstring", "class_docstring", "docstring"))
-    assert [(e.requirement, e.positives, e.label_source) for e in labels.examples] == [
-        ("Parse and emit HTTP cookie headers.",
-         ["cookies.py::parse", "cookies.py::emit", "cookies.py::Jar"], "module_docstring"),
-        # the class's summary takes the place of its docstring pair (the class alone)
-        ("A container class for a set of cookies.",
-         ["cookies.py::Jar", "cookies.py::Jar.add", "cookies.py::Jar.clear"],
-         "class_docstring")]
-    # without the new sources the class keeps its single-positive docstring pair
-    assert [(e.positives, e.label_source)
-            for e in label_app(tmp_path, sections, sources=("docstring",)).examples] == [
-        (["cookies.py::Jar"], "docstring")]
-
-
-def test_module_docstring_of_a_single_module_app(tmp_path):
-    path = tmp_path / "colours.py"
-    path.write_text('"""Conversion functions between colour systems."""\n'
-                    "def rgb_to_hsv(r, g, b): pass\ndef hsv_to_rgb(h, s, v): pass\n")
-    sections, _ = extract_sections(path)
-    assert [(e.requirement, e.positives) for e in label_app(
-        path, sections, sources=("module_docstring",)).examples] == [
-        ("Conversion functions between colour systems.",
-         ["colours.py::rgb_to_hsv", "colours.py::hsv_to_rgb"])]
 
 
 def test_parse_requirements_bullets_and_numbers():

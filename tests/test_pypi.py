@@ -147,38 +147,13 @@ def _pypi_positives(packages: Path, tmp_path: Path, core_py: str, source: str,
     return [r for r in dd["train"] if r["label"] == 1]
 
 
-def test_a_config_can_name_its_own_package_list_and_notes_reach_pypi_apps(
+def test_a_config_can_name_its_own_package_list_and_pypi_apps_give_only_changelogs(
         packages: Path, tmp_path: Path) -> None:
-    core_py = ('def retry(fn, attempts=3):\n    """Call fn until it succeeds.\n\n'
-               '    .. versionchanged:: 1.0\n        The attempts argument bounds the retries.\n'
-               '    """\n    return fn()\n')
+    core_py = ('def retry(fn, attempts=3):\n'
+               '    """Call fn until it succeeds or attempts run out."""\n    return fn()\n')
     dd = _pypi_positives(packages, tmp_path, core_py, "stdlib+pypi-changelog",
-                         ("docstring", "changelog", "version_notes"))
+                         ("docstring", "changelog"))
     rows = {(r["requirement"], r["label_source"]) for r in dd}
-    # the package's docstring is not a requirement here, its version note is
+    # the package's docstring is not a requirement here, its changelog entry is
     assert rows == {("Add demo_pkg.core.retry with exponential backoff between attempts.",
-                     "changelog"),
-                    ("The attempts argument bounds the retries.", "version_notes")}
-
-
-def test_summaries_source_gives_pypi_apps_module_and_class_summaries_not_docstrings(
-        packages: Path, tmp_path: Path) -> None:
-    core_py = (
-        '"""Retrying calls that fail for a while."""\n'
-        'def retry(fn, attempts=3):\n    """Call fn until it succeeds or attempts run out."""\n'
-        '    return fn()\n\n\ndef other():\n    return 2\n\n\n'
-        'class Backoff:\n    """Delays that grow between attempts."""\n'
-        '    def next(self):\n        return 1\n\n    def reset(self):\n        return 0\n')
-    dd = _pypi_positives(packages, tmp_path, core_py, "stdlib+pypi-summaries",
-                         ("docstring", "changelog", "module_docstring", "class_docstring"))
-    rows = {(r["requirement"], r["qualname"], r["label_source"]) for r in dd}
-    core = "Retrying calls that fail for a while."
-    backoff = "Delays that grow between attempts."
-    # retry's own docstring is no requirement: PyPI function docstrings stay out
-    assert rows == {
-        ("Add demo_pkg.core.retry with exponential backoff between attempts.", "retry",
-         "changelog"),
-        (core, "retry", "module_docstring"), (core, "other", "module_docstring"),
-        (core, "Backoff", "module_docstring"),
-        (backoff, "Backoff", "class_docstring"), (backoff, "Backoff.next", "class_docstring"),
-        (backoff, "Backoff.reset", "class_docstring")}
+                     "changelog")}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from cetd_phase1.errors import CETDError
 from cetd_phase1.registry import (SPLITS, DatabaseError, DirectoryRegistry, PostgresRegistry,
                                   RegistryError, StdlibRegistry, hash_split, registry_from,
                                   source_problem)
@@ -98,6 +100,17 @@ def test_registry_from_chooses_by_source_and_database_url(tmp_path, monkeypatch)
     assert registry_from(None).database_url == url
     assert registry_from("postgres").database_url == url
     assert isinstance(registry_from("stdlib"), StdlibRegistry)  # explicit beats the environment
+
+
+@pytest.mark.parametrize("source", ["stdlib+pypi", "stdlib+pypi-summaries", "stdlib+pyp"])
+def test_an_unknown_stdlib_source_is_an_error_naming_it_not_a_missing_folder(source, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CETDError, match=rf"unknown data source '{re.escape(source)}'.*"
+                                        r"'stdlib\+pypi-changelog'"):
+        registry_from(source)
+    (tmp_path / source).mkdir()  # a folder of apps that happens to be called so still is one
+    assert isinstance(registry_from(source), DirectoryRegistry)
 
 
 def test_invalid_database_url_is_not_echoed():
