@@ -27,7 +27,7 @@ def machine() -> str:
     """One line: CPU model, cores visible, torch threads, torch's CPU capability, bf16."""
     import torch
 
-    from cetd_phase1.model import cpu_has_native_bf16
+    from cetd_phase1.modeling.precision import cpu_has_native_bf16
 
     model = platform.processor() or platform.machine()
     try:

@@ -63,13 +63,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "cls-pooling": ("pooled by the [CLS] token instead of the mean", {"model.pooling": "cls"}),
     "no-split": ("identifiers read as written (model.split_identifiers false)",
                  {"model.split_identifiers": False}),
-    "chunks1": ("a long function ranked by its first text only (model.section_chunks 1)",
-                {"model.section_chunks": 1}),
-    "no-late": ("ranked by the pooled cosine alone (model.late_interaction 0), fused with BM25 "
+    "chunks1": ("a long function ranked by its first text only (ranking.section_chunks 1)",
+                {"ranking.section_chunks": 1}),
+    "no-late": ("ranked by the pooled cosine alone (ranking.late_interaction 0), fused with BM25 "
                 "at 0.7, its weight before late interaction",
-                {"model.late_interaction": 0.0, "model.hybrid_weight": 0.7}),
-    "no-class-penalty": ("no class penalty in the served hybrid (model.class_penalty 0)",
-                         {"model.class_penalty": 0.0}),
+                {"ranking.late_interaction": 0.0, "ranking.hybrid_weight": 0.7}),
+    "no-class-penalty": ("no class penalty in the served hybrid (ranking.class_penalty 0)",
+                         {"ranking.class_penalty": 0.0}),
     "stdlib-only": ("the stdlib docstrings alone, offline: no PyPI changelog requirements "
                     "(dataset.source stdlib, no changelog label source)",
                     {"dataset.source": "stdlib",

@@ -35,8 +35,8 @@ from _bench import machine, today
 
 def sample_sections(n: int, seed: int = 0) -> list[str]:
     """``n`` stdlib train sections (seeded sample), as encoder text."""
-    from cetd_phase1.dataset import build_sections
-    from cetd_phase1.sections import format_section
+    from cetd_phase1.data.dataset import build_sections
+    from cetd_phase1.data.sections import format_section
 
     cols = build_sections()["train"].select_columns(["file", "qualname", "code"]).to_dict()
     texts = [format_section(f, q, c) for f, q, c in zip(cols["file"], cols["qualname"],
@@ -49,7 +49,7 @@ def fast_setting(precision: str) -> tuple[str, dict, str]:
     """(name, extra ``encode_texts`` keyword arguments, note) of our fast setting."""
     import torch
 
-    from cetd_phase1.model import encode_texts
+    from cetd_phase1.ranking.encode import encode_texts
 
     offered = "dtype" in inspect.signature(encode_texts).parameters
     if precision == "fp32":
@@ -58,7 +58,7 @@ def fast_setting(precision: str) -> tuple[str, dict, str]:
         if precision == "bf16":
             raise SystemExit("--precision bf16: encode_texts has no dtype option")
         return "fp32", {}, "encode_texts offers no dtype option: fp32"
-    from cetd_phase1.model import cpu_has_native_bf16
+    from cetd_phase1.modeling.precision import cpu_has_native_bf16
 
     if precision == "auto" and not cpu_has_native_bf16():
         return "fp32", {"dtype": torch.float32}, "no native bf16 on this CPU: fp32"
@@ -70,8 +70,8 @@ def sentence_transformer(model: str, max_length: int, workdir: Path):
     for a trained CETD checkpoint."""
     from sentence_transformers import SentenceTransformer
 
-    from cetd_phase1.model import resolve_backbone
-    from cetd_phase1.retrieve import export_sentence_transformers
+    from cetd_phase1.modeling.backbone import resolve_backbone
+    from cetd_phase1.export import export_sentence_transformers
 
     path = Path(resolve_backbone(model))
     config = json.loads((path / "config.json").read_text())
@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cetd_phase1.model import encode_texts, load_retriever
+    from cetd_phase1.ranking.encode import encode_texts
+    from cetd_phase1.modeling.loading import load_retriever
 
     texts = sample_sections(args.sections)
     fast_name, fast_kwargs, note = fast_setting(args.precision)

@@ -96,7 +96,7 @@ def main() -> int:
                         help="do not evaluate the stdlib docstring split beside it")
     args = parser.parse_args()
 
-    from cetd_phase1.evaluation import run_evaluation
+    from cetd_phase1.evaluation.evaluate import run_evaluation
 
     out = Path(args.out or f"outputs/fr-{args.half}")
     apps = prepare(args.half, Path(args.cache), Path(args.requests))

@@ -53,8 +53,8 @@ def peer_pairs(source: str = "stdlib"):
     the section text exactly as our encoder reads it."""
     import datasets
 
-    from cetd_phase1.dataset import build_dataset
-    from cetd_phase1.sections import format_section
+    from cetd_phase1.data.dataset import build_dataset
+    from cetd_phase1.data.sections import format_section
 
     train = build_dataset(source)["train"]
     cols = train.select_columns(["requirement", "file", "qualname", "code", "label",
@@ -79,7 +79,7 @@ def peer_trainer(pairs, output_dir: str | Path, *, epochs: float = 1.0, max_step
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from cetd_phase1.model import resolve_backbone
+    from cetd_phase1.modeling.backbone import resolve_backbone
 
     model = SentenceTransformer(model_path or resolve_backbone(None), device="cpu",
                                 local_files_only=True)
@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from cetd_phase1.errors import CETDError
-    from cetd_phase1.evaluation import run_evaluation
-    from cetd_phase1.model import resolve_backbone
+    from cetd_phase1.evaluation.evaluate import run_evaluation
+    from cetd_phase1.modeling.backbone import resolve_backbone
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,10 @@ from pathlib import Path
 import _bench  # noqa: F401  (puts the repository root on sys.path)
 from feature_requests import REQUESTS
 
-from cetd_phase1.changelog import changelog_pairs
+from cetd_phase1.data.changelog import changelog_pairs
 from cetd_phase1.errors import CETDError
-from cetd_phase1.pypi import lay_out
-from cetd_phase1.sections import extract_sections
+from cetd_phase1.data.pypi import lay_out
+from cetd_phase1.data.sections import extract_sections
 
 
 def _canonical(name: str) -> str:

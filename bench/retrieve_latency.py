@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import _bench  # noqa: F401  (puts the repository root on sys.path, sets HF_HUB_OFFLINE)
-from cetd_phase1.labels import first_paragraph
+from cetd_phase1.data.labels import first_paragraph
 from cetd_phase1.retrieve import Retriever
 
 

@@ -68,7 +68,7 @@ def run_ours(args, workdir: Path, record: dict) -> None:
     import yaml
 
     import run_phase1
-    from cetd_phase1.trainer import RetrievalTrainer
+    from cetd_phase1.training.trainer import RetrievalTrainer
 
     data = yaml.safe_load(Path(args.config or run_phase1.DEFAULT_CONFIG).read_text())
     if not args.config_lengths:
@@ -132,7 +132,7 @@ def child(args) -> int:
 def warm_caches(config: str | None) -> None:
     """Build (or load) the datasets both sides read, so no timed child builds them."""
     from cetd_phase1.config import load_config
-    from cetd_phase1.dataset import build_dataset, build_sections
+    from cetd_phase1.data.dataset import build_dataset, build_sections
 
     import run_phase1
 

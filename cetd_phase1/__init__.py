@@ -1,10 +1,39 @@
 """CET-D Phase 1: requirement -> code retrieval.
 
-Data flows one way: ``sections`` -> ``labels`` -> ``dataset`` -> ``model``/``trainer`` ->
-``metrics``/``evaluation`` -> ``retrieve``; ``registry`` says which applications exist.
+The folders are the data flow, one way:
+
+* ``data/`` - app sources -> sections (``sections``) -> labelled requirements (``labels``,
+  ``changelog``, ``git_history``) -> Arrow tables (``dataset``); ``registry``/``postgres``/
+  ``pypi`` say which applications exist and where their source is;
+* ``modeling/`` - the bi-encoder (``model``), its config, backbone loading, pooling, tokens;
+  ``losses`` - its training objective;
+* ``training/`` - sampler, collator, Trainer, checkpoints; ``train`` is the driver;
+* ``ranking/`` - ranking a whole app: section texts, encoding, late interaction, BM25, fusion,
+  and the settings saved beside a checkpoint;
+* ``evaluation/`` - metrics, the evaluate command and its report;
+* ``retrieve`` - the served retriever; ``export``/``hub`` - sentence-transformers and the hub.
+
+The names a user needs are importable from here: :class:`CETDRetriever`, :class:`CETDConfig`,
+:class:`Retriever`, :class:`RankingConfig`.
 """
 
 __version__ = "0.1.0"
+
+def __getattr__(name: str):
+    # imported on first use: `import cetd_phase1` stays light (no torch) for the command line
+    if name == "CETDRetriever":
+        from cetd_phase1.modeling.model import CETDRetriever
+        return CETDRetriever
+    if name == "CETDConfig":
+        from cetd_phase1.modeling.config import CETDConfig
+        return CETDConfig
+    if name == "Retriever":
+        from cetd_phase1.retrieve import Retriever
+        return Retriever
+    if name == "RankingConfig":
+        from cetd_phase1.ranking.settings import RankingConfig
+        return RankingConfig
+    raise AttributeError(f"module 'cetd_phase1' has no attribute {name!r}")
 
 
 def resource(*parts: str):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from cetd_phase1.errors import CETDError, report
-from cetd_phase1.labels import DEFAULT_LABEL_SOURCES
+from cetd_phase1.data.labels import DEFAULT_LABEL_SOURCES
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {}
@@ -81,7 +81,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build_from_args(args: argparse.Namespace):
-    from cetd_phase1.dataset import BuildReport, build_dataset, registry_for
+    from cetd_phase1.data.dataset import BuildReport, build_dataset, registry_for
 
     report = BuildReport()
     dd = build_dataset(registry=registry_for(args.apps, args.database_url),
@@ -134,7 +134,7 @@ def run_build_data(args: argparse.Namespace) -> int:
 def run_validate_data(args: argparse.Namespace) -> int:
     import json
 
-    from cetd_phase1.dataset import validate_dataset
+    from cetd_phase1.data.dataset import validate_dataset
 
     dd, report = _build_from_args(args)
     result = validate_dataset(dd)
@@ -175,7 +175,7 @@ def _db_init_arguments(p: argparse.ArgumentParser) -> None:
 def run_db_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cetd_phase1.registry import SCHEMA_PATH, apply_schema, redact_url
+    from cetd_phase1.data.postgres import SCHEMA_PATH, apply_schema, redact_url
 
     url = _database_url(args)
     apply_schema(url, Path(args.schema) if args.schema else SCHEMA_PATH)
@@ -184,7 +184,7 @@ def run_db_init(args: argparse.Namespace) -> int:
 
 
 def _register_arguments(p: argparse.ArgumentParser) -> None:
-    from cetd_phase1.registry import SPLITS
+    from cetd_phase1.data.registry import SPLITS
 
     _database_url_argument(p)
     what = p.add_mutually_exclusive_group(required=True)
@@ -202,7 +202,8 @@ def _register_arguments(p: argparse.ArgumentParser) -> None:
 def run_register(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cetd_phase1.registry import App, RegistryError, hash_split, redact_url, register_apps
+    from cetd_phase1.data.postgres import redact_url, register_apps
+    from cetd_phase1.data.registry import App, RegistryError, hash_split
 
     url = _database_url(args)
     if args.app:
@@ -226,7 +227,7 @@ def run_register(args: argparse.Namespace) -> int:
 
 
 def _list_apps_arguments(p: argparse.ArgumentParser) -> None:
-    from cetd_phase1.registry import SPLITS
+    from cetd_phase1.data.registry import SPLITS
 
     _database_url_argument(p)
     p.add_argument("--split", choices=SPLITS, help="only this split")
@@ -237,7 +238,7 @@ def _list_apps_arguments(p: argparse.ArgumentParser) -> None:
 @command("list-apps", "list the registered applications with their split and section count",
          _list_apps_arguments)
 def run_list_apps(args: argparse.Namespace) -> int:
-    from cetd_phase1.registry import list_apps
+    from cetd_phase1.data.postgres import list_apps
 
     listed = list_apps(_database_url(args), args.split, args.source_root)
     width = max(len(a.name) for a in listed) if listed else 4
@@ -251,14 +252,32 @@ def run_list_apps(args: argparse.Namespace) -> int:
     return 0
 
 
-def _class_penalty_argument(p: argparse.ArgumentParser) -> None:
+def _ranking_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags that replace the checkpoint's ranking settings (its ranking_config.json)."""
+    p.add_argument("--section-chunks", type=int, default=None, metavar="N",
+                   help="read a long function as up to N texts, ranked by its best (default: "
+                        "the checkpoint's ranking.section_chunks)")
+    p.add_argument("--late-interaction", type=float, default=None, metavar="A",
+                   help="rank by (1 - A) x cosine + A x MaxSim over token vectors (default: the "
+                        "checkpoint's ranking.late_interaction; 0 = the cosine alone, which "
+                        "keeps a far smaller index)")
     p.add_argument("--class-penalty", type=float, default=None, metavar="D",
                    help="take D off every class's hybrid score (default: the checkpoint's "
-                        "model.class_penalty; 0 = none)")
+                        "ranking.class_penalty; 0 = none)")
+
+
+def _ranking_overrides(args: argparse.Namespace) -> dict:
+    """The ranking flags given, checked before any model loads."""
+    from cetd_phase1.ranking.settings import RankingConfig
+
+    values = dict(section_chunks=args.section_chunks, late_interaction=args.late_interaction,
+                  class_penalty=args.class_penalty)
+    RankingConfig().override(**values)
+    return values
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    from cetd_phase1.registry import SPLITS
+    from cetd_phase1.data.registry import SPLITS
 
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="trained checkpoint, or a plain backbone folder (the untrained baseline)")
@@ -282,13 +301,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="cache root for datasets and section indexes (default $CETD_CACHE or "
                         "~/.cache/cetd_phase1)")
     p.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default 64)")
-    p.add_argument("--section-chunks", type=int, default=None, metavar="N",
-                   help="read a long function as up to N texts, ranked by its best (default: "
-                        "the checkpoint's model.section_chunks)")
-    p.add_argument("--late-interaction", type=float, default=None, metavar="A",
-                   help="rank by (1 - A) x cosine + A x MaxSim over token vectors (default: the "
-                        "checkpoint's model.late_interaction; 0 = the cosine alone)")
-    _class_penalty_argument(p)
+    _ranking_arguments(p)
     p.add_argument("--label-sources", default=",".join(DEFAULT_LABEL_SOURCES),
                    help="comma-separated label sources of the queries (default "
                         f"{','.join(DEFAULT_LABEL_SOURCES)}; 'gold' alone for annotated "
@@ -299,16 +312,15 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
          "BM25 and the untrained backbone; write metrics.json, report.md, recall_at_k.png.",
          _evaluate_arguments)
 def run_evaluate(args: argparse.Namespace) -> int:
-    from cetd_phase1.evaluation import PROTOCOLS, run_evaluation
-    from cetd_phase1.registry import registry_from
+    from cetd_phase1.evaluation.results import PROTOCOLS
+    from cetd_phase1.evaluation.evaluate import run_evaluation
+    from cetd_phase1.data.registry import registry_from
 
     registry = None if args.apps else registry_from(None, args.database_url)
     metrics = run_evaluation(args.checkpoint, args.out, split=args.split, apps_dir=args.apps,
                              registry=registry, hybrid=args.hybrid, backbone=args.backbone,
                              cache_dir=args.cache_dir, batch_size=args.batch_size,
-                             section_chunks=args.section_chunks,
-                             late_interaction=args.late_interaction,
-                             class_penalty=args.class_penalty,
+                             **_ranking_overrides(args),
                              label_sources=[s.strip() for s in args.label_sources.split(",")
                                             if s.strip()],
                              command="python -m cetd_phase1 " + " ".join(sys.argv[1:]))
@@ -340,11 +352,7 @@ def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
                         "untrained)")
     p.add_argument("--dense-only", action="store_true",
                    help="rank by the model's scores alone (default: hybrid with BM25)")
-    p.add_argument("--late-interaction", type=float, default=None, metavar="A",
-                   help="rank by (1 - A) x cosine + A x MaxSim over token vectors (default: the "
-                        "checkpoint's model.late_interaction; 0 = the cosine alone, which keeps "
-                        "a far smaller index)")
-    _class_penalty_argument(p)
+    _ranking_arguments(p)
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="section index cache (default $CETD_CACHE/index)")
@@ -355,14 +363,11 @@ def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
 def run_retrieve(args: argparse.Namespace) -> int:
     import json
 
-    from cetd_phase1.errors import check_penalty, check_requirement, check_share
+    from cetd_phase1.errors import check_requirement
     from cetd_phase1.retrieve import Retriever
 
     check_requirement(args.requirement)  # these checks come before the model loads
-    if args.late_interaction is not None:
-        check_share("late_interaction", args.late_interaction)
-    if args.class_penalty is not None:
-        check_penalty("class_penalty", args.class_penalty)
+    overrides = _ranking_overrides(args)
     checkpoint = args.checkpoint
     if checkpoint is None:  # say which model ranks: the untrained one must not pass for trained
         trained = (TRAINED_DEFAULT / "config.json").is_file()
@@ -372,8 +377,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
               file=sys.stderr)
     retriever = Retriever.from_pretrained(checkpoint, cache_dir=args.cache_dir,
                                           hybrid=not args.dense_only, show_progress=True,
-                                          late_interaction=args.late_interaction,
-                                          class_penalty=args.class_penalty)
+                                          **overrides)
     hits = retriever.retrieve(args.requirement, app=args.app, k=args.k)
     report = retriever.index(args.app).report  # in memory since retrieve built it
     for path, reason in report.skipped:  # their sections are missing from the ranking
@@ -399,7 +403,7 @@ def _export_st_arguments(p: argparse.ArgumentParser) -> None:
 @command("export-st", "Export a checkpoint as a sentence-transformers model folder (LoRA "
          "merged).", _export_st_arguments)
 def run_export_st(args: argparse.Namespace) -> int:
-    from cetd_phase1.retrieve import export_sentence_transformers
+    from cetd_phase1.export import export_sentence_transformers
 
     out = export_sentence_transformers(args.checkpoint, args.out)
     print(f"exported to {out}: load with SentenceTransformer({str(out)!r})")

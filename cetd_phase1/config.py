@@ -1,9 +1,11 @@
 """Training configuration: YAML with the seed's ``train_config.yaml`` sections -> dataclasses ->
 ``TrainingArguments``.
 
-The four sections are the seed's (``model``, ``training``, ``dataset``, ``evaluation``); every
-seed key keeps its meaning, and the keys we add (pooling, loss, negatives, ...) sit in the
-section they belong to. An unknown section or key, or a value of the wrong type, is a
+Four sections are the seed's (``model``, ``training``, ``dataset``, ``evaluation``); every
+seed key keeps its meaning, and the keys we add (pooling, negatives, ...) sit in the section
+they belong to. A fifth, ``ranking``, holds how the trained model ranks an app
+(:class:`~cetd_phase1.ranking.settings.RankingConfig`, saved beside every checkpoint). An
+unknown section or key, or a value of the wrong type or range, is a
 :class:`~cetd_phase1.errors.CETDError` naming the file and the key. Only the entry points read
 this module.
 """
@@ -19,10 +21,12 @@ from typing import Any
 
 import yaml
 
-from cetd_phase1.errors import CETDError, check_penalty, check_share
-from cetd_phase1.labels import DEFAULT_LABEL_SOURCES
+from cetd_phase1.errors import CETDError
+from cetd_phase1.data.labels import DEFAULT_LABEL_SOURCES
+from cetd_phase1.modeling.config import MAX_CODE_LENGTH, MAX_REQ_LENGTH
+from cetd_phase1.ranking.settings import RankingConfig
 
-#: ``evaluation.metric`` values -> key of :func:`cetd_phase1.metrics.compute_ranking_metrics`.
+#: ``evaluation.metric`` values -> key of :func:`cetd_phase1.evaluation.metrics.compute_ranking_metrics`.
 METRICS = {"retrieval_accuracy": "accuracy", "accuracy": "accuracy", "map": "map", "mrr": "mrr",
            "recall@1": "recall@1", "recall@5": "recall@5", "recall@10": "recall@10",
            "ndcg@10": "ndcg@10"}
@@ -39,10 +43,6 @@ class ModelSection:
     attention_dropout: float | None = None  # None = the backbone's own; 0 lets a CPU use flash SDPA
     encode_chunk_size: int | None = None  # length-sorted chunks per forward; None = 8 on CPU
     split_identifiers: bool = False  # camelCase -> words before tokenizing (uncased WordPiece)
-    section_chunks: int = 1  # texts a long function is ranked by (its best); 1 = its first
-    late_interaction: float = 0.0  # share of token-level MaxSim when ranking; 0 = cosine only
-    hybrid_weight: float = 0.7  # the model's share in the hybrid ranking with BM25
-    class_penalty: float = 0.0  # subtracted from a class's hybrid score (z-units); 0 = none
 
 
 @dataclass
@@ -60,11 +60,7 @@ class TrainingSection:
     # None: peft's choice for the backbone's architecture (its query and value projections),
     # so a config that names no modules fits MiniLM as well as Qwen
     target_modules: list[str] | None = None
-    loss: str = "infonce"  # infonce | bce (the seed's objective)
-    temperature: float = 0.05
-    bce_scale: float = 20.0
-    bce_bias: float = -10.0
-    bce_learnable_bias: bool = True
+    temperature: float = 0.05  # InfoNCE's tau: logits are cos / tau
     negatives_per_query: int = 5  # hard/random negatives per requirement and step
     gather_across_devices: bool = False
     same_app_batches: bool = False  # in-batch negatives from the requirement's own app
@@ -91,8 +87,8 @@ class DatasetSection:
     pypi_packages: str | None = None
     train_file: str | None = None  # the seed's name for the data source (a folder of apps)
     val_split: float | None = 0.1  # apps are split by name hash, 70/10/20
-    max_code_length: int = 2048
-    max_req_length: int = 512
+    max_code_length: int = MAX_CODE_LENGTH  # tokens; the seed's 2048/512 suit Qwen, not MiniLM
+    max_req_length: int = MAX_REQ_LENGTH
     hard_negatives: int = 3  # BM25-mined negatives per requirement in the dataset
     random_negatives: int = 2
     max_positives: int = 5
@@ -117,6 +113,7 @@ class Phase1Config:
     training: TrainingSection = field(default_factory=TrainingSection)
     dataset: DatasetSection = field(default_factory=DatasetSection)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
     path: str = "<defaults>"  # where it was read from, for messages
 
     @property
@@ -129,26 +126,22 @@ class Phase1Config:
         return METRICS[self.evaluation.metric]
 
     def to_dict(self) -> dict[str, Any]:
-        """The four sections as plain data (for metrics.json and model cards)."""
+        """The sections as plain data (for metrics.json and model cards)."""
         return {k: v for k, v in asdict(self).items() if k != "path"}
 
     def model_settings(self) -> dict[str, Any]:
-        """:class:`~cetd_phase1.model.CETDConfig` fields for ``CETDRetriever.from_backbone``."""
+        """:class:`~cetd_phase1.modeling.config.CETDConfig` fields for ``CETDRetriever.from_backbone``."""
         m, t, d = self.model, self.training, self.dataset
         return dict(pooling=m.pooling, normalize=m.normalize, projection_dim=m.projection_dim,
-                    loss=t.loss, loss_temperature=t.temperature,
-                    gather_across_devices=t.gather_across_devices, bce_scale=t.bce_scale,
-                    bce_bias=t.bce_bias, bce_learnable_bias=t.bce_learnable_bias,
-                    use_lora=t.use_lora, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
+                    loss_temperature=t.temperature,
+                    gather_across_devices=t.gather_across_devices, use_lora=t.use_lora, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
                     lora_dropout=t.lora_dropout, lora_target_modules=t.target_modules,
                     max_req_length=d.max_req_length, max_code_length=d.max_code_length,
-                    encode_chunk_size=m.encode_chunk_size, split_identifiers=m.split_identifiers,
-                    section_chunks=m.section_chunks, late_interaction=m.late_interaction,
-                    hybrid_weight=m.hybrid_weight, class_penalty=m.class_penalty)
+                    encode_chunk_size=m.encode_chunk_size, split_identifiers=m.split_identifiers)
 
 
 _SECTIONS = {"model": ModelSection, "training": TrainingSection, "dataset": DatasetSection,
-             "evaluation": EvaluationSection}
+             "evaluation": EvaluationSection, "ranking": RankingConfig}
 
 
 def _check_value(value: Any, hint: Any, where: str) -> Any:
@@ -205,7 +198,10 @@ def _section(cls: type, data: Any, where: str) -> Any:
         if key not in hints:
             raise _unknown(str(key), known, where)
         values[key] = _check_value(value, hints[key], f"{where}.{key}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except CETDError as err:  # a range check of the section's own (RankingConfig)
+        raise CETDError(f"{where}.{err}") from None
 
 
 def config_from_dict(data: Any, path: str = "<dict>") -> Phase1Config:
@@ -238,12 +234,9 @@ def load_config(path: str | Path) -> Phase1Config:
 def validate(cfg: Phase1Config) -> None:
     """Cross-key checks; raises CETDError naming the file and key."""
     p, m, t, d, e = cfg.path, cfg.model, cfg.training, cfg.dataset, cfg.evaluation
-    from cetd_phase1.losses import LOSSES
-    from cetd_phase1.model import POOLINGS
+    from cetd_phase1.modeling.config import POOLINGS
     if m.pooling is not None and m.pooling not in POOLINGS:
         raise CETDError(f"{p}: model.pooling must be one of {', '.join(POOLINGS)}, got {m.pooling!r}")
-    if t.loss not in LOSSES:
-        raise CETDError(f"{p}: training.loss must be one of {', '.join(LOSSES)}, got {t.loss!r}")
     if e.metric not in METRICS:
         raise CETDError(f"{p}: evaluation.metric must be one of {', '.join(METRICS)}, "
                         f"got {e.metric!r}")
@@ -262,9 +255,6 @@ def validate(cfg: Phase1Config) -> None:
     if m.encode_chunk_size is not None and m.encode_chunk_size < 1:
         raise CETDError(f"{p}: model.encode_chunk_size must be >= 1 or null, got "
                         f"{m.encode_chunk_size}")
-    if m.section_chunks < 1:
-        raise CETDError(f"{p}: model.section_chunks must be >= 1 (1 = the first "
-                        f"max_code_length tokens only), got {m.section_chunks}")
     if min(d.max_code_length, d.max_req_length) < 8:
         raise CETDError(f"{p}: dataset.max_req_length/max_code_length must be at least 8 tokens")
     if t.max_steps == 0 or t.max_steps < -1:
@@ -283,11 +273,11 @@ def validate(cfg: Phase1Config) -> None:
         raise CETDError(f"{p}: dataset.train_file: the seed's JSONL of examples is built here "
                         f"from the applications; name the apps instead (dataset.source: stdlib, "
                         f"a folder of apps, or postgres)")
-    from cetd_phase1.registry import PYPI_SOURCE
+    from cetd_phase1.data.registry import PYPI_SOURCE
     if d.pypi_packages and cfg.data_source != PYPI_SOURCE:
         raise CETDError(f"{p}: dataset.pypi_packages is read by dataset.source: {PYPI_SOURCE} "
                         f"only, not {cfg.data_source!r}")
-    from cetd_phase1.labels import LABEL_SOURCES
+    from cetd_phase1.data.labels import LABEL_SOURCES
     unknown = [s for s in d.label_sources if s not in LABEL_SOURCES]
     if unknown:
         raise CETDError(f"{p}: dataset.label_sources: unknown {', '.join(map(repr, unknown))}; "
@@ -296,13 +286,6 @@ def validate(cfg: Phase1Config) -> None:
         raise CETDError(f"{p}: training.fp16 and training.bf16 are both on; pick one")
     if t.push_to_hub and not t.hub_model_id:
         raise CETDError(f"{p}: training.push_to_hub needs training.hub_model_id")
-    for key, share in (("late_interaction", m.late_interaction),
-                       ("hybrid_weight", m.hybrid_weight)):
-        check_share(f"{p}: model.{key}", share)
-    check_penalty(f"{p}: model.class_penalty", m.class_penalty)
-    if t.gather_across_devices and t.loss != "infonce":
-        raise CETDError(f"{p}: training.gather_across_devices needs loss: infonce (the bce "
-                        f"loss scores each requirement's own candidates only)")
 
 
 def apply_overrides(cfg: Phase1Config, **overrides: Any) -> Phase1Config:
@@ -338,7 +321,7 @@ def training_arguments(cfg: Phase1Config, *, has_validation: bool = True):
 
     t, e = cfg.training, cfg.evaluation
     cuda = torch.cuda.is_available()
-    from cetd_phase1.model import cpu_has_native_bf16
+    from cetd_phase1.modeling.precision import cpu_has_native_bf16
     # `accelerate launch` passes its config file's mixed_precision in this variable: the user's
     # choice there wins over the automatic one (the YAML's explicit fp16/bf16 win over both)
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION")

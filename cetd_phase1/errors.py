@@ -1,28 +1,12 @@
 """The one exception type the command line turns into a one-line message (never a traceback),
-the function that prints that line (for file-system failures too), and the range checks that
-config files, checkpoints and command-line flags share."""
+the function that prints that line (for file-system failures too), and the input checks the
+entry points share."""
 
 
 class CETDError(Exception):
     """Bad input or environment, explained for the terminal: name the file and the reason."""
 
     exit_code = 2
-
-
-def check_share(name: str, share: float) -> float:
-    """``share`` if it is in [0, 1] (a mixing weight such as ``late_interaction``); a
-    CETDError naming ``name`` otherwise."""
-    if not 0.0 <= share <= 1.0:
-        raise CETDError(f"{name} must be in [0, 1], got {share}")
-    return share
-
-
-def check_penalty(name: str, penalty: float) -> float:
-    """``penalty`` if it is a finite number >= 0 (such as ``class_penalty``); a CETDError
-    naming ``name`` otherwise."""
-    if not 0.0 <= penalty < float("inf"):
-        raise CETDError(f"{name} must be a number >= 0, got {penalty}")
-    return penalty
 
 
 def check_requirement(requirement: str) -> str:

@@ -77,7 +77,7 @@ def model_card(model_config: dict[str, Any], repo_id: str, *,
     rule = "|---" * (len(SUMMARY_KEYS) + 1) + "|"
     table = "\n".join([header, rule, *rows]) if rows else "(not evaluated)"
     if loading is None:
-        loading = ("from cetd_phase1.model import CETDRetriever\n"
+        loading = ("from cetd_phase1 import CETDRetriever\n"
                    f'model = CETDRetriever.from_pretrained("{repo_id}")  '
                    '# revision="..." for a fixed commit')
     head = " and projection head" if model_config.get("projection_dim") else ""

@@ -1,9 +1,8 @@
-"""Training objectives of the bi-encoder. Both take the same batch layout:
+"""The bi-encoder's training objective, InfoNCE over in-batch candidates, and the cross-device
+gather that lets it see every rank's candidates. Batch layout:
 
 * ``q`` [B, D] requirement embeddings, ``p`` [C, D] candidate (code section) embeddings;
-* ``labels`` [B]: index in ``p`` of requirement i's positive;
-* ``owners`` [C]: index of the requirement each candidate was drawn for (its positive or one of
-  its hard/random negatives).
+* ``labels`` [B]: index in ``p`` of requirement i's positive.
 
 The batch sampler guarantees that no candidate in a batch is a positive of another requirement
 of that batch, so every candidate other than ``labels[i]`` is a true negative for requirement i.
@@ -103,8 +102,7 @@ class InfoNCELoss(nn.Module):
         self.temperature = temperature
         self.gather = gather
 
-    def forward(self, q: torch.Tensor, p: torch.Tensor, labels: torch.Tensor,
-                owners: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         candidates, labels, weight = self.gather(p, labels)
         logits = q.float() @ candidates.float().T / self.temperature
         return weight * F.cross_entropy(logits, labels)
@@ -113,53 +111,9 @@ class InfoNCELoss(nn.Module):
         return f"temperature={self.temperature}, gather={getattr(self.gather, '__name__', self.gather)}"
 
 
-class BCELoss(nn.Module):
-    r"""The seed's objective: binary cross-entropy on each (requirement, own candidate) pair.
-
-    Only the requirement's own candidates (positive + its negatives) are scored, as in the seed.
-    The seed fed raw cosines (in [-1, 1]) to ``BCEWithLogitsLoss``, so a perfect ranking still
-    had a probability of at most 0.73 and a large loss; here the logit is
-
-    .. math::  z = \text{scale} \cdot \cos(q, p) + b
-
-    with a fixed scale (20 = 1/0.05) and a bias :math:`b` (learnable by default, initialised at
-    -10 so that with few positives the starting probabilities are low, as in SigLIP), and
-    :math:`\mathcal{L} = \text{mean}_{(i,j)}\ \text{BCE}(\sigma(z_{ij}), y_{ij})`.
-    """
-
-    def __init__(self, scale: float = 20.0, bias: float = -10.0, learnable_bias: bool = True):
-        super().__init__()
-        self.scale = scale
-        bias_tensor = torch.tensor(float(bias))
-        if learnable_bias:
-            self.bias = nn.Parameter(bias_tensor)
-        else:
-            self.register_buffer("bias", bias_tensor)
-
-    def forward(self, q: torch.Tensor, p: torch.Tensor, labels: torch.Tensor,
-                owners: torch.Tensor | None = None) -> torch.Tensor:
-        if owners is None:
-            raise ValueError("BCELoss needs `owners` (the requirement of each candidate)")
-        cos = (q.float()[owners] * p.float()).sum(dim=-1)
-        logits = self.scale * cos + self.bias.float()
-        targets = torch.zeros_like(logits)
-        targets[labels] = 1.0
-        return F.binary_cross_entropy_with_logits(logits, targets)
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale}"
-
-
-LOSSES = ("infonce", "bce")
-
-
 def build_loss(config: Any) -> nn.Module:
-    """The loss named by ``config.loss`` with its settings from the config."""
-    if config.loss == "infonce":
-        gather = (all_ranks_candidates if getattr(config, "gather_across_devices", False)
-                  else local_candidates)
-        return InfoNCELoss(temperature=config.loss_temperature, gather=gather)
-    if config.loss == "bce":
-        return BCELoss(scale=config.bce_scale, bias=config.bce_bias,
-                       learnable_bias=config.bce_learnable_bias)
-    raise ValueError(f"unknown loss {config.loss!r}; expected one of {', '.join(LOSSES)}")
+    """InfoNCE at ``config.loss_temperature``, over every rank's candidates when
+    ``config.gather_across_devices``."""
+    gather = (all_ranks_candidates if getattr(config, "gather_across_devices", False)
+              else local_candidates)
+    return InfoNCELoss(temperature=config.loss_temperature, gather=gather)

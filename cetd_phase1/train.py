@@ -66,7 +66,7 @@ def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
     Trainer later saves those steps afresh instead of into their debris."""
     import shutil
 
-    from cetd_phase1.checkpoints import checkpoint_problem, last_complete_checkpoint
+    from cetd_phase1.training.checkpoints import checkpoint_problem, last_complete_checkpoint
     from cetd_phase1.errors import CETDError
     if value is None:
         return None
@@ -115,12 +115,16 @@ def run(cli: argparse.Namespace) -> int:
     from transformers import EarlyStoppingCallback, set_seed
 
     from cetd_phase1.atomic import atomic_directory, atomic_write_text
-    from cetd_phase1.checkpoints import NonFiniteGuard
+    from cetd_phase1.training.checkpoints import NonFiniteGuard
     from cetd_phase1.config import apply_overrides, load_config, training_arguments
-    from cetd_phase1.dataset import build_dataset, build_sections, registry_for
+    from cetd_phase1.data.dataset import build_dataset, build_sections, registry_for
     from cetd_phase1.errors import CETDError, check_output_dir
-    from cetd_phase1.model import CETDRetriever, load_tokenizer, resolve_backbone
-    from cetd_phase1.trainer import RetrievalCollator, RetrievalTrainer, group_queries
+    from cetd_phase1.modeling.backbone import resolve_backbone
+    from cetd_phase1.modeling.model import CETDRetriever
+    from cetd_phase1.modeling.tokens import load_tokenizer
+    from cetd_phase1.training.collator import RetrievalCollator
+    from cetd_phase1.training.sampler import group_queries
+    from cetd_phase1.training.trainer import RetrievalTrainer
 
     # 1. Config: YAML, then command-line overrides, then TrainingArguments.
     cfg = apply_overrides(load_config(cli.config), output_dir=cli.output_dir,
@@ -134,11 +138,10 @@ def run(cli: argparse.Namespace) -> int:
     setup_logging(probe)
     logger.info("config %s -> %s", cfg.path, output_dir)
     t = cfg.training
-    if t.loss == "infonce":
-        ranks = probe.world_size if t.gather_across_devices else 1
-        logger.info("InfoNCE: up to %d negatives per requirement (%d process(es) x %d "
-                    "requirements x (1 + %d negatives) - 1)", ranks * t.batch_size
-                    * (1 + t.negatives_per_query) - 1, ranks, t.batch_size, t.negatives_per_query)
+    ranks = probe.world_size if t.gather_across_devices else 1
+    logger.info("InfoNCE: up to %d negatives per requirement (%d process(es) x %d requirements "
+                "x (1 + %d negatives) - 1)", ranks * t.batch_size * (1 + t.negatives_per_query)
+                - 1, ranks, t.batch_size, t.negatives_per_query)
     set_seed(cfg.training.seed)
 
     # 3. Data: labelled pairs per split, and every section of every app (the ranking pools).
@@ -190,7 +193,7 @@ def run(cli: argparse.Namespace) -> int:
     trainer = RetrievalTrainer(
         model=model, args=args, train_dataset=train_groups,
         eval_dataset=pairs["validation"] if has_validation else None,
-        eval_sections=sections["validation"], data_collator=collator,
+        eval_sections=sections["validation"], ranking=cfg.ranking, data_collator=collator,
         processing_class=tokenizer, callbacks=callbacks,
         same_app_batches=cfg.training.same_app_batches)
 

@@ -23,7 +23,8 @@ def build_model(gather: bool):
     step is deterministic. Same weights for any ``gather``."""
     from transformers import BertConfig
 
-    from cetd_phase1.model import CETDConfig, CETDRetriever
+    from cetd_phase1.modeling.config import CETDConfig
+    from cetd_phase1.modeling.model import CETDRetriever
     backbone = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
                           num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -49,17 +50,14 @@ def rank_batches(sizes: tuple[int, ...], seed: int = 0) -> list[dict[str, torch.
         p_ids, p_mask = _ids_and_mask(b * (1 + NEGATIVES), P_LEN, gen)
         out.append({"q_input_ids": q_ids, "q_attention_mask": q_mask, "p_input_ids": p_ids,
                     "p_attention_mask": p_mask,
-                    "labels": torch.arange(b) * (1 + NEGATIVES),
-                    "owners": torch.arange(b).repeat_interleave(1 + NEGATIVES)})
+                    "labels": torch.arange(b) * (1 + NEGATIVES)})
     return out
 
 
 def merged(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The global batch a single process would see (labels and owners re-indexed)."""
+    """The global batch a single process would see (labels re-indexed)."""
     out = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
     out["labels"] = torch.cat([b["labels"] + sum(len(x["p_input_ids"]) for x in batches[:r])
-                               for r, b in enumerate(batches)])
-    out["owners"] = torch.cat([b["owners"] + sum(len(x["q_input_ids"]) for x in batches[:r])
                                for r, b in enumerate(batches)])
     return out
 

@@ -31,8 +31,8 @@ def _die() -> None:
 
 
 def install(kill: str) -> None:
-    import cetd_phase1.model as model_lib
-    from cetd_phase1.trainer import RetrievalTrainer
+    import cetd_phase1.modeling.model as model_lib
+    from cetd_phase1.training.trainer import RetrievalTrainer
 
     where, _, at = kill.partition(":")
     step = int(at) if at else -1
@@ -90,7 +90,7 @@ def _child(run: dict, script) -> int:
 def main(plan_file: str) -> None:
     import importlib.util
 
-    import cetd_phase1.trainer  # noqa: F401  (the heavy imports, shared by every child)
+    import cetd_phase1.training.trainer  # noqa: F401  (the heavy imports, shared by every child)
 
     spec = importlib.util.spec_from_file_location("run_phase1", ROOT / "run_phase1.py")
     script = importlib.util.module_from_spec(spec)

@@ -117,6 +117,6 @@ def fp32_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """Encode in fp32 as on a CPU without native bf16, for tests that compare our embeddings
     with sentence-transformers' (fp32) to 1e-5; bf16 autocast would otherwise turn on by
     itself on a CPU that has it."""
-    from cetd_phase1 import model as model_lib
+    from cetd_phase1.modeling import precision
 
-    monkeypatch.setattr(model_lib, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)

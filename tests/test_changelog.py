@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from cetd_phase1.changelog import changelog_pairs, clean_text, find_changelog, parse_changelog
-from cetd_phase1.dataset import build_dataset
-from cetd_phase1.labels import label_app
-from cetd_phase1.registry import DirectoryRegistry
-from cetd_phase1.sections import extract_sections
+from cetd_phase1.data.changelog import changelog_pairs, clean_text, find_changelog, parse_changelog
+from cetd_phase1.data.dataset import build_dataset
+from cetd_phase1.data.labels import label_app
+from cetd_phase1.data.registry import DirectoryRegistry
+from cetd_phase1.data.sections import extract_sections
 
 CHANGES = """\
 .. currentmodule:: pkg

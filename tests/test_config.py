@@ -110,11 +110,17 @@ def test_unknown_section_fails(tmp_path):
     ('base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"',
      'base_model: "x"\n  encode_chunk_size: 0', "model.encode_chunk_size must be >= 1"),
     ('base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"',
-     'base_model: "x"\n  late_interaction: 1.5', "model.late_interaction must be in"),
-    ('base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"',
-     'base_model: "x"\n  hybrid_weight: -0.1', "model.hybrid_weight must be in"),
-    ('base_model: "Qwen/Qwen2.5-Coder-1.5B-Instruct"',
-     'base_model: "x"\n  class_penalty: -0.3', "model.class_penalty must be a number >= 0"),
+     'base_model: "x"\n  late_interaction: 1.5', "model: unknown key 'late_interaction'"),
+    ("early_stopping_patience: 3", "early_stopping_patience: 3\nranking:\n  late_interaction: 1.5",
+     "ranking.late_interaction must be in \\[0, 1\\], got 1.5"),
+    ("early_stopping_patience: 3", "early_stopping_patience: 3\nranking:\n  hybrid_weight: -0.1",
+     "ranking.hybrid_weight must be in"),
+    ("early_stopping_patience: 3", "early_stopping_patience: 3\nranking:\n  section_chunks: 0",
+     "ranking.section_chunks must be an integer >= 1"),
+    ("early_stopping_patience: 3", "early_stopping_patience: 3\nranking:\n  sections: 2",
+     "ranking: unknown key 'sections'"),
+    ("early_stopping_patience: 3", "early_stopping_patience: 3\nranking:\n  class_penalty: -0.3",
+     "ranking.class_penalty must be a number >= 0"),
 
     ("val_split: 0.1", "val_split: 0.1\n  pypi_packages: more.yaml",
      "dataset.pypi_packages is read by dataset.source: stdlib\\+pypi-changelog only"),
@@ -150,7 +156,7 @@ def test_training_arguments_mapping(tmp_path):
     assert args.load_best_model_at_end and args.metric_for_best_model == "accuracy"
     assert "tensorboard" in args.report_to
     assert not args.fp16  # no CUDA here
-    from cetd_phase1.model import cpu_has_native_bf16
+    from cetd_phase1.modeling.precision import cpu_has_native_bf16
     assert args.bf16 == cpu_has_native_bf16()  # auto: bf16 only where the CPU has it natively
     forced = config_from_dict({**yaml.safe_load(SEED_YAML),
                                "training": {**yaml.safe_load(SEED_YAML)["training"],
@@ -178,7 +184,7 @@ def test_a_config_naming_no_lora_modules_fits_an_encoder_backbone(tmp_path):
     query/value projections, so a minimal config on a BERT-like backbone builds, not fails."""
     from _tiny_models import make_tiny_encoder
 
-    from cetd_phase1.model import CETDRetriever
+    from cetd_phase1.modeling.model import CETDRetriever
 
     cfg = config_from_dict({"model": {"base_model": str(make_tiny_encoder(tmp_path / "bert"))},
                             "dataset": {"max_code_length": 512}})  # the seed's 2048 is Qwen's
@@ -194,7 +200,7 @@ def test_text_lengths_beyond_the_backbones_positions_are_a_clear_error(tmp_path)
     training instead of failing inside the first forward pass."""
     from _tiny_models import make_tiny_encoder
 
-    from cetd_phase1.model import CETDRetriever
+    from cetd_phase1.modeling.model import CETDRetriever
 
     tiny = str(make_tiny_encoder(tmp_path / "bert"))
     limit = CETDRetriever.from_backbone(tiny).backbone.config.max_position_embeddings
@@ -211,7 +217,7 @@ def test_accelerate_files_mixed_precision_wins_over_the_automatic_choice(tmp_pat
     """`accelerate launch --config_file ...` with mixed_precision "no" trains in fp32 (it was
     overridden by the automatic bf16/fp16 choice); without accelerate the choice is automatic."""
     from cetd_phase1.config import training_arguments
-    from cetd_phase1.model import cpu_has_native_bf16
+    from cetd_phase1.modeling.precision import cpu_has_native_bf16
 
     cfg = apply_overrides(load_config(CONFIGS / "phase1_minilm_cpu.yaml"),
                           output_dir=str(tmp_path / "out"))

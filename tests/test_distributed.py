@@ -95,7 +95,7 @@ def test_cross_rank_batches_are_conflict_free_global_batches():
     import datasets
 
     from _tiny_models import pair_rows
-    from cetd_phase1.trainer import NoDuplicatesBatchSampler, group_queries
+    from cetd_phase1.training.sampler import NoDuplicatesBatchSampler, group_queries
     rows = pair_rows(apps=("a1", "a2", "a3"))
     for row in rows:  # the apps' code differs: they only conflict within an app
         row["code"] += f"  # {row['app_id']}"
@@ -124,7 +124,9 @@ def test_two_rank_training_run_saves_once_and_reloads(tmp_path):
     the final model reloads with ``from_pretrained``."""
     from test_run_phase1 import APPS, SPLITS
 
-    from cetd_phase1.model import CETDRetriever, encode_texts, load_tokenizer
+    from cetd_phase1.modeling.model import CETDRetriever
+    from cetd_phase1.ranking.encode import encode_texts
+    from cetd_phase1.modeling.tokens import load_tokenizer
     # a second training app: within one app every requirement conflicts with the others, so
     # one app alone cannot fill a global batch of one requirement per rank
     apps = {**APPS, "files": {"io.py": '''

@@ -10,12 +10,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _tiny_models import make_tiny_apps, make_tiny_encoder as make_tiny_bert  # noqa: E402
 
-from cetd_phase1 import model as model_lib  # noqa: E402
 from cetd_phase1.__main__ import main  # noqa: E402
-from cetd_phase1.evaluation import (PROTOCOLS, Method, queries_from_rows,  # noqa: E402
-                                    run_evaluation)
-from cetd_phase1.registry import DirectoryRegistry  # noqa: E402
-from cetd_phase1.retrieve import Retriever, hybrid_fuse  # noqa: E402
+from cetd_phase1.data.registry import DirectoryRegistry  # noqa: E402
+from cetd_phase1.evaluation.evaluate import Method, run_evaluation  # noqa: E402
+from cetd_phase1.evaluation.results import PROTOCOLS, queries_from_rows  # noqa: E402
+from cetd_phase1.modeling.model import CETDRetriever  # noqa: E402
+from cetd_phase1.modeling.tokens import load_tokenizer  # noqa: E402
+from cetd_phase1.ranking import full_app  # noqa: E402
+from cetd_phase1.ranking.fusion import hybrid_fuse  # noqa: E402
+from cetd_phase1.retrieve import Retriever  # noqa: E402
 
 AVERAGES = {"accuracy", "map", "mrr", "recall@1", "recall@5", "recall@10", "ndcg@10",
             "num_queries"}
@@ -75,11 +78,11 @@ def test_trained_checkpoint_is_compared_with_its_backbone(setup, evaluated, tmp_
                                                           monkeypatch):
     ckpt, apps, cache = setup
     trained = tmp_path / "trained"
-    model_lib.CETDRetriever.from_backbone(str(ckpt), projection_dim=8).save_pretrained(
-        trained, tokenizer=model_lib.load_tokenizer(ckpt))
+    CETDRetriever.from_backbone(str(ckpt), projection_dim=8).save_pretrained(
+        trained, tokenizer=load_tokenizer(ckpt))
     calls = []
-    real = model_lib.encode_for_ranking  # encode_texts goes through it too
-    monkeypatch.setattr(model_lib, "encode_for_ranking",
+    real = full_app.encode_for_ranking
+    monkeypatch.setattr(full_app, "encode_for_ranking",
                         lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
     metrics = run_evaluation(trained, tmp_path / "out", apps_dir=apps, cache_dir=cache)
     assert "backbone (untrained)" in metrics["baselines"]
@@ -111,7 +114,7 @@ def test_hybrid_reuses_the_models_scores_and_fuses_them(setup, tmp_path, monkeyp
     dense = Method("model", model)
     fused = Method("hybrid", model, fused_from=dense)
     reqs = ["add two numbers together", "divide one number by another"]
-    expected = [hybrid_fuse(d, index.bm25.scores(r), model.hybrid_weight)
+    expected = [hybrid_fuse(d, index.bm25.scores(r), model.ranking.hybrid_weight)
                 for d, r in zip(real(model, reqs, index), reqs)]
     np.testing.assert_allclose(fused.scores(reqs, app, index), np.stack(expected), rtol=1e-6)
 
@@ -140,13 +143,13 @@ def test_cli_section_chunks_overrides_the_checkpoint_and_bad_values_are_one_line
         setup, tmp_path, capsys, monkeypatch):
     ckpt, apps, cache = setup
     seen = []
-    real = model_lib.section_texts
+    real = full_app.section_texts
 
     def recording(sections, tokenizer, max_length, max_chunks):
         seen.append(max_chunks)
         return real(sections, tokenizer, max_length, max_chunks)
 
-    monkeypatch.setattr(model_lib, "section_texts", recording)
+    monkeypatch.setattr(full_app, "section_texts", recording)
     args = ["evaluate", "--checkpoint", str(ckpt), "--apps", str(apps), "--cache-dir",
             str(cache)]
     assert main([*args, "--out", str(tmp_path / "o"), "--section-chunks", "3"]) == 0
@@ -154,7 +157,7 @@ def test_cli_section_chunks_overrides_the_checkpoint_and_bad_values_are_one_line
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "o2"), "--section-chunks", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "section_chunks must be >= 1" in err and "\n" not in err
+    assert err.startswith("error:") and "section_chunks must be an integer >= 1" in err and "\n" not in err
 
 
 def _hybrid_evaluate(setup) -> list[str]:

@@ -167,7 +167,7 @@ def _checkpoint(root: Path, step: int, *, state: str | None = "ok", weights: str
     (dict(weights="truncated"), "model.safetensors is corrupt"),
 ])
 def test_an_interrupted_save_is_never_taken_for_a_complete_checkpoint(tmp_path, damage, reason):
-    from cetd_phase1.checkpoints import checkpoint_problem, last_complete_checkpoint
+    from cetd_phase1.training.checkpoints import checkpoint_problem, last_complete_checkpoint
 
     good = _checkpoint(tmp_path, 2)
     bad = _checkpoint(tmp_path, 4, **damage)
@@ -211,9 +211,12 @@ def _tiny_trainer(tmp_path: Path, **kwargs):
     from _tiny_models import pair_rows, section_rows
     from transformers import TrainingArguments
 
-    from cetd_phase1.checkpoints import NonFiniteGuard
-    from cetd_phase1.model import CETDRetriever, load_tokenizer
-    from cetd_phase1.trainer import RetrievalCollator, RetrievalTrainer, group_queries
+    from cetd_phase1.training.checkpoints import NonFiniteGuard
+    from cetd_phase1.modeling.model import CETDRetriever
+    from cetd_phase1.modeling.tokens import load_tokenizer
+    from cetd_phase1.training.collator import RetrievalCollator
+    from cetd_phase1.training.trainer import RetrievalTrainer
+    from cetd_phase1.training.sampler import group_queries
 
     backbone = make_tiny_encoder(tmp_path / "bert")
     rows = datasets.Dataset.from_list(pair_rows())
@@ -236,7 +239,7 @@ def _tiny_trainer(tmp_path: Path, **kwargs):
 def test_a_non_finite_loss_stops_training_naming_the_step_and_last_good_checkpoint(tmp_path):
     import torch
 
-    from cetd_phase1.checkpoints import NonFiniteLossError
+    from cetd_phase1.training.checkpoints import NonFiniteLossError
 
     trainer, model = _tiny_trainer(tmp_path)
     calls = []
@@ -261,7 +264,7 @@ def test_a_non_finite_model_is_never_saved(tmp_path):
     import torch
     from transformers import TrainerCallback
 
-    from cetd_phase1.checkpoints import NonFiniteLossError
+    from cetd_phase1.training.checkpoints import NonFiniteLossError
 
     trainer, model = _tiny_trainer(tmp_path)
 

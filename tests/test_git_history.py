@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cetd_phase1.errors import CETDError
-from cetd_phase1.git_history import (MinedPair, MiningReport, classify_subject, commit_text,
-                                     mine_commits)
+from cetd_phase1.data.commits import classify_subject, commit_text
+from cetd_phase1.data.git_history import MinedPair, MiningReport, mine_commits
 
 UPLOAD = '''"""Upload helpers."""
 

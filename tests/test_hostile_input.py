@@ -135,7 +135,7 @@ def test_build_data_explains_every_bad_file_and_app_and_keeps_the_rest(corpus, u
     line("error: bad_yaml:", "malformed YAML")
 
     # every other app, and every good file of the broken app, still made it into the data
-    from cetd_phase1.dataset import build_dataset, build_sections
+    from cetd_phase1.data.dataset import build_dataset, build_sections
     rows = build_dataset(corpus, label_sources=("docstring", "gold"),
                          cache_dir=tmp_path / "cache")
     apps = {a for split in rows.values() for a in split["app_name"]}
@@ -176,7 +176,8 @@ def checkpoints(tmp_path_factory):
     """A saved tiny retriever, plus copies with a missing and a truncated weights file."""
     import shutil
 
-    from cetd_phase1.model import CETDRetriever, load_tokenizer
+    from cetd_phase1.modeling.model import CETDRetriever
+    from cetd_phase1.modeling.tokens import load_tokenizer
 
     root = tmp_path_factory.mktemp("ckpt")
     backbone = make_tiny_encoder(root / "bert")
@@ -195,7 +196,7 @@ def checkpoints(tmp_path_factory):
 def test_damaged_checkpoint_is_one_line_naming_the_file(checkpoints, corpus, tmp_path, capsys,
                                                         damage, reason):
     from cetd_phase1.errors import CETDError
-    from cetd_phase1.model import CETDRetriever
+    from cetd_phase1.modeling.model import CETDRetriever
 
     folder = checkpoints / damage
     expected = str(folder / "model.safetensors") if damage == "corrupt" else str(folder)

@@ -21,8 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from _tiny_models import make_tiny_decoder, make_tiny_encoder, write_apps  # noqa: E402
 from cetd_phase1.errors import CETDError  # noqa: E402
 from cetd_phase1.hub import prepare_upload, push, redact  # noqa: E402
-from cetd_phase1.model import (CETDRetriever, encode_texts, load_retriever,  # noqa: E402
-                               load_tokenizer)
+from cetd_phase1.modeling.model import CETDRetriever
+from cetd_phase1.ranking.encode import encode_texts
+from cetd_phase1.modeling.loading import load_retriever
+from cetd_phase1.modeling.tokens import load_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["parse json strings into objects", "def parse_json(s):\n    return json.loads(s)"]
@@ -106,7 +108,9 @@ def test_hub_id_and_revision_resolve_from_the_cache_offline(saved, tmp_path):
     _cache_repo(cache, "org/tiny-qwen2", {"c" * 40: backbone}, main="c" * 40)
     script = f"""
 import json
-from cetd_phase1.model import CETDRetriever, encode_texts, load_retriever
+from cetd_phase1.modeling.model import CETDRetriever
+from cetd_phase1.ranking.encode import encode_texts
+from cetd_phase1.modeling.loading import load_retriever
 out = {{}}
 model, tok = load_retriever("org/cetd-tiny")
 out["main"] = encode_texts(model, tok, {TEXTS!r}, max_length=16).tolist()

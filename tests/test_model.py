@@ -11,12 +11,19 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _tiny_models import make_tiny_decoder, make_tiny_encoder  # noqa: E402
-from cetd_phase1 import model as model_lib  # noqa: E402
+from cetd_phase1.modeling import precision  # noqa: E402
 from cetd_phase1.errors import CETDError  # noqa: E402
-from cetd_phase1.losses import BCELoss, InfoNCELoss  # noqa: E402
-from cetd_phase1.model import (CETDConfig, CETDRetriever, Encoded,  # noqa: E402
-                               best_text_scores, encode_texts, load_retriever, load_tokenizer,
-                               maxsim, pad, pool, resolve_backbone, section_texts, tokenize)
+from cetd_phase1.losses import InfoNCELoss  # noqa: E402
+from cetd_phase1.modeling.config import CETDConfig
+from cetd_phase1.modeling.model import CETDRetriever
+from cetd_phase1.ranking.encode import Encoded, encode_texts
+from cetd_phase1.ranking.chunks import best_text_scores  # noqa: E402
+from cetd_phase1.modeling.loading import load_retriever
+from cetd_phase1.modeling.tokens import load_tokenizer, pad, tokenize
+from cetd_phase1.ranking.late_interaction import maxsim
+from cetd_phase1.modeling.pooling import pool
+from cetd_phase1.modeling.backbone import resolve_backbone
+from cetd_phase1.ranking.chunks import section_texts
 
 TEXTS = ["parse json strings into objects", "def parse_json(s):\n    return json.loads(s)",
          "x", "format an error message for the user with its code and a hint"]
@@ -138,7 +145,7 @@ def test_lora_with_gradient_checkpointing_gets_gradients(encoder_dir):
     p = pad(tok, tokenize(tok, TEXTS, 16, False))
     model.train()
     out = model(q["input_ids"], q["attention_mask"], p["input_ids"], p["attention_mask"],
-                labels=torch.tensor([1, 3]), owners=torch.tensor([0, 0, 1, 1]))
+                labels=torch.tensor([1, 3]))
     out.loss.backward()
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and "head.dense.weight" in trainable
@@ -158,7 +165,7 @@ def _perturb(model: CETDRetriever) -> None:
                 p.add_(torch.randn_like(p) * 0.1)
 
 
-@pytest.mark.parametrize("kind", ["encoder_lora_head", "decoder_full", "decoder_lora_bce"])
+@pytest.mark.parametrize("kind", ["encoder_lora_head", "decoder_full", "decoder_lora"])
 def test_save_then_from_pretrained_gives_same_scores(kind, encoder_dir, decoder_dir, tmp_path):
     if kind == "encoder_lora_head":
         model = CETDRetriever.from_backbone(encoder_dir, use_lora=True, projection_dim=16,
@@ -168,7 +175,7 @@ def test_save_then_from_pretrained_gives_same_scores(kind, encoder_dir, decoder_
         model = CETDRetriever.from_backbone(decoder_dir)
         tok = load_tokenizer(decoder_dir)
     else:
-        model = CETDRetriever.from_backbone(decoder_dir, use_lora=True, loss="bce",
+        model = CETDRetriever.from_backbone(decoder_dir, use_lora=True,
                                             lora_target_modules=["q_proj", "v_proj"])
         tok = load_tokenizer(decoder_dir)
     _perturb(model)
@@ -188,8 +195,6 @@ def test_save_then_from_pretrained_gives_same_scores(kind, encoder_dir, decoder_
     after = encode_texts(reloaded, tok, TEXTS, max_length=32)
     np.testing.assert_allclose(before @ before.T, after @ after.T, atol=1e-5)
     np.testing.assert_allclose(before, after, atol=1e-5)
-    if kind == "decoder_lora_bce":
-        assert float(reloaded.loss_fn.bias) == pytest.approx(float(model.loss_fn.bias))
     via_loader, tok2 = load_retriever(tmp_path / "saved")
     np.testing.assert_allclose(encode_texts(via_loader, tok2, TEXTS, max_length=32), before,
                                atol=1e-5)
@@ -217,11 +222,8 @@ def test_bad_folders_and_settings_fail_clearly(tmp_path):
         load_retriever(tmp_path)
     with pytest.raises(CETDError, match="pooling"):
         CETDConfig(pooling="max")
-    with pytest.raises(CETDError, match="loss"):
-        CETDConfig(loss="triplet")
-    for name in ("late_interaction", "hybrid_weight"):
-        with pytest.raises(CETDError, match=f"{name} must be in"):
-            CETDConfig(**{name: 1.5})
+    with pytest.raises(CETDError, match="temperature"):
+        CETDConfig(loss_temperature=0)
 
 
 def test_infonce_matches_its_formula_and_survives_fp16():
@@ -242,7 +244,7 @@ def test_maxsim_matches_its_formula_over_ragged_texts(native_bf16, monkeypatch):
     """Each requirement token takes its best token of each text, even when every cosine is
     negative, over texts of different lengths; ranking mixes it with the pooled cosine, texts
     taken in any order; in bfloat16 where the CPU has it, float32 elsewhere."""
-    monkeypatch.setattr(model_lib, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
     query = np.eye(2, dtype=np.float32)  # two tokens
     tokens = torch.tensor([[1.0, 0.0], [-0.6, -0.8], [0.0, -1.0]])  # text 0: 1 token, text 1: 2
     # text 1: the first query token's best is 0.0 (second token), the second's -0.8 (first)
@@ -267,18 +269,6 @@ def test_maxsim_matches_its_formula_over_ragged_texts(native_bf16, monkeypatch):
     np.testing.assert_allclose(long.scores(queries, 0.0, sections=np.array([0, 2])),
                                [[0.8, 0.6]])
     assert long._matrix.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
-
-
-def test_bce_scores_only_own_candidates():
-    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    p = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
-    owners, labels = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 2])
-    loss = BCELoss(scale=20.0, bias=-10.0, learnable_bias=False)(q, p, labels, owners)
-    # positives score cos 1 -> z = 10, negatives cos 0 -> z = -10: a near perfect separation
-    assert float(loss) == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(-10.0))),
-                                        rel=1e-2)
-    swapped = BCELoss(20.0, -10.0, False)(q, p, torch.tensor([1, 3]), owners)
-    assert float(swapped) > 5
 
 
 # --- the decoder (Qwen2) path -----------------------------------------------------------------
@@ -327,7 +317,7 @@ def test_qwen_lora_checkpointing_fp16_autocast_trains_every_trainable_weight(dec
     p = pad(tok, tokenize(tok, TEXTS, 16, True))
     with torch.autocast("cpu", dtype=torch.float16):
         out = model(q["input_ids"], q["attention_mask"], p["input_ids"], p["attention_mask"],
-                    labels=torch.tensor([1, 3]), owners=torch.tensor([0, 0, 1, 1]))
+                    labels=torch.tensor([1, 3]))
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward()
     for name, param in model.named_parameters():

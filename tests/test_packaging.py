@@ -15,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_code_reads_its_data_from_inside_the_package():
     import cetd_phase1
-    from cetd_phase1 import pypi, registry, train
+    from cetd_phase1 import train
+    from cetd_phase1.data import postgres, pypi
 
     package = Path(cetd_phase1.__file__).resolve().parent
-    for path in (train.DEFAULT_CONFIG, registry.SCHEMA_PATH, pypi.PACKAGES_FILE):
+    for path in (train.DEFAULT_CONFIG, postgres.SCHEMA_PATH, pypi.PACKAGES_FILE):
         assert path.is_file() and package in path.resolve().parents
 
 

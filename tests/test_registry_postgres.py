@@ -9,9 +9,9 @@ import psycopg
 import pytest
 
 from cetd_phase1.__main__ import main
-from cetd_phase1.registry import (App, DatabaseError, DirectoryRegistry, PostgresRegistry,
-                                  RegistryError, apply_schema, list_apps, register_apps)
-from cetd_phase1.sections import extract_sections
+from cetd_phase1.data.postgres import DatabaseError, PostgresRegistry, apply_schema, list_apps, register_apps
+from cetd_phase1.data.registry import App, DirectoryRegistry, RegistryError
+from cetd_phase1.data.sections import extract_sections
 
 pytestmark = pytest.mark.postgres
 
@@ -213,7 +213,7 @@ def test_cli_unreachable_database_exits_non_zero(capsys):
 
 
 def test_dataset_from_postgres_matches_the_directory_registry(db, tmp_path):
-    from cetd_phase1.dataset import build_dataset
+    from cetd_phase1.data.dataset import build_dataset
 
     splits = {"alpha": "train", "beta": "train", "delta": "validation", "gamma": "holdout"}
     for name in splits:

@@ -9,10 +9,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _tiny_models import make_tiny_apps, make_tiny_encoder as make_tiny_bert  # noqa: E402
 
-from cetd_phase1 import model as model_lib  # noqa: E402
 from cetd_phase1.errors import CETDError  # noqa: E402
-from cetd_phase1.retrieve import (Retriever, export_sentence_transformers,  # noqa: E402
-                                  resolve_app, hybrid_fuse, zscore)
+from cetd_phase1.export import export_sentence_transformers  # noqa: E402
+from cetd_phase1.modeling.model import CETDRetriever  # noqa: E402
+from cetd_phase1.modeling.tokens import load_tokenizer, pad, tokenize  # noqa: E402
+from cetd_phase1.ranking import full_app  # noqa: E402
+from cetd_phase1.ranking.chunks import section_texts  # noqa: E402
+from cetd_phase1.ranking.encode import encode_texts  # noqa: E402
+from cetd_phase1.ranking.fusion import hybrid_fuse, served_scores, zscore  # noqa: E402
+from cetd_phase1.ranking.settings import RankingConfig  # noqa: E402
+from cetd_phase1.retrieve import Retriever, resolve_app  # noqa: E402
 
 QUERY = "Multiply two numbers together"
 
@@ -32,18 +38,18 @@ def encode_calls(monkeypatch):
     """Records (number of texts, max_length) of every encoding call (``encode_texts`` goes
     through ``encode_for_ranking`` too)."""
     calls = []
-    real = model_lib.encode_for_ranking
+    real = full_app.encode_for_ranking
 
     def counting(model, tokenizer, texts, **kwargs):
         calls.append((len(texts), kwargs["max_length"]))
         return real(model, tokenizer, texts, **kwargs)
 
-    monkeypatch.setattr(model_lib, "encode_for_ranking", counting)
+    monkeypatch.setattr(full_app, "encode_for_ranking", counting)
     return calls
 
 
 def _section_encodes(calls, retriever):
-    return [n for n, length in calls if length == retriever.max_code_length]
+    return [n for n, length in calls if length == retriever.ranker.max_code_length]
 
 
 def test_hits_have_the_seed_fields_and_are_sorted(tiny_model, apps, tmp_path):
@@ -106,9 +112,11 @@ def test_hybrid_mixes_z_scored_dense_and_bm25_scores():
     assert fused.argmax() == 0  # far ahead on dense, outweighs BM25's single match
     assert hybrid_fuse(dense, bm25, 0.3).argmax() == 2
     # no query word in the app's vocabulary: BM25 is flat and the dense order stands
-    assert hybrid_fuse(dense, np.zeros(3)).argsort().tolist() == [2, 1, 0]
-    with pytest.raises(CETDError, match="hybrid weight"):
-        hybrid_fuse(dense, bm25, 1.5)
+    assert hybrid_fuse(dense, np.zeros(3), 0.7).argsort().tolist() == [2, 1, 0]
+    classes = np.array([True, False, False])
+    np.testing.assert_allclose(served_scores(dense, bm25, classes,
+                                             RankingConfig(hybrid_weight=0.7, class_penalty=0.5)),
+                               fused - 0.5 * classes)
 
 
 def test_retrieval_is_hybrid_by_default_and_prefers_word_overlap(tiny_model, apps, tmp_path):
@@ -117,11 +125,11 @@ def test_retrieval_is_hybrid_by_default_and_prefers_word_overlap(tiny_model, app
     assert hits[0]["qualname"].startswith("Stack")
     index = r.index(apps / "calc")
     dense = r.dense_scores(["stack push pop items"], index)[0]
-    expected = hybrid_fuse(dense, index.bm25.scores("stack push pop items"))
+    expected = hybrid_fuse(dense, index.bm25.scores("stack push pop items"), 0.7)
     assert hits[0]["score"] == pytest.approx(float(expected.max()))
     only = r.retrieve("stack push pop items", app=apps / "calc", k=5, hybrid=False)
     assert only[0]["score"] == pytest.approx(float(dense.max()), abs=1e-6)
-    with pytest.raises(CETDError, match="hybrid weight"):
+    with pytest.raises(CETDError, match="hybrid_weight must be in"):
         Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache", hybrid_weight=-1)
 
 
@@ -129,7 +137,7 @@ def test_class_penalty_lowers_every_class_in_the_served_ranking_only(tiny_model,
                                                                       tmp_path):
     cache = tmp_path / "cache"
     plain = Retriever.from_pretrained(tiny_model, cache_dir=cache)
-    assert plain.class_penalty == 0.0  # a checkpoint made before the option: no penalty
+    assert plain.ranking.class_penalty == 0.0  # a plain backbone ranks without a penalty
     r = Retriever.from_pretrained(tiny_model, cache_dir=cache, class_penalty=0.5)
     query = "stack push pop items"
     index = r.index(apps / "calc")
@@ -150,7 +158,7 @@ def test_class_penalty_lowers_every_class_in_the_served_ranking_only(tiny_model,
         with pytest.raises(CETDError, match="class_penalty must be a number >= 0"):
             Retriever.from_pretrained(tiny_model, cache_dir=cache, class_penalty=bad)
     with pytest.raises(CETDError, match="class_penalty must be a number >= 0"):
-        model_lib.CETDConfig(class_penalty=-1.0)
+        RankingConfig(class_penalty=-1.0)
 
 
 @pytest.mark.parametrize("requirement", ["", "  \n\t"])
@@ -210,12 +218,16 @@ def test_unknown_app_is_a_clear_error(tiny_model, tmp_path):
 def _perturbed_checkpoint(base, out, **settings):
     import torch
 
-    m = model_lib.CETDRetriever.from_backbone(str(base), **settings)
+    ranking = {k: settings.pop(k) for k in ("section_chunks", "late_interaction",
+                                             "hybrid_weight", "class_penalty") if k in settings}
+    m = CETDRetriever.from_backbone(str(base), **settings)
     torch.manual_seed(1)
     for name, p in m.named_parameters():
         if "lora_B" in name:  # LoRA starts as a no-op; make the merge matter
             p.data.normal_(0, 0.5)
-    m.save_pretrained(out, tokenizer=model_lib.load_tokenizer(base))
+    m.save_pretrained(out, tokenizer=load_tokenizer(base))
+    if ranking:
+        RankingConfig(**ranking).save(out)
     return out
 
 
@@ -232,7 +244,7 @@ def test_sentence_transformers_export_round_trip(tiny_model, tmp_path, settings,
     out = export_sentence_transformers(ckpt, tmp_path / "st")
     texts = ["def add(a, b):\n    return a + b", "Parse valid JSON strings", "word " * 400]
     r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
-    ours = model_lib.encode_texts(r.model, r.tokenizer, texts, max_length=r.max_code_length)
+    ours = encode_texts(r.model, r.tokenizer, texts, max_length=r.ranker.max_code_length)
     st = SentenceTransformer(str(out), device="cpu")
     theirs = st.encode(texts, convert_to_numpy=True)
     assert theirs.shape == ours.shape
@@ -249,17 +261,17 @@ def test_export_says_to_split_identifiers_and_build_section_texts_first(tiny_mod
     function's texts, late interaction (it gives the pooled embeddings only)."""
     from sentence_transformers import SentenceTransformer
 
-    from cetd_phase1.sections import split_camel_case
+    from cetd_phase1.data.sections import split_camel_case
 
     ckpt = _perturbed_checkpoint(tiny_model, tmp_path / "ckpt", split_identifiers=True,
                                  section_chunks=4, late_interaction=0.75)
-    with caplog.at_level("WARNING", logger="cetd_phase1.retrieve"):
+    with caplog.at_level("WARNING", logger="cetd_phase1.export"):
         out = export_sentence_transformers(ckpt, tmp_path / "st")
     assert "split_camel_case" in caplog.text and "section_texts" in caplog.text
     assert "MaxSim" in caplog.text and "cosine part only" in caplog.text
     texts = ["def parseJsonFile(path):", "Load the HTTPServer config"]
     r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
-    ours = model_lib.encode_texts(r.model, r.tokenizer, texts, max_length=r.max_code_length)
+    ours = encode_texts(r.model, r.tokenizer, texts, max_length=r.ranker.max_code_length)
     st = SentenceTransformer(str(out), device="cpu")
     np.testing.assert_allclose(st.encode([split_camel_case(t) for t in texts]), ours, atol=1e-5)
 
@@ -309,12 +321,12 @@ def test_decoder_export_appends_eos_like_our_encoder(tmp_path, fp32_cpu):
     out = export_sentence_transformers(ckpt, tmp_path / "st")
     texts = ["def add(a, b):\n    return a + b", "word " * 400]
     st = SentenceTransformer(str(out), device="cpu")
-    ours = model_lib.encode_texts(r.model, r.tokenizer, texts, max_length=r.max_code_length)
+    ours = encode_texts(r.model, r.tokenizer, texts, max_length=r.ranker.max_code_length)
     np.testing.assert_allclose(st.encode(texts, convert_to_numpy=True), ours, atol=1e-5)
 
 
 def test_bm25_matches_whole_identifiers_and_word_stems():
-    from cetd_phase1.retrieve import BM25Scorer, bm25_text
+    from cetd_phase1.ranking.bm25 import BM25Scorer, bm25_text
 
     assert bm25_text("parseJSON(load_file)").split() == ["parse", "JSON(load", "file)",
                                                          "parseJSON", "load_file"]
@@ -334,7 +346,7 @@ def test_a_long_function_scores_as_its_best_text_everywhere_it_is_ranked(tiny_mo
     evaluation all score a long function as the best of its texts (``section_texts``)."""
     import datasets
 
-    from cetd_phase1.trainer import rank_full_app
+    from cetd_phase1.training.trainer import rank_full_app
 
     body = "\n".join(f"    total = total + value_{i}" for i in range(40))
     app = tmp_path / "app"
@@ -344,24 +356,24 @@ def test_a_long_function_scores_as_its_best_text_everywhere_it_is_ranked(tiny_mo
     ckpt = _perturbed_checkpoint(tiny_model, tmp_path / "ckpt", section_chunks=3,
                                  max_code_length=32)
     r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
-    assert r.model.config.section_chunks == 3
+    assert r.ranking.section_chunks == 3
     index = r.index(app)
     assert [s.qualname for s in index.sections] == ["summing", "tiny"]
-    assert index.embeddings.shape[0] == 4 and index.chunk_starts.tolist() == [0, 3]
+    assert index.embeddings.shape[0] == 4 and index.vectors.starts.tolist() == [0, 3]
     items = [(s.file, s.qualname, s.kind, s.encoder_code()) for s in index.sections]
-    texts, _ = model_lib.section_texts(items, r.tokenizer, 32, 3)
+    texts, _ = section_texts(items, r.tokenizer, 32, 3)
     query = "add up the values into a total"
     q = r.encode_queries([query])[0]
-    per_text = model_lib.encode_texts(r.model, r.tokenizer, texts, max_length=32) @ q
+    per_text = encode_texts(r.model, r.tokenizer, texts, max_length=32) @ q
     expected = [per_text[:3].max(), per_text[3]]
     np.testing.assert_allclose(r.dense_scores([query], index)[0], expected, rtol=1e-5)
     again = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache").index(app)
     np.testing.assert_array_equal(again.embeddings, index.embeddings)  # from the cache
     first_only = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache", section_chunks=1)
-    assert first_only.index(app).chunk_starts is None
+    assert first_only.index(app).vectors.starts is None
     np.testing.assert_allclose(first_only.dense_scores([query], first_only.index(app))[0],
                                [per_text[0], per_text[3]], rtol=1e-5)
-    with pytest.raises(CETDError, match="section_chunks must be >= 1"):
+    with pytest.raises(CETDError, match="section_chunks must be an integer >= 1"):
         Retriever.from_pretrained(ckpt, section_chunks=0)
     # the trainer's evaluation ranks the same texts the same way
     sections = datasets.Dataset.from_list([
@@ -369,8 +381,7 @@ def test_a_long_function_scores_as_its_best_text_everywhere_it_is_ranked(tiny_mo
     rows = datasets.Dataset.from_list([
         {"query_id": "q", "app_id": "a", "requirement": query, "file": "m.py",
          "qualname": "summing", "label": 1}])
-    ranked = rank_full_app(r.model, r.tokenizer, rows, sections, max_req_length=128,
-                           max_code_length=32)
+    ranked = rank_full_app(r.ranker, rows, sections)
     np.testing.assert_allclose(ranked.scores[0], expected, rtol=1e-5)
     assert ranked.labels[0].tolist() == [1, 0]
 
@@ -383,22 +394,21 @@ def test_late_interaction_ranks_everywhere_with_the_checkpoints_share(tiny_model
     import datasets
     import torch
 
-    from cetd_phase1.retrieve import HYBRID_WEIGHT
-    from cetd_phase1.trainer import rank_full_app
+    from cetd_phase1.training.trainer import rank_full_app
 
-    assert model_lib.CETDConfig().hybrid_weight == HYBRID_WEIGHT
     ckpt = _perturbed_checkpoint(tiny_model, tmp_path / "ckpt", late_interaction=0.5,
                                  hybrid_weight=0.8, max_code_length=32)
     r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
-    assert (r.late_interaction, r.hybrid_weight) == (0.5, 0.8)
+    assert (r.ranking.late_interaction, r.ranking.hybrid_weight) == (0.5, 0.8)
     index = r.index(apps / "calc")
     assert [p.suffix for p in (tmp_path / "cache").rglob("*.np*")] == [".npz"]
-    assert index.token_offsets[-1] == len(index.token_vectors) > len(index.sections)
+    vectors = index.vectors.encoded
+    assert vectors.offsets[-1] == len(vectors.tokens) > len(index.sections)
     scores = r.dense_scores([QUERY], index)[0]
 
     tok = r.tokenizer
-    q = model_lib.pad(tok, model_lib.tokenize(tok, [QUERY], 128, False))
-    p = model_lib.pad(tok, model_lib.tokenize(tok, index.texts, 32, False))
+    q = pad(tok, tokenize(tok, [QUERY], 128, False))
+    p = pad(tok, tokenize(tok, index.texts, 32, False))
     with torch.no_grad():
         qp = r.model.encode(q["input_ids"], q["attention_mask"], tokens=True)
         pp = r.model.encode(p["input_ids"], p["attention_mask"], tokens=True)
@@ -411,10 +421,10 @@ def test_late_interaction_ranks_everywhere_with_the_checkpoints_share(tiny_model
 
     fresh = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache").index(apps / "calc")
     assert _section_encodes(encode_calls, r) == [len(index.texts)]  # read from the cache
-    np.testing.assert_array_equal(fresh.token_vectors, index.token_vectors)
+    np.testing.assert_array_equal(fresh.vectors.encoded.tokens, vectors.tokens)
     pooled = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache", late_interaction=0,
                                        hybrid_weight=0.6)
-    assert pooled.hybrid_weight == 0.6
+    assert pooled.ranking.hybrid_weight == 0.6
     np.testing.assert_allclose(pooled.dense_scores([QUERY], pooled.index(apps / "calc"))[0],
                                cosine, atol=1e-5)
 
@@ -423,7 +433,7 @@ def test_late_interaction_ranks_everywhere_with_the_checkpoints_share(tiny_model
                                             "code": c} for f, qn, k, c in items])
     rows = datasets.Dataset.from_list([{"query_id": "q", "app_id": "a", "requirement": QUERY,
                                         "file": "ops.py", "qualname": "multiply", "label": 1}])
-    ranked = rank_full_app(r.model, tok, rows, sections, max_req_length=128, max_code_length=32)
+    ranked = rank_full_app(r.ranker, rows, sections)
     np.testing.assert_allclose(ranked.scores[0], scores, atol=1e-5)
 
 
@@ -443,10 +453,10 @@ def test_an_app_without_sections_gives_no_hits_and_a_reusable_index(tiny_model, 
 def test_corrupt_late_interaction_cache_entry_is_recomputed(tiny_model, apps, tmp_path, junk):
     cache = tmp_path / "cache"
     first = Retriever.from_pretrained(tiny_model, cache_dir=cache, late_interaction=0.5)
-    vectors = first.index(apps / "calc").token_vectors
+    vectors = first.index(apps / "calc").vectors.encoded.tokens
     (entry,) = cache.rglob("*.npz")
     entry.write_bytes(junk if junk is not None else entry.read_bytes()[:100])
     again = Retriever.from_pretrained(tiny_model, cache_dir=cache, late_interaction=0.5)
-    np.testing.assert_array_equal(again.index(apps / "calc").token_vectors, vectors)
+    np.testing.assert_array_equal(again.index(apps / "calc").vectors.encoded.tokens, vectors)
     with np.load(entry) as z:  # rewritten whole
         assert z["tokens"].shape == vectors.shape

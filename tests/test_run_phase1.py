@@ -137,7 +137,8 @@ def test_run_phase1_trains_evaluates_saves_and_resumes(setup, capsys, caplog):
     caplog.clear()
 
     # The final folder reloads and ranks as the run reported.
-    from cetd_phase1.model import encode_texts, load_retriever
+    from cetd_phase1.ranking.encode import encode_texts
+    from cetd_phase1.modeling.loading import load_retriever
     model, tok = load_retriever(out / "final")
     emb = encode_texts(model, tok, ["Convert a distance in kilometres to miles."], max_length=32)
     assert emb.shape == (1, 32) and np.isfinite(emb).all()

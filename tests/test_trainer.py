@@ -15,9 +15,14 @@ from _tiny_models import (WORDS, make_tiny_decoder, make_tiny_encoder, pair_rows
                           section_rows)
 from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 
-from cetd_phase1.model import CETDRetriever, load_tokenizer  # noqa: E402
-from cetd_phase1.trainer import (NoDuplicatesBatchSampler, RetrievalCollator,  # noqa: E402
-                                 RetrievalTrainer, group_queries, rank_full_app)
+from cetd_phase1.modeling.model import CETDRetriever  # noqa: E402
+from cetd_phase1.modeling.tokens import load_tokenizer
+from cetd_phase1.training.sampler import NoDuplicatesBatchSampler, group_queries
+from cetd_phase1.training.collator import RetrievalCollator
+from cetd_phase1.training.trainer import RetrievalTrainer  # noqa: E402
+from cetd_phase1.training.trainer import rank_full_app  # noqa: E402
+from cetd_phase1.ranking.full_app import FullAppRanker  # noqa: E402
+from cetd_phase1.ranking.settings import RankingConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +107,6 @@ def test_collator_layout_and_dynamic_padding(encoder_dir, rows):
     collator = RetrievalCollator(tok, max_req_length=16, max_code_length=24, negatives_per_query=3)
     batch = collator([groups[0], groups[1], groups[2]])
     assert batch["labels"].tolist() == [0, 4, 8]
-    assert batch["owners"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert batch["p_input_ids"].shape[0] == 12
     for key in ("q_input_ids", "p_input_ids"):
         length = batch[key].shape[1]
@@ -134,9 +138,9 @@ def test_collator_appends_eos_for_decoders(tmp_path, side):
 
 
 def test_rank_full_app_scores_every_section_of_the_app(encoder_dir, rows, sections):
-    model = CETDRetriever.from_backbone(encoder_dir)
+    model = CETDRetriever.from_backbone(encoder_dir, max_req_length=16, max_code_length=32)
     tok = load_tokenizer(encoder_dir)
-    ranked = rank_full_app(model, tok, rows, sections, max_req_length=16, max_code_length=32)
+    ranked = rank_full_app(FullAppRanker(model, tok, RankingConfig()), rows, sections)
     assert len(ranked.query_ids) == 16
     assert all(len(s) == len(WORDS) for s in ranked.scores)  # the whole app, own app only
     assert all(int(l.sum()) == 1 for l in ranked.labels)

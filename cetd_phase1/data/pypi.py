@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cetd_phase1 import resource
-from cetd_phase1.changelog import find_changelog
+from cetd_phase1.data.changelog import find_changelog
 from cetd_phase1.errors import CETDError
 
 PACKAGES_FILE = resource("data", "pypi_packages.yaml")

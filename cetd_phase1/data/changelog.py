@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from cetd_phase1.sections import Section
+from cetd_phase1.data.sections import Section
 
 CHANGELOG_STEMS = ("changes", "changelog", "history", "news")
 MIN_WORDS = 5

@@ -19,12 +19,11 @@ import datasets
 
 from cetd_phase1 import default_cache_dir
 from cetd_phase1.atomic import atomic_write_text
-from cetd_phase1.changelog import find_changelog
+from cetd_phase1.data.changelog import find_changelog
 from cetd_phase1.errors import CETDError
-from cetd_phase1.labels import (DEFAULT_LABEL_SOURCES, LABEL_SOURCES, MIN_REQUIREMENT_WORDS,
-                                AppLabels, HeuristicLabeler, label_app)
-from cetd_phase1.registry import SPLITS, App, Registry, RegistryError
-from cetd_phase1.sections import ExtractionReport, Section, extract_sections, format_section
+from cetd_phase1.data.labels import DEFAULT_LABEL_SOURCES, LABEL_SOURCES, MIN_REQUIREMENT_WORDS, AppLabels, HeuristicLabeler, label_app
+from cetd_phase1.data.registry import SPLITS, App, Registry, RegistryError
+from cetd_phase1.data.sections import ExtractionReport, Section, extract_sections, format_section
 
 
 _SECTION_FEATURES = {
@@ -227,7 +226,8 @@ def source_fingerprint(registry: Registry) -> str:
     package's data-flow code (so a fix in labelling invalidates stale caches)."""
     h = hashlib.sha256(registry.describe().encode())
     here = Path(__file__).parent
-    for name in ("sections.py", "labels.py", "dataset.py", "git_history.py", "changelog.py"):
+    for name in ("sections.py", "labels.py", "dataset.py", "git_history.py", "commits.py",
+                 "changelog.py"):
         if (here / name).is_file():
             h.update((here / name).read_bytes())
     for app in registry.apps():
@@ -252,7 +252,7 @@ def registry_for(source: str | Path | None, database_url: str | None = None,
     """``"stdlib"`` (default), ``stdlib+pypi-changelog`` (with ``pypi_packages``, a pinned
     list other than ``data/pypi_packages.yaml``), a folder/manifest of apps, or ``postgres``/a
     database URL."""
-    from cetd_phase1.registry import registry_from
+    from cetd_phase1.data.registry import registry_from
 
     return registry_from(None if source is None else str(source), database_url,
                          pypi_packages=pypi_packages)

@@ -1,15 +1,15 @@
 """``evaluate`` metric module for requirement -> code retrieval.
 
-Load it without network: ``evaluate.load(cetd_phase1.metrics.metric_module_path())``.
+Load it without network: ``evaluate.load(cetd_phase1.evaluation.metrics.metric_module_path())``.
 Each prediction is one query's score vector over its candidates, each reference the matching
-binary label vector. The computation is :func:`cetd_phase1.metrics.compute_ranking_metrics`
+binary label vector. The computation is :func:`cetd_phase1.evaluation.metrics.compute_ranking_metrics`
 (ties broken against the model; queries without a positive excluded and counted).
 """
 
 import datasets
 import evaluate
 
-from cetd_phase1.metrics import DEFAULT_KS, compute_ranking_metrics
+from cetd_phase1.evaluation.metrics import DEFAULT_KS, compute_ranking_metrics
 
 _DESCRIPTION = """Retrieval accuracy (every positive strictly above every negative), MAP, MRR,
 Recall@K and nDCG@10 over per-query candidate lists; ties count against the model."""
@@ -30,7 +30,7 @@ Example:
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class RetrievalMetrics(evaluate.Metric):
-    """Ranking metrics of :mod:`cetd_phase1.metrics` as an ``evaluate`` module."""
+    """Ranking metrics of :mod:`cetd_phase1.evaluation.metrics` as an ``evaluate`` module."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(

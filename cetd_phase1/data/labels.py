@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from cetd_phase1.sections import Section
+from cetd_phase1.data.sections import Section
 
 #: The label sources used where none are named: what every app folder has (its docstrings, its
 #: gold files, the heuristic guess); configs add ``changelog`` / ``git`` where apps have them.
@@ -236,7 +236,7 @@ def git_examples(app_root: Path, sections: Sequence[Section]) -> AppLabels:
     opt-in and most app folders are plain copies.
     """
     from cetd_phase1.errors import CETDError
-    from cetd_phase1.git_history import mine_commits
+    from cetd_phase1.data.git_history import mine_commits
 
     result = AppLabels()
     root = Path(app_root)
@@ -257,7 +257,7 @@ def git_examples(app_root: Path, sections: Sequence[Section]) -> AppLabels:
 
 def changelog_examples(app_root: Path, sections: Sequence[Section]) -> list[Example]:
     """Entries of the app's changelog file that name 1-8 of its sections (``changelog.py``)."""
-    from cetd_phase1.changelog import changelog_pairs
+    from cetd_phase1.data.changelog import changelog_pairs
 
     return [Example(text, keys, "changelog") for text, keys in changelog_pairs(app_root, sections)]
 

@@ -1,0 +1,257 @@
+"""Which applications exist, which split each belongs to, and where its source lives.
+
+These sources share one small interface (:class:`Registry`):
+
+* :class:`StdlibRegistry` - the embedded default: the running interpreter's standard library,
+  one application per top-level module or package;
+* :class:`DirectoryRegistry` - a folder whose subfolders are applications, or a YAML manifest;
+* :class:`~cetd_phase1.data.postgres.PostgresRegistry` - the seed's ``applications`` table
+  (``postgres.py``, which also creates the table and registers apps in it);
+* :class:`PyPIRegistry` - pinned PyPI source distributions with changelogs (``pypi.py``), all
+  in the train split; ``stdlib+pypi-changelog`` is the stdlib with them added
+  (:class:`CombinedRegistry`), their changelog requirements only.
+
+:func:`registry_from` picks one from a config key or command-line option.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Protocol
+
+from cetd_phase1 import default_cache_dir
+from cetd_phase1.errors import CETDError
+
+SPLITS = ("train", "validation", "holdout")
+
+#: Standard-library entries that are not applications: test suites, GUI demos, installers and
+#: deprecated tooling (the data-pipeline issue lists them).
+STDLIB_EXCLUDED = {"test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "venv",
+                   "site-packages", "__pycache__", "lib-dynload", "__phello__",
+                   "this", "antigravity", "__hello__"}
+
+
+class RegistryError(Exception):
+    """A registry could not be read; the message is meant for the terminal."""
+
+
+@dataclass(frozen=True)
+class App:
+    """One application: a stable id, a unique name, its split and its source location."""
+
+    app_id: str
+    name: str
+    split: str
+    source_path: Path
+    #: which of the run's label sources apply to this app (None: all of them)
+    label_sources: tuple[str, ...] | None = None
+
+
+def hash_split(name: str, train: int = 70, validation: int = 10) -> str:
+    """Deterministic split from a hash of the app name (about 70/10/20 by default)."""
+    bucket = int(hashlib.sha256(name.encode("utf-8")).hexdigest(), 16) % 100
+    if bucket < train:
+        return "train"
+    if bucket < train + validation:
+        return "validation"
+    return "holdout"
+
+
+class Registry(Protocol):
+    """Anything that lists applications."""
+
+    def apps(self, split: str | None = None) -> list[App]:
+        """Applications of ``split`` (all when ``None``), sorted by name."""
+        ...
+
+    def describe(self) -> str:
+        """A short, password-free description for logs and cache keys."""
+        ...
+
+
+def _filter(apps: list[App], split: str | None) -> list[App]:
+    if split is not None and split not in SPLITS:
+        raise RegistryError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    return sorted((a for a in apps if split is None or a.split == split), key=lambda a: a.name)
+
+
+class StdlibRegistry:
+    """The Python standard library of the running interpreter, split by app-name hash."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root or sysconfig.get_paths()["stdlib"])
+
+    def apps(self, split: str | None = None) -> list[App]:
+        found = []
+        for entry in sorted(self.root.iterdir()):
+            name = entry.name[:-3] if entry.name.endswith(".py") else entry.name
+            if name in STDLIB_EXCLUDED or name.startswith((".", "_sysconfigdata")):
+                continue
+            if entry.is_dir() and not (entry / "__init__.py").exists():
+                continue
+            if not entry.is_dir() and entry.suffix != ".py":
+                continue
+            found.append(App(app_id=f"stdlib/{name}", name=name, split=hash_split(name),
+                             source_path=entry))
+        return _filter(found, split)
+
+    def describe(self) -> str:
+        return f"stdlib:{self.root}"
+
+
+class DirectoryRegistry:
+    """A folder of applications (each subfolder one app) or a YAML manifest of them.
+
+    The manifest is a list of ``{name, source_path, split}`` mappings; ``source_path`` is
+    resolved relative to the manifest. Apps of a plain folder are split by name hash unless
+    ``split`` is given, which then applies to every app.
+    """
+
+    def __init__(self, root: Path, split: str | None = None) -> None:
+        self.root = Path(root)
+        self.fixed_split = split
+
+    def apps(self, split: str | None = None) -> list[App]:
+        if not self.root.exists():
+            raise RegistryError(f"{self.root}: no such file or directory")
+        if self.root.is_file():
+            found = self._from_manifest()
+        else:
+            found = [App(app_id=f"dir/{p.name}", name=p.name,
+                         split=self.fixed_split or hash_split(p.name), source_path=p)
+                     for p in sorted(self.root.iterdir())
+                     if p.is_dir() and not p.name.startswith((".", "_"))]
+        return _filter(found, split)
+
+    def _from_manifest(self) -> list[App]:
+        import yaml
+
+        try:
+            entries = yaml.safe_load(self.root.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise RegistryError(f"{self.root}: cannot read manifest: {err}") from None
+        if not isinstance(entries, list):
+            raise RegistryError(f"{self.root}: a manifest is a YAML list of apps")
+        apps, names = [], set()
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or "name" not in entry or "source_path" not in entry:
+                raise RegistryError(f"{self.root}: entry {i} needs name and source_path")
+            name = str(entry["name"])
+            split = entry.get("split") or hash_split(name)
+            if split not in SPLITS:
+                raise RegistryError(f"{self.root}: app {name!r} has unknown split {split!r}; "
+                                    f"expected one of {', '.join(SPLITS)}")
+            if name in names:
+                raise RegistryError(f"{self.root}: duplicate app name {name!r}")
+            names.add(name)
+            path = Path(entry["source_path"])
+            apps.append(App(app_id=f"dir/{name}", name=name, split=split,
+                            source_path=path if path.is_absolute() else self.root.parent / path))
+        return apps
+
+    def describe(self) -> str:
+        return f"dir:{self.root.resolve()}"
+
+
+class PyPIRegistry:
+    """The packages of a pinned list (``data/pypi_packages.yaml``), fetched from PyPI once into
+    ``cache`` and used for training only: their changelogs are the feature-level requirements
+    that docstrings are not."""
+
+    def __init__(self, packages_file: Path | None = None, cache: Path | None = None,
+                 label_sources: tuple[str, ...] | None = None) -> None:
+        from cetd_phase1.data.pypi import PACKAGES_FILE
+
+        self.packages_file = Path(packages_file or PACKAGES_FILE)
+        self.label_sources = label_sources
+        self.cache = Path(cache) if cache else default_cache_dir() / "pypi"
+        self._apps: list[App] | None = None
+
+    def apps(self, split: str | None = None) -> list[App]:
+        if self._apps is None:
+            from cetd_phase1.data.pypi import prepare_apps, read_packages
+
+            specs = read_packages(self.packages_file)
+            self._apps = [App(app_id=f"pypi/{spec}", name=spec, split="train", source_path=path,
+                              label_sources=self.label_sources)
+                          for spec, path in zip(specs, prepare_apps(specs, self.cache))]
+        return _filter(self._apps, split)
+
+    def describe(self) -> str:
+        only = f"[{','.join(self.label_sources)}]" if self.label_sources else ""
+        return f"pypi{only}:{self.packages_file.resolve()}"
+
+
+class CombinedRegistry:
+    """Several registries as one (app names must not repeat)."""
+
+    def __init__(self, *registries: Registry) -> None:
+        self.registries = registries
+
+    def apps(self, split: str | None = None) -> list[App]:
+        found = [a for r in self.registries for a in r.apps(split)]
+        names = [a.name for a in found]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise RegistryError(f"app names in several sources: {repeated}")
+        return _filter(found, split)
+
+    def describe(self) -> str:
+        return "+".join(r.describe() for r in self.registries)
+
+
+#: the source that adds the pinned PyPI packages to the stdlib (train split), and the one label
+#: source their apps give (never their docstrings)
+PYPI_SOURCE = "stdlib+pypi-changelog"
+_PYPI_LABEL_SOURCES = ("changelog",)
+
+
+def registry_from(source: str | Path | None, database_url: str | None = None,
+                  source_roots: Iterable[str | Path] = (),
+                  pypi_packages: str | Path | None = None) -> Registry:
+    """The registry that a config key or command-line option names.
+
+    * ``"stdlib"`` -> :class:`StdlibRegistry`;
+    * ``"stdlib+pypi-changelog"`` -> the stdlib plus :class:`PyPIRegistry` (train split), whose
+      apps give only their changelog requirements (where the config lists ``changelog``), never
+      their docstrings;
+    * ``"postgres"`` / ``"postgresql"`` -> :class:`PostgresRegistry` on ``database_url``, else
+      ``$DATABASE_URL``;
+    * a ``postgres://`` or ``postgresql://`` URL -> :class:`PostgresRegistry` on that URL;
+    * ``None`` -> :class:`PostgresRegistry` when ``database_url`` or ``$DATABASE_URL`` is set,
+      else :class:`StdlibRegistry`;
+    * anything else (a folder of apps or a YAML manifest) -> :class:`DirectoryRegistry`; a
+      ``stdlib...`` name that is neither of the above nor an existing path is a CETDError naming
+      it, not a missing folder.
+
+    ``source_roots`` applies to the PostgreSQL registry only; ``pypi_packages`` (a pinned list,
+    default ``data/pypi_packages.yaml``) to the PyPI ones.
+    """
+    # postgres.py imports this module: import it here, not at the top
+    from cetd_phase1.data.postgres import DatabaseError, PostgresRegistry
+
+    if isinstance(source, Path):
+        return DirectoryRegistry(source)
+    url = database_url or os.environ.get("DATABASE_URL")
+    if source is None:
+        return PostgresRegistry(url, source_roots) if url else StdlibRegistry()
+    if source == "stdlib":
+        return StdlibRegistry()
+    if source == PYPI_SOURCE:
+        return CombinedRegistry(StdlibRegistry(),
+                                PyPIRegistry(pypi_packages, label_sources=_PYPI_LABEL_SOURCES))
+    if source in ("postgres", "postgresql"):
+        if not url:
+            raise DatabaseError(f"registry {source!r} needs a database: pass --database-url "
+                                "or set DATABASE_URL")
+        return PostgresRegistry(url, source_roots)
+    if source.startswith(("postgres://", "postgresql://")):
+        return PostgresRegistry(source, source_roots)
+    if source.startswith("stdlib") and not Path(source).exists():
+        raise CETDError(f"unknown data source {source!r}: expected 'stdlib', {PYPI_SOURCE!r}, a "
+                        "folder or YAML manifest of apps, 'postgres' or a postgresql:// URL")
+    return DirectoryRegistry(Path(source))

@@ -1,0 +1,132 @@
+"""Encoding texts for ranking: pooled embeddings and, for late interaction, token vectors
+(:class:`Encoded`), in length-sorted batches under the device's mixed precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from cetd_phase1.modeling.model import CETDRetriever
+from cetd_phase1.modeling import precision
+from cetd_phase1.modeling.tokens import pad, tokenize
+from cetd_phase1.ranking.chunks import best_text_scores
+from cetd_phase1.ranking.late_interaction import maxsim
+
+
+@dataclass
+class Encoded:
+    """N encoded texts as ranking reads them: ``pooled`` embeddings float32 [N, D] and, when
+    ranked with late interaction, every text's L2-normalised token vectors, float16 (half the
+    disk), concatenated in ``tokens`` [T, D] (text i: rows ``offsets[i]`` to ``offsets[i + 1]``)."""
+
+    pooled: np.ndarray
+    tokens: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+    _matrix: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def take(self, rows: np.ndarray) -> "Encoded":
+        """The texts at ``rows``, in that order."""
+        if self.tokens is None:
+            return Encoded(self.pooled[rows])
+        spans = [np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows]
+        sizes = np.array([len(x) for x in spans], dtype=np.int64)
+        flat = np.concatenate(spans) if spans else np.zeros(0, np.int64)
+        return Encoded(self.pooled[rows], self.tokens[flat],
+                       np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+
+    def scores(self, queries: "Encoded", share: float,
+               sections: np.ndarray | None = None) -> np.ndarray:
+        """Scores [Q, N] of ``queries`` against these texts, or against sections when
+        ``sections`` gives the row of each section's first text (:func:`section_texts`): the
+        pooled dot product of the best text, mixed with :func:`maxsim` at ``share`` over all
+        the section's tokens (a requirement's words may sit in different parts of a long
+        function) when both sides carry token vectors. The token vectors are copied once into
+        the matrix MaxSim multiplies and kept: bfloat16 where the CPU computes it natively (2
+        bytes x D per token of the app in memory, faster than float32; cosines within
+        bfloat16's rounding), float32 elsewhere (4 bytes; emulated bfloat16
+        would be slower)."""
+        dense = best_text_scores(queries.pooled @ self.pooled.T, sections)
+        if not share or self.tokens is None or queries.tokens is None or not len(self):
+            return dense
+        if self._matrix is None:
+            self._matrix = torch.from_numpy(self.tokens).to(
+                torch.bfloat16 if precision.cpu_has_native_bf16() else torch.float32)
+        starts = self.offsets[:-1] if sections is None else self.offsets[sections]
+        late = np.stack([maxsim(queries.tokens[queries.offsets[j]:queries.offsets[j + 1]],
+                                self._matrix, starts) for j in range(len(queries))])
+        return ((1.0 - share) * dense + share * late).astype(np.float32)
+
+
+def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts: list[str], *,
+                 max_length: int, batch_size: int = 64, show_progress: bool = False,
+                 dtype: torch.dtype | None = None) -> np.ndarray:
+    """Embeddings float32 [N, D] of ``texts`` in input order, no grad, eval mode.
+
+    Inputs are sorted by token length so each batch pads little; EOS is appended for decoder
+    backbones. The backbone runs under autocast to ``dtype``: by default
+    :func:`autocast_dtype` (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32);
+    ``torch.float32`` turns it off. The model's train/eval mode is restored afterwards.
+    """
+    return encode_for_ranking(model, tokenizer, texts, max_length=max_length,
+                              batch_size=batch_size, show_progress=show_progress, dtype=dtype,
+                              tokens=False).pooled
+
+
+def encode_for_ranking(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
+                       texts: list[str], *, max_length: int, batch_size: int = 64,
+                       show_progress: bool = False, dtype: torch.dtype | None = None,
+                       tokens: bool = False) -> Encoded:
+    """:func:`encode_texts` with the token vectors too when ``tokens`` (ranking with late
+    interaction)."""
+    from tqdm.auto import tqdm
+    if not texts:  # an app without sections: nothing to encode (tokenizers fail on no input)
+        dim = _output_dim(model)
+        return Encoded(np.zeros((0, dim), np.float32),
+                       np.zeros((0, dim), np.float16) if tokens else None,
+                       np.zeros(1, np.int64) if tokens else None)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    if dtype is None:
+        dtype = precision.autocast_dtype(device)
+    mixed = dtype is not None and dtype != torch.float32
+    features = tokenize(tokenizer, texts, max_length, bool(model.config.append_eos),
+                        model.config.split_identifiers)
+    order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
+    out = np.zeros((len(texts), _output_dim(model)), dtype=np.float32)
+    vectors: list[np.ndarray | None] = [None] * len(texts)  # token vectors, when asked for
+    starts = range(0, len(texts), batch_size)
+    try:
+        for start in tqdm(starts, desc="encoding", disable=not show_progress, unit="batch"):
+            idx = order[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in pad(tokenizer, [features[i] for i in idx]).items()}
+            with torch.no_grad(), torch.autocast(device_type=device.type,
+                                                 dtype=dtype if mixed else None, enabled=mixed):
+                reps = model.encode(batch["input_ids"], batch["attention_mask"], tokens)
+            reps = reps.float().cpu()
+            if tokens:
+                real = batch["attention_mask"].bool().cpu()
+                for row, i in enumerate(idx):
+                    vectors[i] = reps[row, 1:][real[row]].numpy().astype(np.float16)
+                reps = reps[:, 0]
+            out[idx] = reps.numpy()
+    finally:
+        model.train(was_training)
+    if not tokens:
+        return Encoded(out)
+    sizes = np.array([len(v) for v in vectors], dtype=np.int64)
+    return Encoded(out, np.concatenate(vectors),  # texts is not empty here
+                   np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+
+
+
+def _output_dim(model: CETDRetriever) -> int:
+    return model.config.projection_dim or model.backbone.config.hidden_size
+
+
