@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-config", help="config for --train-ours (default: the default)")
     parser.add_argument("--peer-section-chunks", type=int, default=None, metavar="N",
                         help="read the peer's long functions as up to N texts, ranked by the best "
-                             "(what model.section_chunks does for ours; default 1)")
+                             "(what ranking.section_chunks does for ours; default 1)")
     parser.add_argument("--hybrid", action="store_true",
                         help="also report the hybrid (BM25 + dense) ranking of both, as separate rows")
     args = parser.parse_args(argv)

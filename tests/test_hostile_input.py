@@ -2,7 +2,7 @@
 checkpoint gives a one-line message naming the file and the reason, the documented exit code,
 no traceback, and every other app is still processed. The corpus is generated at runtime (a
 multi-megabyte file, a binary ``.py``, a symlink loop and an unreadable file cannot sensibly
-be committed). The table of cases is in the README ("Faults and hostile input")."""
+be committed). The table of cases is in docs/robustness.md ("Hostile input and failures")."""
 
 from __future__ import annotations
 

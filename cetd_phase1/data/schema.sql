@@ -1,4 +1,4 @@
--- The application registry read by `PostgresRegistry` (cetd_phase1/registry.py).
+-- The application registry read by `PostgresRegistry` (cetd_phase1/data/postgres.py).
 -- Idempotent: `python -m cetd_phase1 db-init` may apply it any number of times.
 
 CREATE TABLE IF NOT EXISTS applications (

@@ -14,7 +14,7 @@ excluded from the averages and counted in ``num_skipped``.
 * ``ndcg@10`` - binary-gain nDCG with a ``log2(rank + 1)`` discount over the top 10.
 
 The same functions back the Trainer's ``compute_metrics``, the ``evaluate`` module under
-``cetd_phase1/metric/`` (see :func:`metric_module_path`) and the evaluate command.
+``cetd_phase1/evaluation/metric/`` (see :func:`metric_module_path`) and the evaluate command.
 """
 
 from __future__ import annotations
