@@ -31,7 +31,7 @@ import time
 import torch
 from transformers import Qwen2Config
 
-from cetd_phase1.model import CETDConfig, CETDRetriever
+from cetd_phase1 import CETDConfig, CETDRetriever
 
 tiny = os.environ.get("GPU_SMOKE_TINY") == "1"
 cuda = torch.cuda.is_available()

@@ -1,13 +1,16 @@
-"""Per-query retrieval latency over an already indexed app (query encoding included).
+"""Index build, re-index after a one-file edit, index size and per-query latency (query encoding
+included) at several app sizes.
 
-Two app sizes from the running interpreter's standard library: ``logging`` (~300 sections) and
-``asyncio`` + ``xml`` side by side (~2,000 sections). Each app is indexed first (not timed), a few
-warm-up queries run, then every query is timed end to end through ``Retriever.retrieve``:
-source change check, query encoding, scoring (the hybrid dense + BM25 score that ``retrieve``
-serves by default, or the dense score alone with ``--dense-only``) and top-k selection.
+Apps are copies of installed code: ``logging`` (~300 sections) and ``asyncio`` + ``xml`` side by
+side (~2,000 sections) from the standard library; with ``--scale`` also ``torch/_inductor`` and
+``transformers`` (tens of thousands of sections: an hour or more of encoding on 2 CPU cores).
+Each app is indexed (timed), one file is edited and the app re-indexed (timed), a few warm-up
+queries run, then every query is timed end to end through ``Retriever.retrieve``: source change
+check, query encoding, scoring (the hybrid dense + BM25 score ``retrieve`` serves, or the dense
+score alone with ``--dense-only``) and top-k selection.
 
     python bench/retrieve_latency.py [--checkpoint DIR] [--queries 50] [--dense-only]
-        [--query-threads 1] [--section-chunks N] [--json FILE]
+        [--query-threads 1] [--section-chunks N] [--scale] [--json FILE]
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shutil
 import statistics
 import sysconfig
 import tempfile
@@ -26,14 +31,30 @@ from cetd_phase1.data.labels import first_paragraph
 from cetd_phase1.retrieve import Retriever
 
 
-def build_apps(workdir: Path) -> dict[str, Path]:
-    """``{label: app folder}``; the large app links two stdlib packages into one folder."""
+def build_apps(workdir: Path, scale: bool) -> dict[str, Path]:
+    """``{label: app folder}``: copies (one file of each is edited), several packages side by
+    side in one folder."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    large = workdir / "asyncio+xml"
-    large.mkdir()
-    for name in ("asyncio", "xml"):
-        os.symlink(stdlib / name, large / name)
-    return {"logging (~300 sections)": stdlib / "logging", "asyncio+xml (~2,000 sections)": large}
+    site = Path(sysconfig.get_paths()["purelib"])
+    apps = {"logging": [stdlib / "logging"], "asyncio+xml": [stdlib / "asyncio", stdlib / "xml"]}
+    if scale:
+        apps.update({"torch/_inductor": [site / "torch" / "_inductor"],
+                     "transformers": [site / "transformers"]})
+    out = {}
+    for label, sources in apps.items():
+        folder = workdir / "apps" / label.replace("/", "_")
+        for source in sources:
+            shutil.copytree(source, folder / source.name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
+        out[label] = folder
+    return out
+
+
+def edit_one_file(app: Path) -> None:
+    """Append a function to the app's first source file, as a user saving an edit."""
+    first = min(app.rglob("*.py"))
+    with open(first, "a", encoding="utf-8") as f:
+        f.write("\n\ndef benchmark_edit(value):\n    return value\n")
 
 
 def queries_for(retriever: Retriever, app: Path, n: int) -> list[str]:
@@ -63,6 +84,9 @@ def main() -> None:
                         help="texts per long function (default: the checkpoint's own)")
     parser.add_argument("--late-interaction", type=float,
                         help="share of MaxSim in the model's score (default: the checkpoint's)")
+    parser.add_argument("--scale", action="store_true",
+                        help="also torch/_inductor and transformers (tens of thousands of "
+                             "sections; long on a CPU)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
 
@@ -78,13 +102,17 @@ def main() -> None:
                                               hybrid=not args.dense_only, show_progress=True,
                                               section_chunks=args.section_chunks,
                                               late_interaction=args.late_interaction)
-        results["section_chunks"] = retriever.section_chunks
-        results["late_interaction"] = retriever.late_interaction
-        for label, app in build_apps(Path(tmp)).items():
+        results["section_chunks"] = retriever.ranking.section_chunks
+        results["late_interaction"] = retriever.ranking.late_interaction
+        for label, app in build_apps(Path(tmp), args.scale).items():
             torch.set_num_threads(index_threads)
             start = time.perf_counter()
             index = retriever.index(app)
             index_s = time.perf_counter() - start
+            edit_one_file(app)
+            start = time.perf_counter()
+            index = retriever.index(app)
+            reindex_s = time.perf_counter() - start
             torch.set_num_threads(args.query_threads)
             queries = queries_for(retriever, app, args.queries + args.warmup)
             for q in queries[:args.warmup]:
@@ -97,17 +125,23 @@ def main() -> None:
                 start = time.perf_counter()
                 retriever.encode_queries([q])
                 encode.append((time.perf_counter() - start) * 1000)
-            stored = sum(f.stat().st_size for f in (Path(tmp) / "index").rglob(
-                f"{index.content_hash}.np*"))
+            stored = sum(retriever.store.entry_path(e.key).stat().st_size
+                         for e in index.files.entries)
             row = {"sections": len(index.sections), "texts": int(index.embeddings.shape[0]),
-                   "index_build_s": round(index_s, 1), "index_mb": round(stored / 2**20, 1),
+                   "index_build_s": round(index_s, 1), "reindex_after_edit_s": round(reindex_s, 2),
+                   "index_mb": round(stored / 2**20, 1),
+                   "index_kb_per_section": round(stored / 1024 / max(len(index.sections), 1), 1),
+                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                    "queries": len(total),
                    "median_ms": round(statistics.median(total), 1),
                    "p95_ms": round(percentile(total, 0.95), 1),
                    "query_encoding_median_ms": round(statistics.median(encode), 1)}
             results["apps"][label] = row
             print(f"{label}: {row['sections']} sections ({row['texts']} texts), index "
-                  f"{row['index_build_s']} s, {row['index_mb']} MB on disk; "
+                  f"{row['index_build_s']} s, re-index after a one-file edit "
+                  f"{row['reindex_after_edit_s']} s, {row['index_mb']} MB on disk "
+                  f"({row['index_kb_per_section']} KB a section), peak RSS "
+                  f"{row['peak_rss_mb']} MB; "
                   f"per query median {row['median_ms']} ms, p95 {row['p95_ms']} ms "
                   f"(query encoding {row['query_encoding_median_ms']} ms)")
     if args.json:

@@ -151,6 +151,7 @@ def run_validate_data(args: argparse.Namespace) -> int:
     print("ok: no leakage", file=sys.stderr)
     return 1 if report.has_errors else 0
 
+
 def _database_url_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", metavar="URL",
                    help="postgresql://USER:PASSWORD@HOST:PORT/DBNAME (default: $DATABASE_URL)")
@@ -173,8 +174,6 @@ def _db_init_arguments(p: argparse.ArgumentParser) -> None:
 @command("db-init", "create the applications table in PostgreSQL (harmless to repeat)",
          _db_init_arguments)
 def run_db_init(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from cetd_phase1.data.postgres import SCHEMA_PATH, apply_schema, redact_url
 
     url = _database_url(args)
@@ -200,8 +199,6 @@ def _register_arguments(p: argparse.ArgumentParser) -> None:
 @command("register", "add applications to the PostgreSQL registry (all or none; "
                      "repeating is harmless)", _register_arguments)
 def run_register(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from cetd_phase1.data.postgres import redact_url, register_apps
     from cetd_phase1.data.registry import App, RegistryError, hash_split
 

@@ -18,12 +18,14 @@ import json
 import logging
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cetd_phase1.errors import CETDError
+from cetd_phase1.ranking.settings import RANKING_CONFIG, RankingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,8 @@ def redact(value: Any) -> Any:
 
 def model_card(model_config: dict[str, Any], repo_id: str, *,
                training_config: dict[str, Any] | None,
-               metrics: dict[str, dict[str, float]], loading: str | None = None) -> str:
+               metrics: dict[str, dict[str, float]], loading: str | None = None,
+               ranking: dict[str, Any] | None = None) -> str:
     """The ``README.md`` of a published retriever: hub metadata, how to load it (``loading``:
     another snippet, e.g. for a sentence-transformers export), the metrics of each evaluated
     split (``metrics[split]`` holds ``<prefix>_<metric>`` keys) and the training
@@ -99,15 +102,21 @@ requirement. This repository holds {weights}.
 ```
 
 Pooling `{model_config.get('pooling')}`, embedding size
-{model_config.get('projection_dim') or 'of the backbone'}, loss `{model_config.get('loss')}`,
-late interaction `{model_config.get('late_interaction') or 0}` (share of the token-level MaxSim
-score beside the pooled cosine).
+{model_config.get('projection_dim') or 'of the backbone'}, trained with InfoNCE at temperature
+`{model_config.get('loss_temperature')}`.{_ranking_line(ranking)}
 
 ## Evaluation (full-app ranking)
 
 {table}
 
 {_training_section(training_config)}"""
+
+
+def _ranking_line(ranking: dict[str, Any] | None) -> str:
+    if not ranking:
+        return ""
+    settings = ", ".join(f"{k} `{v}`" for k, v in ranking.items())
+    return f" Ranked with {settings} (`ranking_config.json`)."
 
 
 def _training_section(training_config: dict[str, Any] | None) -> str:
@@ -140,11 +149,12 @@ def prepare_upload(model_dir: str | Path, upload_dir: str | Path, *, repo_id: st
     if upload_dir.exists():
         shutil.rmtree(upload_dir)
     upload_dir.mkdir(parents=True)
-    for path in [p for p in weights if p.is_file()] + tokenizer:
+    ranking = model_dir / RANKING_CONFIG  # how the metrics below were ranked
+    for path in [p for p in [*weights, ranking] if p.is_file()] + tokenizer:
         shutil.copy2(path, upload_dir / path.name)
-    (upload_dir / CARD).write_text(model_card(model_config, repo_id,
-                                              training_config=training_config, metrics=metrics),
-                                   encoding="utf-8")
+    (upload_dir / CARD).write_text(model_card(
+        model_config, repo_id, training_config=training_config, metrics=metrics,
+        ranking=asdict(RankingConfig.load(model_dir))), encoding="utf-8")
     return sorted(p.name for p in upload_dir.iterdir())
 
 

@@ -1,12 +1,11 @@
-"""Retriever: index an application once, answer requirement queries over it.
+"""Retriever: index an application, answer requirement queries over it.
 
-An app's *section index* is the encoder's embedding of every section of the app. It is computed
-once per (checkpoint, section texts) and kept on disk as ``.npy`` under
-``<cache>/index/<checkpoint id>/<content hash>.npy`` (``.npz`` with the token vectors too for a
-late-interaction checkpoint); in one process it is also kept in memory
-and only rebuilt when a source file's size or mtime changes. The checkpoint id hashes the weight
-and config files (names, sizes, mtimes, config contents), the content hash the exact texts the
-encoder reads, so a retrained checkpoint or an edited app never reuses stale embeddings.
+An app's *section index* holds the encoder's vectors of every section of the app. It is kept on
+disk per source file under a hash of the file's text and the checkpoint
+(:mod:`cetd_phase1.index`), so an edited app re-encodes only the files that changed, and in one
+process also in memory, re-read only when a source file's size or mtime changes. The checkpoint
+id hashes the weight and config files (names, sizes, mtimes, config contents), so a retrained
+checkpoint never reuses stale vectors.
 
 Usage::
 
@@ -20,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,22 +26,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cetd_phase1 import default_cache_dir
-from cetd_phase1.atomic import atomic_write
 from cetd_phase1.errors import CETDError, check_requirement
+from cetd_phase1.index import INDEX_VERSION, FileIndex, IndexStore, assemble, stat_unchanged
 from cetd_phase1.ranking.bm25 import BM25Scorer
 from cetd_phase1.ranking.fusion import served_scores
 from cetd_phase1.ranking.settings import RankingConfig
 from cetd_phase1.data.registry import App
-from cetd_phase1.data.sections import ExtractionReport, Section, extract_sections, format_section, iter_python_files
+from cetd_phase1.data.sections import ExtractionReport, Section, format_section
 
 if TYPE_CHECKING:  # the encoder imports torch; retrieve stays light until a model is loaded
-    from cetd_phase1.ranking.encode import Encoded
-    from cetd_phase1.ranking.full_app import FullAppRanker, SectionVectors
+    from cetd_phase1.ranking.full_app import SectionVectors
 
 logger = logging.getLogger(__name__)
-
-#: Bumped when the index layout or the section text changes, to orphan old cache entries.
-INDEX_VERSION = "1"
 
 
 def section_text(section: Section) -> str:
@@ -93,18 +87,6 @@ def resolve_app(app: str | Path | App) -> tuple[str, Path]:
                     f"{registry.describe()}")
 
 
-def _stat_fingerprint(root: Path) -> str:
-    """Cheap change detector for the in-memory index: every source file's size and mtime."""
-    h = hashlib.sha256()
-    for path, rel in iter_python_files(root, ExtractionReport(app=str(root))):
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    return h.hexdigest()
-
-
 @dataclass
 class AppIndex:
     """The encoded sections of one app."""
@@ -116,8 +98,9 @@ class AppIndex:
     texts: list[str]
     #: the vectors of every text the encoder reads (several for a long function)
     vectors: SectionVectors
-    content_hash: str
     report: ExtractionReport
+    #: the files behind it, each with its entry (what a re-index reuses)
+    files: FileIndex = field(repr=False)
     _bm25: BM25Scorer | None = field(default=None, repr=False)
 
     @property
@@ -151,13 +134,13 @@ class Retriever:
                  show_progress: bool = False) -> None:
         from cetd_phase1.ranking.full_app import FullAppRanker
 
-        self.ranker: FullAppRanker = FullAppRanker(model, tokenizer, ranking or RankingConfig(),
-                                                   batch_size=batch_size)
+        self.ranker = FullAppRanker(model, tokenizer, ranking or RankingConfig(),
+                                    batch_size=batch_size)
         self.identity = identity
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "index"
         self.hybrid = hybrid
-        self.show_progress = show_progress
-        self._indexes: dict[str, tuple[str, AppIndex]] = {}
+        self.store = IndexStore(self.cache_dir / identity, self.ranker, show_progress)
+        self._indexes: dict[str, AppIndex] = {}
 
     @property
     def model(self):
@@ -214,60 +197,21 @@ class Retriever:
     # -- indexing ----------------------------------------------------------------------------
 
     def index(self, app: str | Path | App) -> AppIndex:
-        """The section index of ``app``: from memory, else from disk, else encoded (and saved)."""
-        from cetd_phase1.ranking.full_app import SectionVectors
-
+        """The section index of ``app``: from memory while no source file changed; else each
+        file from memory or disk when its text did not change, encoded (and saved) when it did.
+        """
         name, root = resolve_app(app)
         key = str(Path(root).resolve())
-        stamp = _stat_fingerprint(Path(root))
         cached = self._indexes.get(key)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        sections, report = extract_sections(Path(root), name)
-        encoded, starts = self.ranker.texts(
-            [(s.file, s.qualname, s.kind, s.encoder_code()) for s in sections])
-        # each section's first text is its section_text(), what BM25 reads
-        texts = encoded if starts is None else [encoded[i] for i in starts]
-        digest = hashlib.sha256(f"{self.ranker.max_code_length}\0".encode()
-                                + "\0".join(encoded).encode()).hexdigest()[:24]
-        late = bool(self.ranking.late_interaction)
-        path = self.cache_dir / self.identity / f"{digest}.{'npz' if late else 'npy'}"
-        vectors = self._load_cached(path, len(encoded))
-        if vectors is None:
-            vectors = self.ranker.encode_texts(encoded, starts,
-                                               show_progress=self.show_progress).encoded
-            if late:
-                atomic_write(path, lambda f: np.savez(f, pooled=vectors.pooled,
-                                                      tokens=vectors.tokens,
-                                                      offsets=vectors.offsets))
-            else:
-                atomic_write(path, lambda f: np.save(f, vectors.pooled))
-        index = AppIndex(name=name, root=Path(root), sections=sections, texts=texts,
-                         vectors=SectionVectors(vectors, starts), content_hash=digest,
-                         report=report)
-        self._indexes[key] = (stamp, index)
+        if cached is not None and stat_unchanged(Path(root), cached.files.seen):
+            return cached
+        files = self.store.index(Path(root), name, cached.files.seen if cached else None)
+        sections = files.sections
+        index = AppIndex(name=name, root=Path(root), sections=sections,
+                         texts=[section_text(s) for s in sections],
+                         vectors=assemble(files.entries), report=files.report, files=files)
+        self._indexes[key] = index
         return index
-
-    @staticmethod
-    def _load_cached(path: Path, rows: int) -> Encoded | None:
-        """The cached :class:`~cetd_phase1.ranking.encode.Encoded` of ``rows`` texts at
-        ``path``, or ``None`` (absent, corrupt or of another shape: recomputed, never trusted)."""
-        from cetd_phase1.ranking.encode import Encoded
-
-        if not path.is_file():
-            return None
-        try:
-            if path.suffix == ".npy":
-                arr = np.load(path)
-                return Encoded(arr) if arr.ndim == 2 and arr.shape[0] == rows else None
-            with np.load(path) as z:
-                vectors = Encoded(z["pooled"], z["tokens"], z["offsets"])
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            return None
-        ok = (vectors.pooled.ndim == 2 and vectors.pooled.shape[0] == rows
-              and vectors.offsets.shape == (rows + 1,) and vectors.tokens.ndim == 2
-              and int(vectors.offsets[-1]) == vectors.tokens.shape[0])
-        return vectors if ok else None
 
     # -- querying ----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from _tiny_models import make_tiny_decoder, make_tiny_encoder, write_apps  # noqa: E402
 from cetd_phase1.errors import CETDError  # noqa: E402
 from cetd_phase1.hub import prepare_upload, push, redact  # noqa: E402
+from cetd_phase1.ranking.settings import RankingConfig  # noqa: E402
 from cetd_phase1.modeling.model import CETDRetriever
 from cetd_phase1.ranking.encode import encode_texts
 from cetd_phase1.modeling.loading import load_retriever
@@ -53,6 +54,7 @@ def saved(tmp_path_factory):
     backbone = make_tiny_decoder(root / "qwen2")
     model = _trained(backbone, seed=1)
     model.save_pretrained(root / "final", tokenizer=load_tokenizer(backbone))
+    RankingConfig(late_interaction=0.5).save(root / "final")  # as the Trainer writes it
     (root / "final" / "training_args.bin").write_bytes(b"not for the hub")
     return root, backbone, model
 
@@ -64,8 +66,11 @@ def test_upload_folder_is_adapter_head_config_tokenizer_and_card_and_reloads(sav
     assert set(files) == set(os.listdir(tmp_path / "up"))
     assert EXPECTED_UPLOAD <= set(files)
     assert not {"model.safetensors", "training_args.bin"} & set(files)  # no base weights
-    assert set(files) - EXPECTED_UPLOAD <= {"special_tokens_map.json", "vocab.txt"}
+    assert "ranking_config.json" in files  # the metrics below were ranked with it
+    assert set(files) - EXPECTED_UPLOAD <= {"special_tokens_map.json", "vocab.txt",
+                                            "ranking_config.json"}
     card = (tmp_path / "up" / "README.md").read_text()
+    assert "late_interaction `0.5`" in card
     assert "| holdout | " in card and "0.625" in card and "0.875" in card
     assert "lora_r: 16" in card and "library_name: peft" in card
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from cetd_phase1.data.labels import HeuristicLabeler, docstring_examples, label_app, parse_requirements
+from cetd_phase1.data.labels import (HeuristicLabeler, docstring_examples, label_app,
+                                     parse_requirements)
 from cetd_phase1.data.sections import extract_sections
 
 EXAMPLE_APP = Path(__file__).resolve().parents[1] / "data" / "example_apps" / "json_parser"

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from cetd_phase1.evaluation.metrics import compute_ranking_metrics, metric_module_path, positive_ranks, query_metrics
+from cetd_phase1.evaluation.metrics import (compute_ranking_metrics, metric_module_path,
+                                            positive_ranks, query_metrics)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

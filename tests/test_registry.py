@@ -9,7 +9,8 @@ import pytest
 
 from cetd_phase1.errors import CETDError
 from cetd_phase1.data.postgres import DatabaseError, PostgresRegistry, source_problem
-from cetd_phase1.data.registry import SPLITS, DirectoryRegistry, RegistryError, StdlibRegistry, hash_split, registry_from
+from cetd_phase1.data.registry import (SPLITS, DirectoryRegistry, RegistryError, StdlibRegistry,
+                                       hash_split, registry_from)
 
 
 def test_hash_split_is_deterministic_and_roughly_proportional():

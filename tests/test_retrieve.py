@@ -75,7 +75,7 @@ def test_second_query_and_new_process_reuse_the_index(tiny_model, apps, tmp_path
     r.retrieve("Add two numbers", app=apps / "calc")
     assert _section_encodes(encode_calls, r) == [5]  # second query: only the query is encoded
     assert len(encode_calls) == 3
-    assert len(list(cache.rglob("*.npy"))) == 1
+    assert len(list(cache.rglob("*.npz"))) == 1  # one entry: the app's one file
 
     fresh = Retriever.from_pretrained(tiny_model, cache_dir=cache)  # as a new process would
     first = r.index(apps / "calc").embeddings
@@ -96,12 +96,13 @@ def test_changed_source_is_reencoded(tiny_model, apps, tmp_path, encode_calls):
 def test_corrupt_cache_entry_is_recomputed(tiny_model, apps, tmp_path, encode_calls):
     cache = tmp_path / "cache"
     Retriever.from_pretrained(tiny_model, cache_dir=cache).index(apps / "calc")
-    (entry,) = cache.rglob("*.npy")
+    (entry,) = cache.rglob("*.npz")
     entry.write_bytes(b"not numpy")
     r = Retriever.from_pretrained(tiny_model, cache_dir=cache)
     assert r.index(apps / "calc").embeddings.shape[0] == 5
     assert _section_encodes(encode_calls, r) == [5, 5]
-    assert np.load(entry).shape[0] == 5
+    with np.load(entry) as z:  # rewritten whole
+        assert z["pooled"].shape[0] == 5
 
 
 def test_hybrid_mixes_z_scored_dense_and_bm25_scores():

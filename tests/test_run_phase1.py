@@ -113,6 +113,10 @@ evaluation:
   save_steps: 3
   metric: map
   eval_batch_size: 8
+ranking:
+  section_chunks: 2
+  late_interaction: 0.5
+  class_penalty: 0.2
 """)
     return tmp_path, config
 
@@ -121,7 +125,7 @@ evaluation:
 def test_run_phase1_trains_evaluates_saves_and_resumes(setup, capsys, caplog):
     tmp_path, config = setup
     script = _load_script()
-    caplog.set_level(logging.INFO, logger="cetd_phase1.trainer")
+    caplog.set_level(logging.INFO, logger="cetd_phase1.training.trainer")
     assert script.main(["--config", str(config)]) == 0
     out = tmp_path / "out"
     report = json.loads((out / "metrics.json").read_text())
@@ -142,6 +146,11 @@ def test_run_phase1_trains_evaluates_saves_and_resumes(setup, capsys, caplog):
     model, tok = load_retriever(out / "final")
     emb = encode_texts(model, tok, ["Convert a distance in kilometres to miles."], max_length=32)
     assert emb.shape == (1, 32) and np.isfinite(emb).all()
+    # ...with the ranking settings it was validated with, beside every checkpoint too
+    from cetd_phase1 import RankingConfig, Retriever
+    ranking = RankingConfig(section_chunks=2, late_interaction=0.5, class_penalty=0.2)
+    assert RankingConfig.load(out / "checkpoint-6") == ranking
+    assert Retriever.from_pretrained(out / "final", cache_dir=tmp_path / "index").ranking == ranking
 
     # Resume: two more steps from the last checkpoint.
     assert script.main(["--config", str(config), "--max_steps", "8",

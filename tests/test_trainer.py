@@ -83,6 +83,56 @@ def test_no_duplicates_sampler_never_mixes_a_positive_with_another_query():
     assert list(sampler) == batches  # and reproducible
 
 
+def _conflicting_groups(n: int = 40) -> datasets.Dataset:
+    """Section Sk is query k's positive and a negative of queries k-1 and k-7: how many batches
+    a greedy pass needs depends on its shuffle."""
+    return _groups([([f"def s{k}(): return {k}"], [f"def s{(k + 1) % n}(): return {(k + 1) % n}",
+                                                   f"def s{(k + 7) % n}(): return {(k + 7) % n}"])
+                    for k in range(n)])
+
+
+def _seed_with_a_shorter_second_pass(groups: datasets.Dataset) -> tuple[int, int, int]:
+    for seed in range(100):
+        sampler = NoDuplicatesBatchSampler(groups, batch_size=8, seed=seed)
+        first, second = len(sampler._build(0)), len(sampler._build(1))
+        if second < first:
+            return seed, first, second
+    raise AssertionError("no seed gives passes of different lengths")
+
+
+def test_every_epoch_is_as_long_as_the_first_and_the_stream_of_passes_is_kept():
+    groups = _conflicting_groups()
+    seed, first, _ = _seed_with_a_shorter_second_pass(groups)
+    sampler = NoDuplicatesBatchSampler(groups, batch_size=8, seed=seed)
+    passes = [b for p in range(6) for b in sampler._build(p)]
+    epochs = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        assert len(sampler) == first and len(list(sampler)) == first
+        epochs += list(sampler)
+    assert epochs[:first] == sampler._build(0)  # epoch 0 is the first pass, unchanged
+    assert epochs == passes[:len(epochs)]  # later epochs run on through the next passes
+
+
+def test_max_steps_past_a_shorter_second_epoch_trains_every_step(encoder_dir, tmp_path):
+    """The Trainer sizes a run by the first epoch's length: with a shorter second pass it used
+    to stop short of max_steps (60 asked, 54 trained)."""
+    groups = _conflicting_groups()
+    seed, first, second = _seed_with_a_shorter_second_pass(groups)
+    tok = load_tokenizer(encoder_dir)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8,
+                             max_steps=first + second + 1, save_strategy="no", report_to=[],
+                             remove_unused_columns=False, seed=seed, data_seed=seed,
+                             disable_tqdm=True, use_cpu=True, learning_rate=1e-4)
+    trainer = RetrievalTrainer(model=CETDRetriever.from_backbone(encoder_dir), args=args,
+                               train_dataset=groups, processing_class=tok,
+                               data_collator=RetrievalCollator(tok, max_req_length=16,
+                                                               max_code_length=16,
+                                                               negatives_per_query=1))
+    trainer.train()
+    assert trainer.state.global_step == first + second + 1
+
+
 def test_same_app_batches_hold_one_app_each_in_shuffled_order():
     # 3 apps of 7 requirements each, interleaved; candidates all distinct (no conflicts)
     apps = [["x", "y", "z"][i % 3] for i in range(21)]

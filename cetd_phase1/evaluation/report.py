@@ -9,8 +9,7 @@ import numpy as np
 
 from cetd_phase1.atomic import atomic_write
 from cetd_phase1.evaluation.metrics import positive_ranks
-from cetd_phase1.evaluation.results import (CURVE_KS, HEADLINE_SOURCES, PROTOCOLS, QueryResult,
-                                            summary_keys)
+from cetd_phase1.evaluation.results import CURVE_KS, HEADLINE_SOURCES, QueryResult, summary_keys
 from cetd_phase1.retrieve import AppIndex
 
 WORST_QUERIES = 20

@@ -40,17 +40,23 @@ class Encoded:
         return Encoded(self.pooled[rows], self.tokens[flat],
                        np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
 
-    def scores(self, queries: "Encoded", share: float,
-               sections: np.ndarray | None = None) -> np.ndarray:
+    def scores(self, queries: "Encoded", share: float, sections: np.ndarray | None = None,
+               shortlist: int = 0) -> np.ndarray:
         """Scores [Q, N] of ``queries`` against these texts, or against sections when
         ``sections`` gives the row of each section's first text (:func:`section_texts`): the
         pooled dot product of the best text, mixed with :func:`maxsim` at ``share`` over all
         the section's tokens (a requirement's words may sit in different parts of a long
-        function) when both sides carry token vectors. The token vectors are copied once into
-        the matrix MaxSim multiplies and kept: bfloat16 where the CPU computes it natively (2
-        bytes x D per token of the app in memory, faster than float32; cosines within
-        bfloat16's rounding), float32 elsewhere (4 bytes; emulated bfloat16
-        would be slower)."""
+        function) when both sides carry token vectors.
+
+        With ``shortlist`` > 0 and more sections than that, MaxSim reads only the
+        ``shortlist`` sections of highest pooled score (the expensive part then does not grow
+        with the app); every other section's MaxSim is taken as its pooled score plus the
+        shortlist's mean gap between the two, so it keeps its pooled order below and among them.
+
+        The token vectors are copied once into the matrix MaxSim multiplies and kept: bfloat16
+        where the CPU computes it natively (2 bytes x D per token of the app in memory, faster
+        than float32; cosines within bfloat16's rounding), float32 elsewhere (4 bytes; emulated
+        bfloat16 would be slower)."""
         dense = best_text_scores(queries.pooled @ self.pooled.T, sections)
         if not share or self.tokens is None or queries.tokens is None or not len(self):
             return dense
@@ -58,9 +64,21 @@ class Encoded:
             self._matrix = torch.from_numpy(self.tokens).to(
                 torch.bfloat16 if precision.cpu_has_native_bf16() else torch.float32)
         starts = self.offsets[:-1] if sections is None else self.offsets[sections]
-        late = np.stack([maxsim(queries.tokens[queries.offsets[j]:queries.offsets[j + 1]],
-                                self._matrix, starts) for j in range(len(queries))])
-        return ((1.0 - share) * dense + share * late).astype(np.float32)
+        ends = np.append(starts[1:], len(self.tokens))
+        late = []
+        for j in range(len(queries)):
+            query = queries.tokens[queries.offsets[j]:queries.offsets[j + 1]]
+            if not shortlist or len(starts) <= shortlist:
+                late.append(maxsim(query, self._matrix, starts))
+                continue
+            top = np.sort(np.argpartition(-dense[j], shortlist)[:shortlist])
+            rows = np.concatenate([np.arange(starts[s], ends[s]) for s in top])
+            local = np.concatenate([[0], np.cumsum(ends[top] - starts[top])[:-1]])
+            exact = maxsim(query, self._matrix[torch.from_numpy(rows)], local)
+            row = dense[j] + float(np.mean(exact - dense[j][top]))
+            row[top] = exact
+            late.append(row)
+        return ((1.0 - share) * dense + share * np.stack(late)).astype(np.float32)
 
 
 def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts: list[str], *,
@@ -130,3 +148,13 @@ def _output_dim(model: CETDRetriever) -> int:
     return model.config.projection_dim or model.backbone.config.hidden_size
 
 
+def concat_encoded(parts: list[Encoded]) -> Encoded:
+    """The texts of ``parts`` one after another, as one :class:`Encoded`."""
+    if not parts:
+        return Encoded(np.zeros((0, 0), np.float32))
+    pooled = np.concatenate([p.pooled for p in parts])
+    if parts[0].tokens is None:
+        return Encoded(pooled)
+    sizes = np.concatenate([np.diff(p.offsets) for p in parts])
+    return Encoded(pooled, np.concatenate([p.tokens for p in parts]),
+                   np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))

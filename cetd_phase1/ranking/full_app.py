@@ -92,4 +92,4 @@ class FullAppRanker:
         if not len(sections):
             return np.zeros((len(requirements), 0), dtype=np.float32)
         return sections.encoded.scores(requirements, self.ranking.late_interaction,
-                                       sections.starts)
+                                       sections.starts, self.ranking.shortlist)

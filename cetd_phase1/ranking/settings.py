@@ -33,12 +33,16 @@ class RankingConfig:
         class_penalty: subtracted from a class's hybrid score (z-units): a class's text is its
             methods' code, so it matches what they match, while a feature-level requirement
             names the function that changed; 0 = none.
+        shortlist: with late interaction, MaxSim reads only this many sections of highest
+            pooled cosine per requirement (the rest keep their pooled order below and among
+            them), so a query's cost stops growing with the app; 0 = every section.
     """
 
     section_chunks: int = 1
     late_interaction: float = 0.0
     hybrid_weight: float = 0.7
     class_penalty: float = 0.0
+    shortlist: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.section_chunks, bool) or not isinstance(self.section_chunks, int) \
@@ -49,6 +53,10 @@ class RankingConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise CETDError(f"{name} must be in [0, 1], got {value!r}")
+        if isinstance(self.shortlist, bool) or not isinstance(self.shortlist, int) \
+                or self.shortlist < 0:
+            raise CETDError(f"shortlist must be an integer >= 0 (0 = every section), got "
+                            f"{self.shortlist!r}")
         if not isinstance(self.class_penalty, (int, float)) or \
                 not 0.0 <= self.class_penalty < float("inf"):
             raise CETDError(f"class_penalty must be a number >= 0, got {self.class_penalty!r}")

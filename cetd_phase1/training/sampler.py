@@ -67,7 +67,14 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
     (sizes differing by at most one), yielded one after the other: accelerate's round-robin
     hands them to ranks 0..W-1, so the ranks of one step hold one conflict-free global batch. A global
     batch of fewer than W requirements (its requirements conflict with all others left in the
-    epoch) cannot give every rank one and is left out of that epoch (``skipped``).
+    pass) cannot give every rank one and is left out of that pass (``skipped``).
+
+    **Epochs of one length.** The greedy passes differ in length (how many requirements
+    conflict depends on the shuffle), while the Trainer sizes a ``max_steps`` run and places a
+    resumed run from the length of the first epoch. So the batches form one stream of passes
+    (pass p shuffled with ``seed + p``) cut into epochs of the first pass's length: epoch 0 is
+    pass 0, and a later epoch may end in the next pass. A requirement then comes once per pass,
+    not once per epoch.
 
     ``same_app``: fill batches app by app (apps in a shuffled order, each app's requirements
     shuffled), then shuffle the batches. The in-batch negatives of a requirement are then
@@ -83,7 +90,7 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         self.max_batch_size = batch_size
         self.num_replicas = num_replicas
         self.apps = list(groups["app_id"]) if same_app else None
-        self.skipped = 0  # requirements left out of the current epoch (see above)
+        self.skipped = 0  # requirements left out of the newest pass (see above)
         self.seed = seed
         self.epoch = 0
         ids: dict[str, int] = {}  # text -> small int: exact and the same in every process
@@ -91,16 +98,30 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
                           for ps in groups["positives"]]
         self.candidates = [pos | frozenset(ids.setdefault(t, len(ids)) for t in ns)
                            for pos, ns in zip(self.positives, groups["negatives"])]
-        self._cache: tuple[int, list[list[int]]] | None = None
+        self._passes: list[list[list[int]]] = []  # greedy passes built so far, in order
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _pass(self, p: int) -> list[list[int]]:
+        while len(self._passes) <= p:
+            self._passes.append(self._build(len(self._passes)))
+        return self._passes[p]
+
     def batches(self) -> list[list[int]]:
-        """The batches of the current epoch (computed once per epoch)."""
-        if self._cache is None or self._cache[0] != self.epoch:
-            self._cache = (self.epoch, self._build(self.epoch))
-        return self._cache[1]
+        """The batches of the current epoch: positions ``epoch * L`` to ``(epoch + 1) * L`` of
+        the stream of passes, ``L`` the length of pass 0."""
+        length = len(self._pass(0))
+        start, out, p = self.epoch * length, [], 0
+        while len(out) < length:
+            batches = self._pass(p)
+            if start < len(batches):
+                out += batches[start:start + length - len(out)]
+                start = 0
+            else:
+                start -= len(batches)
+            p += 1
+        return out
 
     def _build(self, epoch: int) -> list[list[int]]:
         world = self.num_replicas

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Index size against ranking quality for ways of storing late-interaction token vectors.
+
+For each codec (token pooling factor, int8 or float16) the validation apps are indexed afresh
+and ranked as served (hybrid) and by the model alone: the feature-request validation half and
+the stdlib validation split. Prints one table: KB of index per section and MRR per benchmark.
+
+    python bench/token_compression.py --checkpoint outputs/phase1-minilm/final \
+        [--codecs pool1-f16 pool1-int8 pool2-int8] [--json FILE]
+
+Validation data only: the codec is chosen here, the held-out halves are reported once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import _bench  # noqa: F401  (puts the repository root on sys.path, sets HF_HUB_OFFLINE)
+from feature_requests import prepare
+
+
+def parse_codec(name: str):
+    from cetd_phase1.ranking.compress import TokenCodec
+
+    pool, _, kind = name.partition("-")
+    if not pool.startswith("pool") or kind not in ("f16", "int8"):
+        raise SystemExit(f"codec {name!r}: expected poolF-f16 or poolF-int8, e.g. pool2-int8")
+    return TokenCodec(pool_factor=float(pool[4:]), int8=kind == "int8")
+
+
+def index_bytes(cache: Path) -> int:
+    return sum(p.stat().st_size for p in cache.rglob("*.npz"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--codecs", nargs="+", default=["pool1-f16", "pool1-int8", "pool2-int8",
+                                                         "pool3-int8"])
+    parser.add_argument("--fr-cache", default=str(Path.home() / ".cache" / "cetd_phase1" / "fr"))
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args()
+
+    from cetd_phase1 import index as index_lib
+    from cetd_phase1.evaluation.evaluate import run_evaluation
+
+    apps = prepare("validation", Path(args.fr_cache))
+    rows = {}
+    for name in args.codecs:
+        index_lib.DEFAULT_CODEC = parse_codec(name)
+        with tempfile.TemporaryDirectory(prefix="cetd-codec-") as tmp:
+            cache = Path(tmp)
+            results, sections = {}, 0
+            for bench, kwargs in (("feature requests", dict(apps_dir=apps,
+                                                            label_sources=("gold",))),
+                                  ("stdlib", dict(split="validation"))):
+                metrics = run_evaluation(args.checkpoint, cache / "out" / bench, hybrid=True,
+                                         cache_dir=cache, backbone=args.checkpoint, **kwargs)
+                sections += sum(metrics["apps"].values())
+                results[bench] = {"served": metrics["baselines"]["model+bm25 (hybrid)"]
+                                  ["full_app"]["mrr"], "model": metrics["full_app"]["mrr"]}
+            kb = index_bytes(cache / "index") / 1024 / max(sections, 1)
+            rows[name] = {"kb_per_section": round(kb, 1), **results}
+        print(f"{name}: {rows[name]}", flush=True)
+    print(f"\n{'codec':12} {'KB/section':>10} {'FR served':>10} {'FR model':>9} "
+          f"{'stdlib served':>14} {'stdlib model':>13}")
+    for name, r in rows.items():
+        fr, sd = r["feature requests"], r["stdlib"]
+        print(f"{name:12} {r['kb_per_section']:>10} {fr['served']:>10.3f} {fr['model']:>9.3f} "
+              f"{sd['served']:>14.3f} {sd['model']:>13.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The section index of an application, kept per source file under a hash of that file's text
+and the checkpoint, so re-indexing an edited app encodes only its new or changed files.
+
+One entry per source file: ``<cache>/index/<checkpoint id>/<key[:2]>/<key>.npz``, ``key`` the
+hash of the index version, the checkpoint id, how the encoder reads the file (code length,
+texts per long function, token vectors or not), its path in the app and its text. An entry
+holds the file's sections and their vectors. Entries are written atomically (two processes
+indexing one app at once never see a torn one); an entry that does not load, or does not fit
+its file, is recomputed and rewritten, never trusted. A removed file's entry is simply no
+longer read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cetd_phase1.atomic import atomic_write
+from cetd_phase1.data.sections import (DEFAULT_MAX_FILE_BYTES, ExtractionReport, Section,
+                                       iter_python_files, read_source, sections_from_source)
+from cetd_phase1.ranking.compress import TokenCodec
+
+if TYPE_CHECKING:  # the encoder imports torch; a warm index is read without it
+    from cetd_phase1.ranking.encode import Encoded
+    from cetd_phase1.ranking.full_app import FullAppRanker, SectionVectors
+
+#: Bumped when the entry layout or the section text changes, to orphan old entries.
+INDEX_VERSION = "2"
+#: How entries store token vectors (late interaction).
+DEFAULT_CODEC = TokenCodec()
+
+
+@dataclass
+class FileEntry:
+    """One source file as the index holds it: its sections (none when it does not parse,
+    ``skip`` saying why), the vectors of their texts and the row of each section's first text."""
+
+    key: str
+    sections: list[Section]
+    vectors: Encoded | None  # None when the file has no section
+    starts: np.ndarray  # [len(sections)], rows into vectors
+    skip: str = ""
+
+
+@dataclass
+class _Seen:
+    """What the last index of an app read from one file: its stat and its entry."""
+
+    size: int
+    mtime_ns: int
+    entry: FileEntry | None  # None: read_source refused the file (the reason is in ``skip``)
+    skip: str = ""
+
+
+@dataclass
+class FileIndex:
+    """An app's files, each read, parsed and encoded once per content."""
+
+    entries: list[FileEntry]
+    report: ExtractionReport
+    encoded_files: int = 0  # how many files this indexing encoded
+    seen: dict[str, _Seen] = field(default_factory=dict, repr=False)
+
+    @property
+    def sections(self) -> list[Section]:
+        return [s for e in self.entries for s in e.sections]
+
+
+class IndexStore:
+    """Reads and writes the per-file entries of one checkpoint, encoding what is missing."""
+
+    def __init__(self, folder: Path, ranker: FullAppRanker, show_progress: bool = False,
+                 codec: TokenCodec | None = None) -> None:
+        self.folder, self.ranker, self.show_progress = folder, ranker, show_progress
+        self.codec = codec or DEFAULT_CODEC
+        r = ranker.ranking
+        late = self.codec.name if r.late_interaction else "pooled"
+        self._salt = (f"{INDEX_VERSION}\0{folder.name}\0{ranker.max_code_length}\0"
+                      f"{r.section_chunks}\0{late}\0").encode()
+
+    def key(self, rel: str, text: str) -> str:
+        return hashlib.sha256(self._salt + rel.encode() + b"\0" + text.encode()).hexdigest()[:32]
+
+    def entry_path(self, key: str) -> Path:
+        """Where the entry ``key`` is (or would be) on disk."""
+        return self.folder / key[:2] / f"{key}.npz"
+
+    def index(self, root: Path, name: str, previous: dict[str, _Seen] | None = None,
+              max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> FileIndex:
+        """The entries of every file of the app at ``root``; a file whose size and mtime are
+        those ``previous`` saw is not read again."""
+        previous = previous or {}
+        report = ExtractionReport(app=name)
+        slots: list[tuple[str, FileEntry | None]] = []  # (rel, entry or None: to build)
+        pending: dict[str, tuple[str, str]] = {}  # rel -> (key, text) of files to build
+        seen: dict[str, _Seen] = {}
+        for path, rel in iter_python_files(root, report):
+            try:
+                st = path.stat()
+            except OSError as err:
+                report.skip(rel, f"unreadable: {err.strerror or err}")
+                continue
+            old = previous.get(rel)
+            if old is not None and (old.size, old.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                seen[rel] = old
+                if old.entry is None:
+                    report.skip(rel, old.skip)
+                else:
+                    slots.append((rel, old.entry))
+                continue
+            refused = ExtractionReport(app=name)
+            text = read_source(path, rel, refused, max_file_bytes)
+            if text is None:
+                reason = refused.skipped[0][1]
+                report.skip(rel, reason)
+                seen[rel] = _Seen(st.st_size, st.st_mtime_ns, None, reason)
+                continue
+            key = self.key(rel, text)
+            entry = old.entry if old is not None and old.entry is not None \
+                and old.entry.key == key else self._load(key, rel)
+            if entry is None:
+                pending[rel] = (key, text)
+            slots.append((rel, entry))
+            seen[rel] = _Seen(st.st_size, st.st_mtime_ns, entry)
+        built = self._build(pending) if pending else {}
+        entries = []
+        for rel, entry in slots:
+            entry = entry if entry is not None else built[rel]
+            seen[rel].entry = entry
+            if entry.skip:
+                report.skip(rel, entry.skip)
+                continue
+            report.files_parsed += 1
+            entries.append(entry)
+        report.sections = sum(len(e.sections) for e in entries)
+        return FileIndex(entries, report, encoded_files=len(pending), seen=seen)
+
+    # -- one entry -------------------------------------------------------------------------
+
+    def _load(self, key: str, rel: str) -> FileEntry | None:
+        """The entry at ``key``, or ``None`` when absent, unreadable or not this file's."""
+        from cetd_phase1.ranking.encode import Encoded
+
+        path = self.entry_path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"][()]))
+                starts = z["starts"].astype(np.int64)
+                late = "offsets" in z
+                vectors = Encoded(z["pooled"], self.codec.unpack(z) if late else None,
+                                  z["offsets"] if late else None)
+            sections = [Section(**{**s, "docstrings": tuple(map(tuple, s["docstrings"]))})
+                        for s in meta["sections"]]
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+            return None
+        rows = len(vectors)
+        late = bool(self.ranker.ranking.late_interaction)
+        ok = (meta.get("file") == rel and len(starts) == len(sections)
+              and vectors.pooled.ndim == 2 and (not sections or rows >= len(sections))
+              and (not len(starts) or (starts[0] == 0 and np.all(np.diff(starts) > 0)
+                                       and starts[-1] < rows))
+              and all(s.file == rel for s in sections)
+              and (vectors.tokens is not None) == late)
+        if ok and late:
+            ok = (vectors.offsets.shape == (rows + 1,) and vectors.tokens.ndim == 2
+                  and int(vectors.offsets[-1]) == vectors.tokens.shape[0])
+        if not ok:
+            return None
+        return FileEntry(key, sections, vectors if sections else None, starts,
+                         meta.get("skip", ""))
+
+    def _save(self, entry: FileEntry, rel: str) -> None:
+        meta = json.dumps({"file": rel, "skip": entry.skip,
+                           "sections": [s.to_dict() for s in entry.sections]})
+        arrays = {"meta": np.array(meta), "starts": entry.starts}
+        if entry.vectors is not None:
+            arrays["pooled"] = entry.vectors.pooled
+            if entry.vectors.tokens is not None:
+                arrays.update(self.codec.pack(entry.vectors.tokens),
+                              offsets=entry.vectors.offsets)
+        else:
+            arrays["pooled"] = np.zeros((0, 0), np.float32)
+            if self.ranker.ranking.late_interaction:
+                arrays.update(self.codec.pack(np.zeros((0, 0), np.float16)),
+                              offsets=np.zeros(1, np.int64))
+        atomic_write(self.entry_path(entry.key), lambda f: np.savez(f, **arrays))
+
+    def _build(self, pending: dict[str, tuple[str, str]]) -> dict[str, FileEntry]:
+        """Parse the ``pending`` files and encode all their texts in one call (length-sorted
+        batches across files pad less than file by file), then save an entry per file."""
+        parsed: dict[str, tuple[list[Section], str, int, np.ndarray]] = {}
+        texts: list[str] = []
+        for rel, (_, text) in pending.items():
+            try:
+                sections, skip = sections_from_source(text, rel), ""
+            except (SyntaxError, ValueError, RecursionError) as err:
+                line = getattr(err, "lineno", None)
+                sections = []
+                skip = f"syntax_error: {getattr(err, 'msg', err)}" + \
+                    (f" (line {line})" if line else "")
+            file_texts, starts = self.ranker.texts(
+                [(s.file, s.qualname, s.kind, s.encoder_code()) for s in sections])
+            parsed[rel] = (sections, skip, len(texts), np.arange(len(sections), dtype=np.int64)
+                           if starts is None else starts)
+            texts += file_texts
+        encoded = self.ranker.encode_texts(texts, show_progress=self.show_progress).encoded
+        ends = [first for _, _, first, _ in parsed.values()][1:] + [len(texts)]
+        out = {}
+        for (rel, (key, _)), end in zip(pending.items(), ends):
+            sections, skip, first, starts = parsed[rel]
+            vectors = encoded.take(np.arange(first, end)) if sections else None
+            if vectors is not None and vectors.tokens is not None:
+                tokens, vectors.offsets = self.codec.pool(vectors.tokens, vectors.offsets)
+                # as a later process reads it back: one ranking whichever built the entry
+                vectors.tokens = self.codec.unpack(self.codec.pack(tokens))
+            entry = FileEntry(key, sections, vectors, starts, skip)
+            self._save(entry, rel)
+            out[rel] = entry
+        return out
+
+
+def assemble(entries: list[FileEntry]) -> SectionVectors:
+    """One app's vectors from its files' entries, in file order."""
+    from cetd_phase1.ranking.encode import concat_encoded
+    from cetd_phase1.ranking.full_app import SectionVectors
+
+    parts = [e for e in entries if e.vectors is not None]
+    starts, row = [], 0
+    for e in parts:
+        starts.append(e.starts + row)
+        row += len(e.vectors)
+    n_sections = sum(len(e.starts) for e in parts)
+    encoded = concat_encoded([e.vectors for e in parts])
+    flat = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+    return SectionVectors(encoded, None if row == n_sections else flat)
+
+
+def stat_unchanged(root: Path, seen: dict[str, _Seen]) -> bool:
+    """True when the app's files are exactly those ``seen`` with the same size and mtime."""
+    report = ExtractionReport(app=str(root))
+    count = 0
+    for path, rel in iter_python_files(root, report):
+        old = seen.get(rel)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if old is None or (old.size, old.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            return False
+        count += 1
+    return count == len(seen)

@@ -1,0 +1,157 @@
+"""The per-file section index: an edited app re-encodes only its changed files, two processes
+may index one app at once, and a bad entry is recomputed."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _tiny_models import make_tiny_encoder  # noqa: E402
+
+from cetd_phase1.ranking import full_app  # noqa: E402
+from cetd_phase1.retrieve import Retriever  # noqa: E402
+
+FILES = {
+    "a.py": "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n",
+    "b.py": "def mul(a, b):\n    return a * b\n",
+    "pkg/c.py": "class Box:\n    def get(self):\n        return self.item\n",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny") / "bert")
+
+
+@pytest.fixture
+def app(tmp_path):
+    root = tmp_path / "app"
+    for rel, text in FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+@pytest.fixture
+def encoded(monkeypatch):
+    """How many texts each encoding of sections encoded (queries are encoded one at a time)."""
+    counts = []
+    real = full_app.encode_for_ranking
+
+    def counting(model, tokenizer, texts, **kwargs):
+        if kwargs["max_length"] == model.config.max_code_length:
+            counts.append(len(texts))
+        return real(model, tokenizer, texts, **kwargs)
+
+    monkeypatch.setattr(full_app, "encode_for_ranking", counting)
+    return counts
+
+
+def _same(index, other) -> None:
+    assert [s.key for s in index.sections] == [s.key for s in other.sections]
+    # encoded in other batches: equal up to float rounding
+    np.testing.assert_allclose(index.embeddings, other.embeddings, atol=1e-5)
+
+
+@pytest.mark.parametrize("late", [0.0, 0.5], ids=["cosine", "late-interaction"])
+def test_edit_add_delete_encode_only_what_changed(tiny_model, app, tmp_path, encoded, late):
+    r = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache", late_interaction=late)
+    assert len(r.index(app).sections) == 5 and encoded == [5]
+    (app / "b.py").write_text("def mul(a, b):\n    return b * a\n\n\ndef neg(a):\n    return -a\n")
+    edited = r.index(app)
+    assert encoded == [5, 2]  # b.py alone, its two sections now
+    assert [s.qualname for s in edited.sections] == ["add", "sub", "mul", "neg", "Box",
+                                                      "Box.get"]
+    (app / "d.py").write_text("def div(a, b):\n    return a / b\n")
+    assert "div" in {s.qualname for s in r.index(app).sections} and encoded == [5, 2, 1]
+    (app / "a.py").unlink()
+    removed = r.index(app)
+    assert encoded == [5, 2, 1]  # a deleted file costs no encoding
+    assert {s.file for s in removed.sections} == {"b.py", "pkg/c.py", "d.py"}
+    encoded.clear()
+    scratch = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "scratch",
+                                        late_interaction=late).index(app)
+    _same(removed, scratch)  # as if built from scratch
+    if late:
+        ours, theirs = removed.vectors.encoded, scratch.vectors.encoded
+        np.testing.assert_array_equal(ours.offsets, theirs.offsets)
+        np.testing.assert_allclose(ours.tokens.astype(np.float32),
+                                   theirs.tokens.astype(np.float32), atol=1e-2)
+    encoded.clear()
+    again = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache",
+                                      late_interaction=late).index(app)
+    assert encoded == []  # a new process on the unchanged app encodes nothing
+    _same(again, removed)
+
+
+def test_a_moved_file_is_a_new_entry_and_a_touched_one_is_not(tiny_model, app, tmp_path,
+                                                              encoded):
+    r = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache")
+    r.index(app)
+    os.utime(app / "a.py", ns=(1, 1))  # same text, new mtime: read again, not encoded
+    r.index(app)
+    assert encoded == [5]
+    (app / "a.py").rename(app / "e.py")  # the path is part of every section's text
+    assert {s.file for s in r.index(app).sections} == {"e.py", "b.py", "pkg/c.py"}
+    assert encoded == [5, 2]
+
+
+def test_a_file_that_does_not_parse_is_reported_from_the_cache_too(tiny_model, app, tmp_path):
+    (app / "broken.py").write_text("def broken(:\n")
+    for _ in range(2):  # built, then read from the cache by a new process
+        index = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache").index(app)
+        assert [rel for rel, _ in index.report.skipped] == ["broken.py"]
+        assert "syntax_error" in index.report.skipped[0][1]
+        assert index.report.files_parsed == 3 and len(index.sections) == 5
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "another file's entry"])
+def test_a_bad_entry_is_recomputed_never_trusted(tiny_model, app, tmp_path, encoded, damage):
+    cache = tmp_path / "cache"
+    first = Retriever.from_pretrained(tiny_model, cache_dir=cache).index(app)
+    entries = {p.stat().st_size: p for p in cache.rglob("*.npz")}
+    assert len(entries) == 3
+    victim = next(p for p in cache.rglob("*.npz"))
+    if damage == "garbage":
+        victim.write_bytes(b"not an npz")
+    elif damage == "truncated":
+        victim.write_bytes(victim.read_bytes()[:200])
+    else:
+        victim.write_bytes(next(p for p in cache.rglob("*.npz") if p != victim).read_bytes())
+    encoded.clear()
+    again = Retriever.from_pretrained(tiny_model, cache_dir=cache).index(app)
+    assert len(encoded) == 1 and encoded[0] in (1, 2)  # that file alone
+    _same(again, first)
+    encoded.clear()
+    Retriever.from_pretrained(tiny_model, cache_dir=cache).index(app)
+    assert encoded == []  # rewritten whole
+
+
+INDEXER = """
+import sys
+import numpy as np
+from cetd_phase1.retrieve import Retriever
+index = Retriever.from_pretrained(sys.argv[1], cache_dir=sys.argv[2]).index(sys.argv[3])
+np.save(sys.argv[4], index.embeddings)
+"""
+
+
+def test_two_processes_index_one_app_at_once(tiny_model, app, tmp_path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", INDEXER, str(tiny_model), str(cache),
+                               str(app), str(tmp_path / f"out{i}.npy")], env=env,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    outs = [np.load(tmp_path / f"out{i}.npy") for i in range(2)]
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+    assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]  # no torn files
+    index = Retriever.from_pretrained(tiny_model, cache_dir=cache).index(app)
+    np.testing.assert_allclose(index.embeddings, outs[0], atol=1e-6)

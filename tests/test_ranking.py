@@ -1,0 +1,82 @@
+"""The ranking settings saved beside a checkpoint (one place for their defaults and checks), and
+what they do to the scores."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cetd_phase1.errors import CETDError
+from cetd_phase1.ranking.settings import RANKING_CONFIG, RankingConfig
+
+
+def test_saved_settings_round_trip_and_a_plain_folder_has_the_defaults(tmp_path):
+    settings = RankingConfig(section_chunks=8, late_interaction=0.75, hybrid_weight=0.8,
+                             class_penalty=0.3)
+    settings.save(tmp_path)
+    assert json.loads((tmp_path / RANKING_CONFIG).read_text())["late_interaction"] == 0.75
+    assert RankingConfig.load(tmp_path) == settings
+    assert RankingConfig.load(tmp_path / "backbone") == RankingConfig()
+    assert settings.override(class_penalty=0.0, late_interaction=None) == RankingConfig(
+        section_chunks=8, late_interaction=0.75, hybrid_weight=0.8, class_penalty=0.0)
+
+
+def test_a_checkpoint_from_before_the_settings_file_ranks_as_its_config_says(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "cetd_retriever", "pooling": "mean", "section_chunks": 4,
+        "late_interaction": 0.5, "hybrid_weight": 0.8, "class_penalty": 0.3}))
+    assert RankingConfig.load(tmp_path) == RankingConfig(4, 0.5, 0.8, 0.3)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert",
+                                                      "section_chunks": 4}))
+    assert RankingConfig.load(tmp_path) == RankingConfig()  # another model's keys are not ours
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"section_chunks": 0}, "section_chunks must be an integer >= 1"),
+    ({"section_chunks": 2.5}, "section_chunks must be an integer >= 1"),
+    ({"late_interaction": 1.5}, r"late_interaction must be in \[0, 1\]"),
+    ({"hybrid_weight": float("nan")}, r"hybrid_weight must be in \[0, 1\]"),
+    ({"class_penalty": float("inf")}, "class_penalty must be a number >= 0"),
+])
+def test_out_of_range_settings_are_refused_wherever_they_come_from(tmp_path, values, message):
+    with pytest.raises(CETDError, match=message):
+        RankingConfig(**values)
+    with pytest.raises(CETDError, match=message):
+        RankingConfig().override(**values)
+    (tmp_path / RANKING_CONFIG).write_text(json.dumps(values))
+    with pytest.raises(CETDError, match=f"{RANKING_CONFIG}: {message}"):
+        RankingConfig.load(tmp_path)
+
+
+def test_a_bad_settings_file_names_itself_and_the_key(tmp_path):
+    (tmp_path / RANKING_CONFIG).write_text('{"late_interation": 0.5}')
+    with pytest.raises(CETDError, match="unknown ranking settings .*late_interation"):
+        RankingConfig.load(tmp_path)
+    (tmp_path / RANKING_CONFIG).write_text("{not json")
+    with pytest.raises(CETDError, match="unreadable ranking settings"):
+        RankingConfig.load(tmp_path)
+
+
+def _unit(rng, n, d=8):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_a_shortlist_runs_maxsim_on_the_best_pooled_sections_only():
+    from cetd_phase1.ranking.encode import Encoded
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 6, size=12)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    texts = Encoded(_unit(rng, 12), _unit(rng, int(offsets[-1])).astype(np.float16), offsets)
+    query = Encoded(_unit(rng, 1), _unit(rng, 3).astype(np.float16), np.array([0, 3]))
+    exhaustive = texts.scores(query, 0.5)[0]
+    assert np.array_equal(texts.scores(query, 0.5, shortlist=12)[0], exhaustive)
+    short = texts.scores(query, 0.5, shortlist=4)[0]
+    cosine = (query.pooled @ texts.pooled.T)[0]
+    top = np.argsort(-cosine)[:4]
+    np.testing.assert_allclose(short[top], exhaustive[top], atol=1e-6)  # exact where read
+    rest = np.setdiff1d(np.arange(12), top)
+    assert np.array_equal(np.argsort(-short[rest]), np.argsort(-cosine[rest]))  # pooled order
+    with pytest.raises(CETDError, match="shortlist must be an integer >= 0"):
+        RankingConfig(shortlist=-1)
