@@ -93,34 +93,11 @@ def _build_from_args(args: argparse.Namespace):
     return dd, report
 
 
-def _print_report(report) -> None:
-    from collections import Counter
-
-    reasons: Counter = Counter()
-    for r in report.extraction:
-        reasons.update(r.counts_by_reason())
-        for path, reason in r.skipped:
-            print(f"skipped {r.app}/{path}: {reason}")
-    files = sum(r.files_parsed for r in report.extraction)
-    sections = sum(r.sections for r in report.extraction)
-    by_reason = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "none"
-    print(f"extraction: {len(report.extraction)} apps, {files} files, {sections} sections; "
-          f"skipped files by reason: {by_reason}")
-    for reason, n in sorted(report.skipped_examples.items()):
-        print(f"examples dropped ({reason}): {n}")
-    _print_problems(report)
-
-
-def _print_problems(report, file=None) -> None:
-    for app, message, is_error in report.problems:
-        print(f"{'error' if is_error else 'warning'}: {app}: {message}", file=file)
-
-
 @command("build-data", "Build (or load from cache) the labelled Arrow dataset and show the "
          "extraction report.", _add_data_args)
 def run_build_data(args: argparse.Namespace) -> int:
     dd, report = _build_from_args(args)
-    _print_report(report)
+    print("\n".join(report.summary_lines()))
     for split, ds in dd.items():
         print(f"{split}: {ds.num_rows} rows, {len(set(ds['query_id']))} requirements, "
               f"{len(set(ds['app_id']))} apps")
@@ -140,7 +117,8 @@ def run_validate_data(args: argparse.Namespace) -> int:
     result = validate_dataset(dd)
     print(json.dumps(result.stats, indent=2))  # stdout holds the JSON alone, for a pipe
     # the label-file errors that make the exit code 1 without leakage
-    _print_problems(report, file=sys.stderr)
+    for line in report.problem_lines():
+        print(line, file=sys.stderr)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     for v in result.violations:

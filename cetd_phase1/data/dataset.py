@@ -61,6 +61,28 @@ class BuildReport:
         return json.dumps({"extraction": [asdict(r) for r in self.extraction],
                            "problems": self.problems, "skipped_examples": self.skipped_examples})
 
+    def problem_lines(self) -> list[str]:
+        return [f"{'error' if is_error else 'warning'}: {app}: {message}"
+                for app, message, is_error in self.problems]
+
+    def summary_lines(self) -> list[str]:
+        """What ``build-data`` prints: every skipped file, the counts, the problems."""
+        from collections import Counter
+
+        reasons: Counter = Counter()
+        lines = []
+        for r in self.extraction:
+            reasons.update(r.counts_by_reason())
+            lines += [f"skipped {r.app}/{path}: {reason}" for path, reason in r.skipped]
+        files = sum(r.files_parsed for r in self.extraction)
+        sections = sum(r.sections for r in self.extraction)
+        by_reason = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "none"
+        lines.append(f"extraction: {len(self.extraction)} apps, {files} files, {sections} "
+                     f"sections; skipped files by reason: {by_reason}")
+        lines += [f"examples dropped ({reason}): {n}"
+                  for reason, n in sorted(self.skipped_examples.items())]
+        return lines + self.problem_lines()
+
     def load_json(self, text: str) -> None:
         """Fill an empty report from :meth:`to_json` output (a build served from cache)."""
         import json
