@@ -1,16 +1,16 @@
 """Index build, re-index after a one-file edit, index size and per-query latency (query encoding
 included) at several app sizes.
 
-Apps are copies of installed code: ``logging`` (~300 sections) and ``asyncio`` + ``xml`` side by
-side (~2,000 sections) from the standard library; with ``--scale`` also ``torch/_inductor`` and
-``transformers`` (tens of thousands of sections: an hour or more of encoding on 2 CPU cores).
+Apps are copies of installed code (``--apps``): ``logging`` (~300 sections) and ``asyncio`` +
+``xml`` side by side (~2,000 sections) from the standard library, ``torch/_inductor`` (~12,000)
+and ``transformers`` (~55,000: hours of encoding on 2 CPU cores).
 Each app is indexed (timed), one file is edited and the app re-indexed (timed), a few warm-up
 queries run, then every query is timed end to end through ``Retriever.retrieve``: source change
 check, query encoding, scoring (the hybrid dense + BM25 score ``retrieve`` serves, or the dense
 score alone with ``--dense-only``) and top-k selection.
 
     python bench/retrieve_latency.py [--checkpoint DIR] [--queries 50] [--dense-only]
-        [--query-threads 1] [--section-chunks N] [--scale] [--json FILE]
+        [--query-threads 1] [--section-chunks N] [--apps logging asyncio+xml ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -31,17 +31,19 @@ from cetd_phase1.data.labels import first_paragraph
 from cetd_phase1.retrieve import Retriever
 
 
-def build_apps(workdir: Path, scale: bool) -> dict[str, Path]:
-    """``{label: app folder}``: copies (one file of each is edited), several packages side by
-    side in one folder."""
+def app_sources() -> dict[str, list[Path]]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     site = Path(sysconfig.get_paths()["purelib"])
-    apps = {"logging": [stdlib / "logging"], "asyncio+xml": [stdlib / "asyncio", stdlib / "xml"]}
-    if scale:
-        apps.update({"torch/_inductor": [site / "torch" / "_inductor"],
-                     "transformers": [site / "transformers"]})
+    return {"logging": [stdlib / "logging"], "asyncio+xml": [stdlib / "asyncio", stdlib / "xml"],
+            "torch/_inductor": [site / "torch" / "_inductor"],
+            "transformers": [site / "transformers"]}
+
+
+def build_apps(workdir: Path, labels: list[str]) -> dict[str, Path]:
+    """``{label: app folder}``: copies (one file of each is edited), several packages side by
+    side in one folder."""
     out = {}
-    for label, sources in apps.items():
+    for label, sources in ((label, app_sources()[label]) for label in labels):
         folder = workdir / "apps" / label.replace("/", "_")
         for source in sources:
             shutil.copytree(source, folder / source.name,
@@ -84,9 +86,12 @@ def main() -> None:
                         help="texts per long function (default: the checkpoint's own)")
     parser.add_argument("--late-interaction", type=float,
                         help="share of MaxSim in the model's score (default: the checkpoint's)")
-    parser.add_argument("--scale", action="store_true",
-                        help="also torch/_inductor and transformers (tens of thousands of "
-                             "sections; long on a CPU)")
+    parser.add_argument("--shortlists", type=int, nargs="+", metavar="N",
+                        help="time queries once per shortlist (sections MaxSim reads per query; "
+                             "0 = all) on the same index (default: the checkpoint's own)")
+    parser.add_argument("--apps", nargs="+", choices=list(app_sources()),
+                        default=["logging", "asyncio+xml"],
+                        help="apps to measure (default: logging asyncio+xml)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
 
@@ -104,7 +109,7 @@ def main() -> None:
                                               late_interaction=args.late_interaction)
         results["section_chunks"] = retriever.ranking.section_chunks
         results["late_interaction"] = retriever.ranking.late_interaction
-        for label, app in build_apps(Path(tmp), args.scale).items():
+        for label, app in build_apps(Path(tmp), args.apps).items():
             torch.set_num_threads(index_threads)
             start = time.perf_counter()
             index = retriever.index(app)
@@ -115,35 +120,41 @@ def main() -> None:
             reindex_s = time.perf_counter() - start
             torch.set_num_threads(args.query_threads)
             queries = queries_for(retriever, app, args.queries + args.warmup)
-            for q in queries[:args.warmup]:
-                retriever.retrieve(q, app=app, k=args.k)
-            total, encode = [], []
-            for q in queries[args.warmup:]:
-                start = time.perf_counter()
-                retriever.retrieve(q, app=app, k=args.k)
-                total.append((time.perf_counter() - start) * 1000)
-                start = time.perf_counter()
-                retriever.encode_queries([q])
-                encode.append((time.perf_counter() - start) * 1000)
             stored = sum(retriever.store.entry_path(e.key).stat().st_size
                          for e in index.files.entries)
             row = {"sections": len(index.sections), "texts": int(index.embeddings.shape[0]),
                    "index_build_s": round(index_s, 1), "reindex_after_edit_s": round(reindex_s, 2),
                    "index_mb": round(stored / 2**20, 1),
                    "index_kb_per_section": round(stored / 1024 / max(len(index.sections), 1), 1),
-                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                   "queries": len(total),
-                   "median_ms": round(statistics.median(total), 1),
-                   "p95_ms": round(percentile(total, 0.95), 1),
-                   "query_encoding_median_ms": round(statistics.median(encode), 1)}
+                   "queries": len(queries) - args.warmup, "by_shortlist": {}}
+            settings = retriever.ranking
+            for shortlist in args.shortlists or [settings.shortlist]:
+                retriever.ranker.ranking = settings.override(shortlist=shortlist)
+                for q in queries[:args.warmup]:
+                    retriever.retrieve(q, app=app, k=args.k)
+                total, encode = [], []
+                for q in queries[args.warmup:]:
+                    start = time.perf_counter()
+                    retriever.retrieve(q, app=app, k=args.k)
+                    total.append((time.perf_counter() - start) * 1000)
+                    start = time.perf_counter()
+                    retriever.encode_queries([q])
+                    encode.append((time.perf_counter() - start) * 1000)
+                row["by_shortlist"][shortlist] = {
+                    "median_ms": round(statistics.median(total), 1),
+                    "p95_ms": round(percentile(total, 0.95), 1),
+                    "query_encoding_median_ms": round(statistics.median(encode), 1)}
+            retriever.ranker.ranking = settings
+            row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             results["apps"][label] = row
+            timings = "; ".join(f"shortlist {n}: median {t['median_ms']} ms, p95 {t['p95_ms']} ms "
+                                f"(query encoding {t['query_encoding_median_ms']} ms)"
+                                for n, t in row["by_shortlist"].items())
             print(f"{label}: {row['sections']} sections ({row['texts']} texts), index "
                   f"{row['index_build_s']} s, re-index after a one-file edit "
                   f"{row['reindex_after_edit_s']} s, {row['index_mb']} MB on disk "
                   f"({row['index_kb_per_section']} KB a section), peak RSS "
-                  f"{row['peak_rss_mb']} MB; "
-                  f"per query median {row['median_ms']} ms, p95 {row['p95_ms']} ms "
-                  f"(query encoding {row['query_encoding_median_ms']} ms)")
+                  f"{row['peak_rss_mb']} MB; {timings}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Index size against ranking quality for ways of storing late-interaction token vectors.
+"""Index size against ranking quality for ways of storing late-interaction token vectors, and
+for a MaxSim shortlist.
 
-For each codec (token pooling factor, int8 or float16) the validation apps are indexed afresh
-and ranked as served (hybrid) and by the model alone: the feature-request validation half and
-the stdlib validation split. Prints one table: KB of index per section and MRR per benchmark.
+For each variant (token pooling factor, int8 or float16 tokens, ``-p16`` float16 pooled
+vectors; ``@N``: MaxSim reads the N best
+sections by pooled cosine) the validation apps are indexed afresh and ranked as served (hybrid)
+and by the model alone: the feature-request validation half and the stdlib validation split.
+Prints one table: KB of index per section and MRR per benchmark.
 
     python bench/token_compression.py --checkpoint outputs/phase1-minilm/final \
-        [--codecs pool1-f16 pool1-int8 pool2-int8] [--json FILE]
+        [--codecs pool1-f16 pool1-int8 pool2-int8-p16 pool2-int8@100] [--json FILE]
 
 Validation data only: the codec is chosen here, the held-out halves are reported once.
 """
@@ -26,10 +29,11 @@ from feature_requests import prepare
 def parse_codec(name: str):
     from cetd_phase1.ranking.compress import TokenCodec
 
-    pool, _, kind = name.partition("-")
-    if not pool.startswith("pool") or kind not in ("f16", "int8"):
-        raise SystemExit(f"codec {name!r}: expected poolF-f16 or poolF-int8, e.g. pool2-int8")
-    return TokenCodec(pool_factor=float(pool[4:]), int8=kind == "int8")
+    pool, kind, *rest = name.split("@")[0].split("-")
+    if not pool.startswith("pool") or kind not in ("f16", "int8") or rest not in ([], ["p16"]):
+        raise SystemExit(f"codec {name!r}: expected poolF-f16 or poolF-int8, then -p16 for "
+                         f"float16 pooled vectors, e.g. pool2-int8-p16")
+    return TokenCodec(pool_factor=float(pool[4:]), int8=kind == "int8", pooled_f16=bool(rest))
 
 
 def index_bytes(cache: Path) -> int:
@@ -51,8 +55,14 @@ def main() -> int:
 
     apps = prepare("validation", Path(args.fr_cache))
     rows = {}
+    from cetd_phase1.ranking.settings import RankingConfig
+
+    load = RankingConfig.load.__func__
     for name in args.codecs:
         index_lib.DEFAULT_CODEC = parse_codec(name)
+        shortlist = int(name.split("@")[1]) if "@" in name else None
+        RankingConfig.load = classmethod(
+            lambda cls, folder: load(cls, folder).override(shortlist=shortlist))
         with tempfile.TemporaryDirectory(prefix="cetd-codec-") as tmp:
             cache = Path(tmp)
             results, sections = {}, 0

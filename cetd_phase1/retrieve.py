@@ -158,8 +158,8 @@ class Retriever:
     def from_pretrained(cls, path: str | Path, *, section_chunks: int | None = None,
                         late_interaction: float | None = None,
                         hybrid_weight: float | None = None, class_penalty: float | None = None,
-                        max_req_length: int | None = None, max_code_length: int | None = None,
-                        **kwargs: Any) -> "Retriever":
+                        shortlist: int | None = None, max_req_length: int | None = None,
+                        max_code_length: int | None = None, **kwargs: Any) -> "Retriever":
         """Open a trained checkpoint or a plain backbone folder (the untrained baseline) with
         the ranking settings saved beside it, each replaced by its argument when that is given;
         ``max_req_length``/``max_code_length`` replace the token limits the model reads with.
@@ -178,7 +178,7 @@ class Retriever:
             raise CETDError(f"{path}: not a model folder (no config.json)")
         ranking = RankingConfig.load(path).override(
             section_chunks=section_chunks, late_interaction=late_interaction,
-            hybrid_weight=hybrid_weight, class_penalty=class_penalty)
+            hybrid_weight=hybrid_weight, class_penalty=class_penalty, shortlist=shortlist)
         model, tokenizer = load_retriever(path)
         for key, value in (("max_req_length", max_req_length),
                            ("max_code_length", max_code_length)):

@@ -80,3 +80,31 @@ def test_a_shortlist_runs_maxsim_on_the_best_pooled_sections_only():
     assert np.array_equal(np.argsort(-short[rest]), np.argsort(-cosine[rest]))  # pooled order
     with pytest.raises(CETDError, match="shortlist must be an integer >= 0"):
         RankingConfig(shortlist=-1)
+
+
+def test_int8_token_vectors_stay_within_their_rounding_and_pooling_keeps_unit_vectors():
+    from cetd_phase1.ranking.compress import TokenCodec, dequantize, pool_tokens, quantize
+
+    rng = np.random.default_rng(1)
+    tokens = _unit(rng, 50, 16).astype(np.float16)
+    codes, scales = quantize(tokens)
+    assert codes.dtype == np.int8 and scales.shape == (50,)
+    back = dequantize(codes, scales).astype(np.float32)
+    bound = np.abs(tokens.astype(np.float32)).max(axis=1, keepdims=True) / 254 + 1e-3
+    assert (np.abs(back - tokens.astype(np.float32)) <= bound).all()
+
+    pooled = pool_tokens(tokens, 3)
+    assert len(pooled) == 17
+    np.testing.assert_allclose(np.linalg.norm(pooled.astype(np.float32), axis=1), 1, atol=1e-3)
+    twins = np.repeat(tokens[:5], 2, axis=0)  # each vector twice: pooling by 2 keeps each once
+    np.testing.assert_allclose(np.sort(pool_tokens(twins, 2).astype(np.float32), axis=0),
+                               np.sort(tokens[:5].astype(np.float32), axis=0), atol=1e-3)
+
+    codec = TokenCodec(pool_factor=2, int8=True, pooled_f16=True)
+    offsets = np.array([0, 1, 11, 50])  # a one-token text stays one token
+    flat, new = codec.pool(tokens, offsets)
+    assert new.tolist() == [0, 1, 6, 26] and len(flat) == 26
+    arrays = codec.pack(flat)
+    assert set(arrays) == {"token_codes", "token_scales"}
+    np.testing.assert_allclose(codec.unpack(arrays).astype(np.float32),
+                               flat.astype(np.float32), atol=1e-2)

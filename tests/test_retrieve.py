@@ -23,6 +23,16 @@ from cetd_phase1.retrieve import Retriever, resolve_app  # noqa: E402
 QUERY = "Multiply two numbers together"
 
 
+@pytest.fixture(autouse=True)
+def lossless_index(monkeypatch):
+    """These tests check scores against their formulas: the index keeps every token vector in
+    float16 and pooled vectors in float32 (the compact default is tested in test_index.py)."""
+    from cetd_phase1 import index
+    from cetd_phase1.ranking.compress import TokenCodec
+
+    monkeypatch.setattr(index, "DEFAULT_CODEC", TokenCodec())
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")

@@ -19,14 +19,21 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TokenCodec:
-    """How an index stores token vectors: ``pool_factor`` (1 = every token) and ``int8``."""
+    """How an index stores vectors: token vectors pooled by ``pool_factor`` (1 = every token)
+    and as ``int8`` (else float16); the pooled embeddings as float16 when ``pooled_f16`` (else
+    float32)."""
 
     pool_factor: float = 1.0
     int8: bool = False
+    pooled_f16: bool = False
 
     @property
     def name(self) -> str:
-        return f"pool{self.pool_factor:g}-{'int8' if self.int8 else 'f16'}"
+        return (f"pool{self.pool_factor:g}-{'int8' if self.int8 else 'f16'}"
+                + ("-p16" if self.pooled_f16 else ""))
+
+    def pack_pooled(self, pooled: np.ndarray) -> np.ndarray:
+        return pooled.astype(np.float16 if self.pooled_f16 else np.float32)
 
     def pool(self, tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every text's tokens pooled to ``ceil(n / pool_factor)`` vectors, with new offsets."""
