@@ -242,13 +242,10 @@ def _ranking_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _ranking_overrides(args: argparse.Namespace) -> dict:
-    """The ranking flags given, checked before any model loads."""
-    from cetd_phase1.ranking.settings import RankingConfig
-
-    values = dict(section_chunks=args.section_chunks, late_interaction=args.late_interaction,
-                  class_penalty=args.class_penalty)
-    RankingConfig().override(**values)
-    return values
+    """The ranking flags (``None``: not given); their ranges are checked where they replace
+    the checkpoint's settings, before its model loads."""
+    return dict(section_chunks=args.section_chunks, late_interaction=args.late_interaction,
+                class_penalty=args.class_penalty)
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -341,8 +338,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
     from cetd_phase1.errors import check_requirement
     from cetd_phase1.retrieve import Retriever
 
-    check_requirement(args.requirement)  # these checks come before the model loads
-    overrides = _ranking_overrides(args)
+    check_requirement(args.requirement)  # before the model loads
     checkpoint = args.checkpoint
     if checkpoint is None:  # say which model ranks: the untrained one must not pass for trained
         trained = (TRAINED_DEFAULT / "config.json").is_file()
@@ -352,7 +348,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
               file=sys.stderr)
     retriever = Retriever.from_pretrained(checkpoint, cache_dir=args.cache_dir,
                                           hybrid=not args.dense_only, show_progress=True,
-                                          **overrides)
+                                          **_ranking_overrides(args))
     hits = retriever.retrieve(args.requirement, app=args.app, k=args.k)
     report = retriever.index(args.app).report  # in memory since retrieve built it
     for path, reason in report.skipped:  # their sections are missing from the ranking

@@ -25,7 +25,7 @@ import numpy as np
 
 from cetd_phase1.atomic import atomic_write
 from cetd_phase1.data.sections import (DEFAULT_MAX_FILE_BYTES, ExtractionReport, Section,
-                                       iter_python_files, read_source, sections_from_source)
+                                       iter_python_files, parse_sections, read_source)
 from cetd_phase1.ranking.compress import TokenCodec
 
 if TYPE_CHECKING:  # the encoder imports torch; a warm index is read without it
@@ -81,10 +81,9 @@ class FileIndex:
 class IndexStore:
     """Reads and writes the per-file entries of one checkpoint, encoding what is missing."""
 
-    def __init__(self, folder: Path, ranker: FullAppRanker, show_progress: bool = False,
-                 codec: TokenCodec | None = None) -> None:
+    def __init__(self, folder: Path, ranker: FullAppRanker, show_progress: bool = False) -> None:
         self.folder, self.ranker, self.show_progress = folder, ranker, show_progress
-        self.codec = codec or DEFAULT_CODEC
+        self.codec = DEFAULT_CODEC
         r = ranker.ranking
         late = self.codec.name if r.late_interaction else "pooled"
         self._salt = (f"{INDEX_VERSION}\0{folder.name}\0{ranker.max_code_length}\0"
@@ -120,12 +119,9 @@ class IndexStore:
                 else:
                     slots.append((rel, old.entry))
                 continue
-            refused = ExtractionReport(app=name)
-            text = read_source(path, rel, refused, max_file_bytes)
-            if text is None:
-                reason = refused.skipped[0][1]
-                report.skip(rel, reason)
-                seen[rel] = _Seen(st.st_size, st.st_mtime_ns, None, reason)
+            text = read_source(path, rel, report, max_file_bytes)
+            if text is None:  # read_source recorded why in the report
+                seen[rel] = _Seen(st.st_size, st.st_mtime_ns, None, report.skipped[-1][1])
                 continue
             key = self.key(rel, text)
             entry = old.entry if old is not None and old.entry is not None \
@@ -209,13 +205,8 @@ class IndexStore:
         parsed: dict[str, tuple[list[Section], str, int, np.ndarray]] = {}
         texts: list[str] = []
         for rel, (_, text) in pending.items():
-            try:
-                sections, skip = sections_from_source(text, rel), ""
-            except (SyntaxError, ValueError, RecursionError) as err:
-                line = getattr(err, "lineno", None)
-                sections = []
-                skip = f"syntax_error: {getattr(err, 'msg', err)}" + \
-                    (f" (line {line})" if line else "")
+            sections, problem = parse_sections(text, rel)
+            skip = problem or ""
             file_texts, starts = self.ranker.texts(
                 [(s.file, s.qualname, s.kind, s.encoder_code()) for s in sections])
             parsed[rel] = (sections, skip, len(texts), np.arange(len(sections), dtype=np.int64)
@@ -227,12 +218,12 @@ class IndexStore:
         for (rel, (key, _)), end in zip(pending.items(), ends):
             sections, skip, first, starts = parsed[rel]
             vectors = encoded.take(np.arange(first, end)) if sections else None
-            if vectors is not None:  # as a later process reads it back (below)
+            # held as a later process reads them back: one ranking whichever built the entry
+            if vectors is not None:
                 vectors.pooled = self.codec.pack_pooled(vectors.pooled).astype(np.float32)
-            if vectors is not None and vectors.tokens is not None:
-                tokens, vectors.offsets = self.codec.pool(vectors.tokens, vectors.offsets)
-                # as a later process reads it back: one ranking whichever built the entry
-                vectors.tokens = self.codec.unpack(self.codec.pack(tokens))
+                if vectors.tokens is not None:
+                    tokens, vectors.offsets = self.codec.pool(vectors.tokens, vectors.offsets)
+                    vectors.tokens = self.codec.unpack(self.codec.pack(tokens))
             entry = FileEntry(key, sections, vectors, starts, skip)
             self._save(entry, rel)
             out[rel] = entry

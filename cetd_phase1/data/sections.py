@@ -251,6 +251,17 @@ def _nested_bodies(node: ast.stmt) -> Iterator[list[ast.stmt]]:
         yield case.body
 
 
+def parse_sections(source: str, rel: str) -> tuple[list[Section], str | None]:
+    """:func:`sections_from_source`, or no sections and the skip reason of a file that does
+    not parse (``syntax_error: ... (line N)``)."""
+    try:
+        return sections_from_source(source, rel), None
+    except (SyntaxError, ValueError, RecursionError) as err:
+        line = getattr(err, "lineno", None)
+        where = f" (line {line})" if line else ""
+        return [], f"syntax_error: {getattr(err, 'msg', err)}{where}"
+
+
 def extract_sections(root: Path, app: str | None = None,
                      max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
                      ) -> tuple[list[Section], ExtractionReport]:
@@ -266,12 +277,9 @@ def extract_sections(root: Path, app: str | None = None,
         source = read_source(path, rel, report, max_file_bytes)
         if source is None:
             continue
-        try:
-            found = sections_from_source(source, rel)
-        except (SyntaxError, ValueError, RecursionError) as err:
-            line = getattr(err, "lineno", None)
-            where = f" (line {line})" if line else ""
-            report.skip(rel, f"syntax_error: {getattr(err, 'msg', err)}{where}")
+        found, problem = parse_sections(source, rel)
+        if problem:
+            report.skip(rel, problem)
             continue
         report.files_parsed += 1
         sections.extend(found)
