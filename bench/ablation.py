@@ -74,6 +74,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                     "(dataset.source stdlib, no changelog label source)",
                     {"dataset.source": "stdlib",
                      "dataset.label_sources": ["docstring", "gold", "heuristic"]}),
+    "git2": ("the mined commit labels too (dataset.source stdlib+pypi-changelog+git, label "
+             "source git), of the 2 releases of each repository with the most",
+             {"dataset.source": "stdlib+pypi-changelog+git",
+              "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog", "git"],
+              "dataset.commit_releases_per_repo": 2}),
+    "git4": ("as git2 with 4 releases a repository",
+             {"dataset.source": "stdlib+pypi-changelog+git",
+              "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog", "git"],
+              "dataset.commit_releases_per_repo": 4}),
     "pypi-wide": ("the changelogs of the 37 packages of bench/pypi_packages_wide.yaml instead "
                   "of the 15 pinned ones (dataset.pypi_packages)",
                   {"dataset.pypi_packages": str(REPO / "bench" / "pypi_packages_wide.yaml")}),

@@ -81,10 +81,13 @@ class TrainingSection:
 
 @dataclass
 class DatasetSection:
-    # stdlib | stdlib+pypi-changelog | folder or manifest of apps | postgres | URL
+    # stdlib | stdlib+pypi-changelog[+git] | folder or manifest of apps | postgres | URL
     source: str = "stdlib"
     # the pinned PyPI packages of stdlib+pypi-changelog (None: data/pypi_packages.yaml)
     pypi_packages: str | None = None
+    # stdlib+pypi-changelog+git: the labels of this many releases a repository, those with
+    # the most (None: all releases; each is one source distribution to fetch)
+    commit_releases_per_repo: int | None = None
     train_file: str | None = None  # the seed's name for the data source (a folder of apps)
     val_split: float | None = 0.1  # apps are split by name hash, 70/10/20
     max_code_length: int = MAX_CODE_LENGTH  # tokens; the seed's 2048/512 suit Qwen, not MiniLM
@@ -273,10 +276,16 @@ def validate(cfg: Phase1Config) -> None:
         raise CETDError(f"{p}: dataset.train_file: the seed's JSONL of examples is built here "
                         f"from the applications; name the apps instead (dataset.source: stdlib, "
                         f"a folder of apps, or postgres)")
-    from cetd_phase1.data.registry import PYPI_SOURCE
-    if d.pypi_packages and cfg.data_source != PYPI_SOURCE:
+    from cetd_phase1.data.registry import COMMITS_SOURCE, PYPI_SOURCE
+    if d.pypi_packages and cfg.data_source not in (PYPI_SOURCE, COMMITS_SOURCE):
         raise CETDError(f"{p}: dataset.pypi_packages is read by dataset.source: {PYPI_SOURCE} "
-                        f"only, not {cfg.data_source!r}")
+                        f"or {COMMITS_SOURCE} only, not {cfg.data_source!r}")
+    if d.commit_releases_per_repo is not None and cfg.data_source != COMMITS_SOURCE:
+        raise CETDError(f"{p}: dataset.commit_releases_per_repo is read by dataset.source: "
+                        f"{COMMITS_SOURCE} only, not {cfg.data_source!r}")
+    if d.commit_releases_per_repo is not None and d.commit_releases_per_repo < 1:
+        raise CETDError(f"{p}: dataset.commit_releases_per_repo must be at least 1, got "
+                        f"{d.commit_releases_per_repo}")
     from cetd_phase1.data.labels import LABEL_SOURCES
     unknown = [s for s in d.label_sources if s not in LABEL_SOURCES]
     if unknown:

@@ -147,7 +147,8 @@ def run(cli: argparse.Namespace) -> int:
     # 3. Data: labelled pairs per split, and every section of every app (the ranking pools).
     d = cfg.dataset
     with probe.main_process_first(desc="building the dataset"):
-        registry = registry_for(cfg.data_source, pypi_packages=d.pypi_packages)
+        registry = registry_for(cfg.data_source, pypi_packages=d.pypi_packages,
+                                commit_releases_per_repo=d.commit_releases_per_repo)
         pairs = build_dataset(registry=registry, hard_negatives=d.hard_negatives,
                               random_negatives=d.random_negatives, max_positives=d.max_positives,
                               label_sources=tuple(d.label_sources), cache_dir=d.cache_dir,

@@ -123,7 +123,12 @@ def test_unknown_section_fails(tmp_path):
      "ranking.class_penalty must be a number >= 0"),
 
     ("val_split: 0.1", "val_split: 0.1\n  pypi_packages: more.yaml",
-     "dataset.pypi_packages is read by dataset.source: stdlib\\+pypi-changelog only"),
+     "dataset.pypi_packages is read by dataset.source: stdlib\\+pypi-changelog or "
+     "stdlib\\+pypi-changelog\\+git only"),
+    ("val_split: 0.1", "val_split: 0.1\n  commit_releases_per_repo: 2",
+     "dataset.commit_releases_per_repo is read by dataset.source: stdlib\\+pypi-changelog\\+git"),
+    ("val_split: 0.1", "val_split: 0.1\n  source: stdlib+pypi-changelog+git\n"
+     "  commit_releases_per_repo: 0", "dataset.commit_releases_per_repo must be at least 1"),
     ("val_split: 0.1", "val_split: 0.1\n  source: stdlib+pypi\n  pypi_packages: more.yaml",
      "dataset.pypi_packages .* not 'stdlib\\+pypi'"),
     ("val_split: 0.1", "val_split: 0.1\n  label_sources: [docstring, docstrings]",

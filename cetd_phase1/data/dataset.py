@@ -250,7 +250,7 @@ def source_fingerprint(registry: Registry) -> str:
     h = hashlib.sha256(registry.describe().encode())
     here = Path(__file__).parent
     for name in ("sections.py", "labels.py", "dataset.py", "git_history.py", "commits.py",
-                 "changelog.py"):
+                 "changelog.py", "commit_labels.py"):
         if (here / name).is_file():
             h.update((here / name).read_bytes())
     for app in registry.apps():
@@ -259,7 +259,7 @@ def source_fingerprint(registry: Registry) -> str:
         changelog = None if root.is_file() else find_changelog(root)
         paths = [root] if root.is_file() else sorted(
             p for p in root.rglob("*")
-            if p.suffix in (".py", ".md", ".yaml") and "__pycache__" not in p.parts)
+            if p.suffix in (".py", ".md", ".yaml", ".json") and "__pycache__" not in p.parts)
         paths += [changelog] if changelog is not None else []
         for p in paths:
             try:
@@ -271,14 +271,17 @@ def source_fingerprint(registry: Registry) -> str:
 
 
 def registry_for(source: str | Path | None, database_url: str | None = None,
-                 pypi_packages: str | Path | None = None) -> Registry:
+                 pypi_packages: str | Path | None = None,
+                 commit_releases_per_repo: int | None = None) -> Registry:
     """``"stdlib"`` (default), ``stdlib+pypi-changelog`` (with ``pypi_packages``, a pinned
-    list other than ``data/pypi_packages.yaml``), a folder/manifest of apps, or ``postgres``/a
-    database URL."""
+    list other than ``data/pypi_packages.yaml``), ``stdlib+pypi-changelog+git`` (and at most
+    the mined commit labels of ``commit_releases_per_repo`` releases a repository), a folder/manifest of apps, or
+    ``postgres``/a database URL."""
     from cetd_phase1.data.registry import registry_from
 
     return registry_from(None if source is None else str(source), database_url,
-                         pypi_packages=pypi_packages)
+                         pypi_packages=pypi_packages,
+                         commit_releases_per_repo=commit_releases_per_repo)
 
 
 def _build(config_name: str, source, registry, cache_dir, report, heuristic,

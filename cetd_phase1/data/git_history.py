@@ -30,6 +30,7 @@ import tokenize
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -138,11 +139,13 @@ def _is_code_line(text: str) -> bool:
 
 # -- git -------------------------------------------------------------------------------------
 
-class _Git:
+class GitRepo:
     """The ``git`` CLI run in the application folder (paths and pathspecs relative to it)."""
 
-    def __init__(self, app_dir: Path) -> None:
+    def __init__(self, app_dir: Path, bare: bool = False) -> None:
         self.app_dir = app_dir
+        # a bare repository (a mirror) has no work tree, so ``rev:./path`` cannot be used
+        self._blob_prefix = "" if bare else "./"
         self._parsed: dict[tuple[str, str], _ParsedFile | None] = {}
 
     def run(self, *args: str) -> bytes:
@@ -164,7 +167,7 @@ class _Git:
         parse."""
         if (rev, path) not in self._parsed:
             try:
-                data = self.run("cat-file", "blob", f"{rev}:./{path}")
+                data = self.run("cat-file", "blob", f"{rev}:{self._blob_prefix}{path}")
             except CETDError:
                 self._parsed[rev, path] = None
             else:
@@ -218,12 +221,20 @@ def _app_file(path: str | None) -> bool:
     return not is_test_path(rel) and not any(p.startswith(".") for p in rel.parts)
 
 
-def _touched(git: _Git, parent: str, commit: str, diffs: list[_FileDiff]
-             ) -> tuple[set[tuple[str, str]], set[str]]:
-    """Sections a commit touches as ``(parent path or new path, qualname)`` pairs, and the
-    parent-side ``file::qualname`` keys among them."""
+@dataclass(frozen=True)
+class _Touched:
+    """The sections one commit changed."""
+
+    sections: set[tuple[str, str]]  # (parent path or new path, qualname)
+    at_parent: set[str]  # ``file::qualname`` keys of those that exist at the parent
+    at_commit: set[str]  # ... and of those that exist at the commit itself
+
+
+def _touched(git: GitRepo, parent: str, commit: str, diffs: list[_FileDiff]) -> _Touched:
+    """Sections a commit touches, on both sides of its diff."""
     touched: set[tuple[str, str]] = set()
     at_parent: set[str] = set()
+    at_commit: set[str] = set()
     for fd in diffs:
         old = git.parsed(parent, fd.old_path) if fd.old_path else None
         new = git.parsed(commit, fd.new_path) if fd.new_path else None
@@ -240,7 +251,9 @@ def _touched(git: _Git, parent: str, commit: str, diffs: list[_FileDiff]
         touched.update((name, q) for q in quals)
         if old is not None:
             at_parent.update(f"{fd.old_path}::{q}" for q in quals & old.qualnames)
-    return touched, at_parent
+        if new is not None:
+            at_commit.update(f"{fd.new_path}::{q}" for q in quals & new.qualnames)
+    return _Touched(touched, at_parent, at_commit)
 
 
 def mine_commits(repo_dir: Path, app_subdir: str = "", *, max_sections: int = 8,
@@ -266,7 +279,7 @@ def mine_commits(repo_dir: Path, app_subdir: str = "", *, max_sections: int = 8,
     if rev_range.startswith("-"):
         raise CETDError(f"{rev_range!r}: a revision range cannot start with '-'")
     report = report if report is not None else MiningReport(app=app_dir.name)
-    git = _Git(app_dir)
+    git = GitRepo(app_dir)
     git.run("rev-parse", "--show-toplevel")  # a clear error outside a work tree
     try:
         head = git.run("rev-parse", "--verify", "--quiet", "HEAD^{commit}").decode().strip()
@@ -299,9 +312,10 @@ def mine_commits(repo_dir: Path, app_subdir: str = "", *, max_sections: int = 8,
     return pairs
 
 
-def _mine_one(git: _Git, sha: str, parents: list[str], message: str, head: str,
-              max_sections: int) -> MinedPair | str:
-    """The pair one commit gives, or the reason it gives none."""
+def screen_commit(git: GitRepo, sha: str, parents: list[str], message: str, max_sections: int,
+                  is_code: Callable[[str | None], bool] = _app_file) -> _Touched | str:
+    """The sections one commit changed in files ``is_code`` accepts, or the reason the commit
+    is not a requirement (merge, message rules, no or too many changed sections)."""
     if len(parents) > 1:
         return "merge"
     if not parents:  # the root commit, or the boundary of a shallow clone
@@ -309,33 +323,42 @@ def _mine_one(git: _Git, sha: str, parents: list[str], message: str, head: str,
     reason = classify_subject(" ".join((_paragraphs(message) or [""])[0].split()))
     if reason:
         return reason
-    parent = parents[0]
     diff = git.run("diff", "--no-color", "--no-ext-diff", "--no-textconv", "-U0", "-M",
                    "--src-prefix=a/", "--dst-prefix=b/", "--relative",
-                   parent, sha, "--", ".").decode("utf-8", "replace")
+                   parents[0], sha, "--", ".").decode("utf-8", "replace")
     py = [fd for fd in _parse_unified_diff(diff)
           if (fd.old_path or "").endswith(".py") or (fd.new_path or "").endswith(".py")]
-    app = [fd for fd in py if _app_file(fd.old_path) or _app_file(fd.new_path)]
+    app = [fd for fd in py if is_code(fd.old_path) or is_code(fd.new_path)]
     if not app:
         return ("tests_only" if py and all(is_test_path(PurePosixPath(fd.new_path or fd.old_path))
                                            for fd in py) else "no_python_change")
     try:
-        touched, at_parent = _touched(git, parent, sha, app)
+        touched = _touched(git, parents[0], sha, app)
     except _UNPARSEABLE:
         return "syntax_error"
-    if not touched:
+    if not touched.sections:
         return "no_sections"
-    if len(touched) > max_sections:
+    if len(touched.sections) > max_sections:
         return "too_many_sections"
-    if not at_parent:
+    return touched
+
+
+def _mine_one(git: GitRepo, sha: str, parents: list[str], message: str, head: str,
+              max_sections: int) -> MinedPair | str:
+    """The pair one commit gives, or the reason it gives none."""
+    touched = screen_commit(git, sha, parents, message, max_sections)
+    if isinstance(touched, str):
+        return touched
+    if not touched.at_parent:
         return "no_parent_sections"
-    relevant = tuple(sorted(at_parent))
-    at_head = tuple(k for k in relevant if _exists(git, head, k))
-    return MinedPair(text=commit_text(message), commit=sha, parent=parent, relevant=relevant,
+    relevant = tuple(sorted(touched.at_parent))
+    at_head = tuple(k for k in relevant if exists(git, head, k))
+    return MinedPair(text=commit_text(message), commit=sha, parent=parents[0], relevant=relevant,
                      relevant_at_head=at_head)
 
 
-def _exists(git: _Git, rev: str, key: str) -> bool:
+def exists(git: GitRepo, rev: str, key: str) -> bool:
+    """Whether the section ``file::qualname`` is defined at ``rev``."""
     path, qual = key.split("::", 1)
     try:
         parsed = git.parsed(rev, path)

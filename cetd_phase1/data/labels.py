@@ -230,12 +230,15 @@ class HeuristicLabeler:
 
 
 def git_examples(app_root: Path, sections: Sequence[Section]) -> AppLabels:
-    """Commit descriptions -> the sections each commit changed that still exist in the pool.
+    """Commit descriptions -> the sections each commit changed that exist in the pool.
 
-    An app outside a git work tree gives no examples and a warning, not an error: the source is
+    Read from the app's ``commit_labels.json`` when it has one (labels mined beforehand, as
+    ``commit_labels.py`` lays out PyPI releases), else mined from the git repository the app
+    lives in. An app with neither gives no examples and a warning, not an error: the source is
     opt-in and most app folders are plain copies.
     """
     from cetd_phase1.errors import CETDError
+    from cetd_phase1.data.commit_labels import read_app_labels
     from cetd_phase1.data.git_history import mine_commits
 
     result = AppLabels()
@@ -243,15 +246,17 @@ def git_examples(app_root: Path, sections: Sequence[Section]) -> AppLabels:
     if root.is_file():
         return result
     try:
-        pairs = mine_commits(root)
+        pairs = read_app_labels(root)
+        if pairs is None:
+            pairs = [(p.text, list(p.relevant_at_head)) for p in mine_commits(root)]
     except CETDError as err:
         result.problems.append(LabelProblem(str(root), f"git history: {err}", is_error=False))
         return result
     known = {s.key for s in sections}
-    for pair in pairs:
-        keys = [k for k in pair.relevant_at_head if k in known]
+    for text, relevant in pairs:
+        keys = [k for k in relevant if k in known]
         if keys:
-            result.examples.append(Example(pair.text, keys, "git"))
+            result.examples.append(Example(text, keys, "git"))
     return result
 
 

@@ -66,6 +66,61 @@ def fetch_sdist(spec: str, sdists: Path) -> Path:
     return found
 
 
+SIMPLE_INDEX = "https://pypi.org/simple"
+
+
+def sdist_files(project: str, index: str = SIMPLE_INDEX) -> dict[str, dict]:
+    """Version -> ``{"url", "sha256"}`` of every source distribution of ``project`` on PyPI
+    (the JSON simple API, PEP 691)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{index}/{project}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            files = json.load(response)["files"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as err:
+        raise CETDError(f"cannot list {project} on PyPI: {err}") from None
+    out = {}
+    for f in files:
+        name = f["filename"]
+        if f.get("yanked") or not name.endswith(".tar.gz") or "sha256" not in f.get("hashes", {}):
+            continue
+        out[name.removesuffix(".tar.gz").rpartition("-")[2]] = {"url": f["url"],
+                                                                "sha256": f["hashes"]["sha256"]}
+    return out
+
+
+def download_sdist(project: str, version: str, sdists: Path, index: str = SIMPLE_INDEX) -> Path:
+    """The ``.tar.gz`` of ``project==version``, downloaded once into ``sdists`` and checked
+    against PyPI's sha256. Fetched directly, not with ``pip download``, which would run each
+    package's build backend to read metadata that is not needed here."""
+    import hashlib
+    import os
+    import urllib.request
+
+    sdists.mkdir(parents=True, exist_ok=True)
+    target = sdists / f"{project.lower()}-{version}.tar.gz"
+    if target.is_file():
+        return target
+    info = sdist_files(project, index).get(version)
+    if info is None:
+        raise CETDError(f"{project}=={version}: no source distribution on PyPI")
+    try:
+        with urllib.request.urlopen(info["url"], timeout=300) as response:
+            data = response.read()
+    except OSError as err:
+        raise CETDError(f"cannot download {project}=={version} from PyPI: {err}") from None
+    if hashlib.sha256(data).hexdigest() != info["sha256"]:
+        raise CETDError(f"{project}=={version}: the download does not match PyPI's sha256")
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    partial.write_bytes(data)
+    partial.replace(target)
+    return target
+
+
 def import_root(tree: Path) -> Path:
     """The top-level package (or single module) with the most Python files outside tests/docs."""
     candidates = []
@@ -116,6 +171,39 @@ def lay_out(spec: str, sdists: Path, apps_dir: Path) -> Path:
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    return app
+
+
+def lay_out_release(project: str, version: str, sdists: Path, apps_dir: Path) -> Path:
+    """``apps_dir/NAME==VER/``: the source distribution's tree (its root is the repository's,
+    so ``file::qualname`` keys mined from history match), without docs/examples/scripts
+    folders; made once."""
+    from cetd_phase1.data.commit_labels import NOT_PACKAGE_DIRS
+
+    app = apps_dir / f"{project}=={version}"
+    if app.is_dir():
+        return app
+    sdist = download_sdist(project, version, sdists)
+    staging = Path(tempfile.mkdtemp(dir=apps_dir))
+    try:
+        try:
+            with tarfile.open(sdist) as tf:
+                tf.extractall(staging, filter="data")
+        except (tarfile.TarError, OSError) as err:
+            raise CETDError(f"{sdist}: cannot unpack: {err}") from None
+        trees = [p for p in staging.iterdir() if p.is_dir()]
+        if len(trees) != 1:
+            raise CETDError(f"{sdist}: expected one top-level folder, found {len(trees)}")
+        for folder in trees[0].iterdir():
+            if folder.is_dir() and folder.name in NOT_PACKAGE_DIRS:
+                shutil.rmtree(folder)
+        try:
+            trees[0].rename(app)  # a killed run never leaves a half-laid app behind
+        except OSError:
+            if not app.is_dir():  # else another rank laid out the same release first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return app
 
 

@@ -9,7 +9,9 @@ These sources share one small interface (:class:`Registry`):
   (``postgres.py``, which also creates the table and registers apps in it);
 * :class:`PyPIRegistry` - pinned PyPI source distributions with changelogs (``pypi.py``), all
   in the train split; ``stdlib+pypi-changelog`` is the stdlib with them added
-  (:class:`CombinedRegistry`), their changelog requirements only.
+  (:class:`CombinedRegistry`), their changelog requirements only;
+* :class:`CommitRegistry` - the PyPI releases of the mined commit labels (``commit_labels.py``),
+  train split, their ``git`` labels only (``stdlib+pypi-changelog+git``).
 
 :func:`registry_from` picks one from a config key or command-line option.
 """
@@ -172,6 +174,8 @@ class PyPIRegistry:
         self._apps: list[App] | None = None
 
     def apps(self, split: str | None = None) -> list[App]:
+        if split not in (None, "train"):  # nothing to fetch for evaluation
+            return []
         if self._apps is None:
             from cetd_phase1.data.pypi import prepare_apps, read_packages
 
@@ -184,6 +188,42 @@ class PyPIRegistry:
     def describe(self) -> str:
         only = f"[{','.join(self.label_sources)}]" if self.label_sources else ""
         return f"pypi{only}:{self.packages_file.resolve()}"
+
+
+class CommitRegistry:
+    """The releases the mined commit labels point at (``data/commit_labels.jsonl.gz``), each
+    laid out from its PyPI source distribution with its labels beside the code
+    (``commit_labels.json``, read by the ``git`` label source); train split only.
+
+    ``per_repo`` keeps the releases of each repository with the most labels (all when None):
+    each release is one source distribution to fetch.
+    """
+
+    def __init__(self, labels_file: Path | None = None, cache: Path | None = None,
+                 per_repo: int | None = None,
+                 label_sources: tuple[str, ...] | None = ("git",)) -> None:
+        from cetd_phase1.data.commit_labels import LABELS_FILE
+
+        self.labels_file = Path(labels_file or LABELS_FILE)
+        self.cache = Path(cache) if cache else default_cache_dir() / "pypi"
+        self.per_repo = per_repo
+        self.label_sources = label_sources
+        self._apps: list[App] | None = None
+
+    def apps(self, split: str | None = None) -> list[App]:
+        if split not in (None, "train"):  # nothing to fetch for evaluation
+            return []
+        if self._apps is None:
+            from cetd_phase1.data.commit_labels import prepare_releases, read_labels
+
+            releases = prepare_releases(read_labels(self.labels_file), self.cache, self.per_repo)
+            self._apps = [App(app_id=f"git/{name}", name=f"git:{name}", split="train",
+                              source_path=path, label_sources=self.label_sources)
+                          for name, path in releases]
+        return _filter(self._apps, split)
+
+    def describe(self) -> str:
+        return f"git-labels[{self.per_repo}]:{self.labels_file.resolve()}"
 
 
 class CombinedRegistry:
@@ -207,18 +247,24 @@ class CombinedRegistry:
 #: the source that adds the pinned PyPI packages to the stdlib (train split), and the one label
 #: source their apps give (never their docstrings)
 PYPI_SOURCE = "stdlib+pypi-changelog"
+#: ... and the releases of the mined commit labels, their ``git`` labels only
+COMMITS_SOURCE = "stdlib+pypi-changelog+git"
 _PYPI_LABEL_SOURCES = ("changelog",)
 
 
 def registry_from(source: str | Path | None, database_url: str | None = None,
                   source_roots: Iterable[str | Path] = (),
-                  pypi_packages: str | Path | None = None) -> Registry:
+                  pypi_packages: str | Path | None = None,
+                  commit_releases_per_repo: int | None = None) -> Registry:
     """The registry that a config key or command-line option names.
 
     * ``"stdlib"`` -> :class:`StdlibRegistry`;
     * ``"stdlib+pypi-changelog"`` -> the stdlib plus :class:`PyPIRegistry` (train split), whose
       apps give only their changelog requirements (where the config lists ``changelog``), never
       their docstrings;
+    * ``"stdlib+pypi-changelog+git"`` -> the same plus :class:`CommitRegistry` (at most
+      ``commit_releases_per_repo`` releases a repository), whose apps give their ``git`` labels
+      only;
     * ``"postgres"`` / ``"postgresql"`` -> :class:`PostgresRegistry` on ``database_url``, else
       ``$DATABASE_URL``;
     * a ``postgres://`` or ``postgresql://`` URL -> :class:`PostgresRegistry` on that URL;
@@ -241,9 +287,12 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
         return PostgresRegistry(url, source_roots) if url else StdlibRegistry()
     if source == "stdlib":
         return StdlibRegistry()
-    if source == PYPI_SOURCE:
-        return CombinedRegistry(StdlibRegistry(),
-                                PyPIRegistry(pypi_packages, label_sources=_PYPI_LABEL_SOURCES))
+    if source in (PYPI_SOURCE, COMMITS_SOURCE):
+        registries = [StdlibRegistry(),
+                      PyPIRegistry(pypi_packages, label_sources=_PYPI_LABEL_SOURCES)]
+        if source == COMMITS_SOURCE:
+            registries.append(CommitRegistry(per_repo=commit_releases_per_repo))
+        return CombinedRegistry(*registries)
     if source in ("postgres", "postgresql"):
         if not url:
             raise DatabaseError(f"registry {source!r} needs a database: pass --database-url "
@@ -252,6 +301,7 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
     if source.startswith(("postgres://", "postgresql://")):
         return PostgresRegistry(source, source_roots)
     if source.startswith("stdlib") and not Path(source).exists():
-        raise CETDError(f"unknown data source {source!r}: expected 'stdlib', {PYPI_SOURCE!r}, a "
+        raise CETDError(f"unknown data source {source!r}: expected 'stdlib', {PYPI_SOURCE!r}, "
+                        f"{COMMITS_SOURCE!r}, a "
                         "folder or YAML manifest of apps, 'postgres' or a postgresql:// URL")
     return DirectoryRegistry(Path(source))
