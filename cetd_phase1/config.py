@@ -86,7 +86,7 @@ class DatasetSection:
     # the pinned PyPI packages of stdlib+pypi-changelog (None: data/pypi_packages.yaml)
     pypi_packages: str | None = None
     # stdlib+pypi-changelog+git: the labels of this many releases a repository, those with
-    # the most (None: all releases; each is one source distribution to fetch)
+    # the most (None: commit_labels.RELEASES_PER_REPO; each is one sdist to fetch)
     commit_releases_per_repo: int | None = None
     train_file: str | None = None  # the seed's name for the data source (a folder of apps)
     val_split: float | None = 0.1  # apps are split by name hash, 70/10/20

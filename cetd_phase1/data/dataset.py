@@ -274,9 +274,9 @@ def registry_for(source: str | Path | None, database_url: str | None = None,
                  pypi_packages: str | Path | None = None,
                  commit_releases_per_repo: int | None = None) -> Registry:
     """``"stdlib"`` (default), ``stdlib+pypi-changelog`` (with ``pypi_packages``, a pinned
-    list other than ``data/pypi_packages.yaml``), ``stdlib+pypi-changelog+git`` (and at most
-    the mined commit labels of ``commit_releases_per_repo`` releases a repository), a folder/manifest of apps, or
-    ``postgres``/a database URL."""
+    list other than ``data/pypi_packages.yaml``), ``stdlib+pypi-changelog+git`` (plus the
+    mined commit labels of ``commit_releases_per_repo`` releases a repository), a folder or
+    manifest of apps, or ``postgres``/a database URL."""
     from cetd_phase1.data.registry import registry_from
 
     return registry_from(None if source is None else str(source), database_url,

@@ -84,8 +84,10 @@ def _filter(apps: list[App], split: str | None) -> list[App]:
 class StdlibRegistry:
     """The Python standard library of the running interpreter, split by app-name hash."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None,
+                 label_sources: tuple[str, ...] | None = None) -> None:
         self.root = Path(root or sysconfig.get_paths()["stdlib"])
+        self.label_sources = label_sources
 
     def apps(self, split: str | None = None) -> list[App]:
         found = []
@@ -98,11 +100,12 @@ class StdlibRegistry:
             if not entry.is_dir() and entry.suffix != ".py":
                 continue
             found.append(App(app_id=f"stdlib/{name}", name=name, split=hash_split(name),
-                             source_path=entry))
+                             source_path=entry, label_sources=self.label_sources))
         return _filter(found, split)
 
     def describe(self) -> str:
-        return f"stdlib:{self.root}"
+        only = f"[{','.join(self.label_sources)}]" if self.label_sources else ""
+        return f"stdlib{only}:{self.root}"
 
 
 class DirectoryRegistry:
@@ -195,18 +198,18 @@ class CommitRegistry:
     laid out from its PyPI source distribution with its labels beside the code
     (``commit_labels.json``, read by the ``git`` label source); train split only.
 
-    ``per_repo`` keeps the releases of each repository with the most labels (all when None):
-    each release is one source distribution to fetch.
+    ``per_repo`` keeps that many releases of each repository, those with the most labels (None:
+    ``commit_labels.RELEASES_PER_REPO``): each release is one source distribution to fetch.
     """
 
     def __init__(self, labels_file: Path | None = None, cache: Path | None = None,
                  per_repo: int | None = None,
                  label_sources: tuple[str, ...] | None = ("git",)) -> None:
-        from cetd_phase1.data.commit_labels import LABELS_FILE
+        from cetd_phase1.data.commit_labels import LABELS_FILE, RELEASES_PER_REPO
 
         self.labels_file = Path(labels_file or LABELS_FILE)
         self.cache = Path(cache) if cache else default_cache_dir() / "pypi"
-        self.per_repo = per_repo
+        self.per_repo = per_repo or RELEASES_PER_REPO
         self.label_sources = label_sources
         self._apps: list[App] | None = None
 
@@ -288,11 +291,15 @@ def registry_from(source: str | Path | None, database_url: str | None = None,
     if source == "stdlib":
         return StdlibRegistry()
     if source in (PYPI_SOURCE, COMMITS_SOURCE):
-        registries = [StdlibRegistry(),
-                      PyPIRegistry(pypi_packages, label_sources=_PYPI_LABEL_SOURCES)]
-        if source == COMMITS_SOURCE:
-            registries.append(CommitRegistry(per_repo=commit_releases_per_repo))
-        return CombinedRegistry(*registries)
+        if source == PYPI_SOURCE:
+            return CombinedRegistry(StdlibRegistry(),
+                                    PyPIRegistry(pypi_packages, label_sources=_PYPI_LABEL_SOURCES))
+        # the stdlib's own folder may sit in some git work tree (a pyenv clone): never mine it
+        from cetd_phase1.data.labels import LABEL_SOURCES
+        return CombinedRegistry(
+            StdlibRegistry(label_sources=tuple(s for s in LABEL_SOURCES if s != "git")),
+            PyPIRegistry(pypi_packages, label_sources=_PYPI_LABEL_SOURCES),
+            CommitRegistry(per_repo=commit_releases_per_repo))
     if source in ("postgres", "postgresql"):
         if not url:
             raise DatabaseError(f"registry {source!r} needs a database: pass --database-url "
