@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping
@@ -32,12 +33,9 @@ from cetd_phase1 import resource
 from cetd_phase1.atomic import atomic_write_text
 from cetd_phase1.errors import CETDError
 from .commits import commit_text
+from .pypi import NOT_PACKAGE_DIRS, lay_out_release
 from .git_history import GitRepo, MiningReport, _app_file, exists, screen_commit
 
-#: Top-level folders of a repository that hold no package code.
-NOT_PACKAGE_DIRS = frozenset({"docs", "doc", "examples", "example", "benchmarks", "bench",
-                              "scripts", "tools", "build", "dist", "ci", "misc", "extra",
-                              "contrib", "changelog.d", "changes"})
 #: Files at the repository root that are build or task scripts, not package code.
 NOT_PACKAGE_FILES = frozenset({"setup.py", "noxfile.py", "conftest.py", "fabfile.py",
                                "tasks.py", "build.py", "hatch_build.py"})
@@ -133,10 +131,6 @@ def prepare_releases(labels: Iterable[CommitLabel], cache: Path, per_repo: int |
                      ) -> list[tuple[str, Path]]:
     """``(NAME==VER, folder)`` of every selected release, laid out under ``cache/git-apps``
     from PyPI (fetching what is missing) with its labels written beside the code."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cetd_phase1.data.pypi import lay_out_release
-
     chosen = select_releases(labels, per_repo)
     apps_dir = cache / "git-apps"
     apps_dir.mkdir(parents=True, exist_ok=True)

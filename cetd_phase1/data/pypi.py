@@ -21,6 +21,11 @@ from cetd_phase1 import resource
 from cetd_phase1.data.changelog import find_changelog
 from cetd_phase1.errors import CETDError
 
+#: Top-level folders of a repository that hold no package code.
+NOT_PACKAGE_DIRS = frozenset({"docs", "doc", "examples", "example", "benchmarks", "bench",
+                              "scripts", "tools", "build", "dist", "ci", "misc", "extra",
+                              "contrib", "changelog.d", "changes"})
+
 PACKAGES_FILE = resource("data", "pypi_packages.yaml")
 _NOT_CODE = {"tests", "test", "testing", "docs", "doc", "examples", "example", "benchmarks",
              "bench", "scripts", "tools", "build", "dist"}
@@ -178,8 +183,6 @@ def lay_out_release(project: str, version: str, sdists: Path, apps_dir: Path) ->
     """``apps_dir/NAME==VER/``: the source distribution's tree (its root is the repository's,
     so ``file::qualname`` keys mined from history match), without docs/examples/scripts
     folders; made once."""
-    from cetd_phase1.data.commit_labels import NOT_PACKAGE_DIRS
-
     app = apps_dir / f"{project}=={version}"
     if app.is_dir():
         return app
