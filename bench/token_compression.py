@@ -2,9 +2,9 @@
 """Index size against ranking quality for ways of storing late-interaction token vectors, and
 for a MaxSim shortlist.
 
-For each variant (token pooling factor, int8 or float16 tokens, ``-p16`` float16 pooled
-vectors; ``@N``: MaxSim reads the N best
-sections by pooled cosine) the validation apps are indexed afresh and ranked as served (hybrid)
+For each variant (token pooling factor; float16, int8 or q2 (rotated 2-bit codes) tokens;
+``-p16`` float16 pooled vectors; ``@N``: MaxSim reads the N best sections by pooled cosine)
+the validation apps are indexed afresh and ranked as served (hybrid)
 and by the model alone: the feature-request validation half and the stdlib validation split.
 Prints one table: KB of index per section and MRR per benchmark.
 
@@ -30,10 +30,11 @@ def parse_codec(name: str):
     from cetd_phase1.ranking.compress import TokenCodec
 
     pool, kind, *rest = name.split("@")[0].split("-")
-    if not pool.startswith("pool") or kind not in ("f16", "int8") or rest not in ([], ["p16"]):
-        raise SystemExit(f"codec {name!r}: expected poolF-f16 or poolF-int8, then -p16 for "
-                         f"float16 pooled vectors, e.g. pool2-int8-p16")
-    return TokenCodec(pool_factor=float(pool[4:]), int8=kind == "int8", pooled_f16=bool(rest))
+    bits = {"f16": 16, "int8": 8, "q2": 2}
+    if not pool.startswith("pool") or kind not in bits or rest not in ([], ["p16"]):
+        raise SystemExit(f"codec {name!r}: expected poolF-f16, poolF-int8 or poolF-q2, "
+                         f"then -p16 for float16 pooled vectors, e.g. pool1-q2-p16")
+    return TokenCodec(pool_factor=float(pool[4:]), bits=bits[kind], pooled_f16=bool(rest))
 
 
 def index_bytes(cache: Path) -> int:

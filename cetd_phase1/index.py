@@ -34,13 +34,12 @@ if TYPE_CHECKING:  # the encoder imports torch; a warm index is read without it
 
 #: Bumped when the entry layout or the section text changes, to orphan old entries.
 INDEX_VERSION = "3"
-#: How entries store vectors: every token vector as int8, pooled vectors as float16. On the
-#: validation apps (bench/token_compression.py) that took 64 KB a section instead of 132 and
-#: ranked as the float vectors do (MRR within 0.002), so ``evaluate`` agrees with the Trainer's
-#: validation, which reads the vectors uncompressed. Pooling token vectors by 4 took 17.5 KB but
-#: cost the model alone 0.014 / 0.008 MRR (feature requests / stdlib), and evaluate's numbers
-#: would no longer be the Trainer's.
-DEFAULT_CODEC = TokenCodec(int8=True, pooled_f16=True)
+#: How entries store vectors: every token vector at 2 bits a value after a seed-fixed rotation
+#: (Lloyd-Max codes, one scale a vector), pooled vectors as float16. On the validation apps
+#: (bench/token_compression.py, docs/results.md) that took 17.5 KB a section instead of 64 KB
+#: as int8 and ranked within 0.005 MRR of it, served and model alone; pooling token vectors by 4
+#: reached the same size but cost the model alone 0.014 / 0.008 MRR (feature requests / stdlib).
+DEFAULT_CODEC = TokenCodec(bits=2, pooled_f16=True)
 
 
 @dataclass
@@ -181,7 +180,10 @@ class IndexStore:
         return FileEntry(key, sections, vectors if sections else None, starts,
                          meta.get("skip", ""))
 
-    def _save(self, entry: FileEntry, rel: str) -> None:
+    def _save(self, entry: FileEntry, rel: str, tokens: dict[str, np.ndarray] | None) -> None:
+        """Write ``entry`` with ``tokens``, its token vectors as :meth:`TokenCodec.pack` stored
+        them (packing the decoded vectors again would not give them back: a rotating codec
+        decodes into its rotated space)."""
         meta = json.dumps({"file": rel, "skip": entry.skip,
                            "sections": [s.to_dict() for s in entry.sections]})
         # the sections' source is most of it and compresses ~4x; vectors barely do
@@ -190,8 +192,7 @@ class IndexStore:
         if entry.vectors is not None:
             arrays["pooled"] = self.codec.pack_pooled(entry.vectors.pooled)
             if entry.vectors.tokens is not None:
-                arrays.update(self.codec.pack(entry.vectors.tokens),
-                              offsets=entry.vectors.offsets)
+                arrays.update(tokens, offsets=entry.vectors.offsets)
         else:
             arrays["pooled"] = np.zeros((0, 0), np.float32)
             if self.ranker.ranking.late_interaction:
@@ -218,14 +219,16 @@ class IndexStore:
         for (rel, (key, _)), end in zip(pending.items(), ends):
             sections, skip, first, starts = parsed[rel]
             vectors = encoded.take(np.arange(first, end)) if sections else None
+            packed = None
             # held as a later process reads them back: one ranking whichever built the entry
             if vectors is not None:
                 vectors.pooled = self.codec.pack_pooled(vectors.pooled).astype(np.float32)
                 if vectors.tokens is not None:
                     tokens, vectors.offsets = self.codec.pool(vectors.tokens, vectors.offsets)
-                    vectors.tokens = self.codec.unpack(self.codec.pack(tokens))
+                    packed = self.codec.pack(tokens)
+                    vectors.tokens = self.codec.unpack(packed)
             entry = FileEntry(key, sections, vectors, starts, skip)
-            self._save(entry, rel)
+            self._save(entry, rel, packed)
             out[rel] = entry
         return out
 

@@ -223,8 +223,10 @@ class Retriever:
         """The model's scores [Q, N] of requirements against every section of ``index``."""
         if not index.sections:
             return np.zeros((len(requirements), 0), dtype=np.float32)
-        return self.ranker.scores(self.ranker.encode_requirements(list(requirements)),
-                                  index.vectors)
+        queries = self.ranker.encode_requirements(list(requirements))
+        if queries.tokens is not None:  # the index may hold its token vectors rotated
+            queries.tokens = self.store.codec.index_space(queries.tokens)
+        return self.ranker.scores(queries, index.vectors)
 
     def fuse(self, dense: np.ndarray, requirement: str, index: AppIndex) -> np.ndarray:
         """The served score of every section of ``index`` from the model's ``dense`` scores

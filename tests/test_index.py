@@ -80,8 +80,10 @@ def test_edit_add_delete_encode_only_what_changed(tiny_model, app, tmp_path, enc
     if late:
         ours, theirs = removed.vectors.encoded, scratch.vectors.encoded
         np.testing.assert_array_equal(ours.offsets, theirs.offsets)
-        np.testing.assert_allclose(ours.tokens.astype(np.float32),
-                                   theirs.tokens.astype(np.float32), atol=1e-2)
+        # encoded in other batches, a value on a 2-bit code's edge may round the other way
+        close = np.isclose(ours.tokens.astype(np.float32), theirs.tokens.astype(np.float32),
+                           atol=1e-2)
+        assert close.mean() > 0.995
     encoded.clear()
     again = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache",
                                       late_interaction=late).index(app)
@@ -157,15 +159,17 @@ def test_two_processes_index_one_app_at_once(tiny_model, app, tmp_path):
     np.testing.assert_allclose(index.embeddings, outs[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("codec", ["default", "pooled-int8"])
 def test_compact_entries_read_back_as_they_ranked_when_built(tiny_model, app, tmp_path,
-                                                            monkeypatch, encoded):
-    """Pooled int8 token vectors: the process that builds an entry ranks with exactly what a
-    later process reads back from disk."""
+                                                            monkeypatch, encoded, codec):
+    """The default 2-bit codes and pooled int8 token vectors: the process that builds an entry
+    ranks with exactly what a later process reads back from disk."""
     from cetd_phase1 import index as index_lib
     from cetd_phase1.ranking.compress import TokenCodec
 
-    monkeypatch.setattr(index_lib, "DEFAULT_CODEC",
-                        TokenCodec(pool_factor=2, int8=True, pooled_f16=True))
+    if codec != "default":
+        monkeypatch.setattr(index_lib, "DEFAULT_CODEC",
+                            TokenCodec(pool_factor=2, bits=8, pooled_f16=True))
     cache = tmp_path / "cache"
     built = Retriever.from_pretrained(tiny_model, cache_dir=cache, late_interaction=0.5)
     first = built.index(app).vectors.encoded
@@ -178,3 +182,26 @@ def test_compact_entries_read_back_as_they_ranked_when_built(tiny_model, app, tm
     query = "multiply two numbers"
     np.testing.assert_array_equal(built.dense_scores([query], built.index(app)),
                                   read.dense_scores([query], read.index(app)))
+
+
+def test_the_default_two_bit_index_scores_queries_in_its_rotated_space(tiny_model, app,
+                                                                      tmp_path):
+    """The index keeps token vectors rotated at 2 bits and turns each query to match: its MaxSim
+    scores are those of the decoded vectors turned back against the query as encoded (a query
+    left unturned would score against noise)."""
+    from dataclasses import replace
+
+    from cetd_phase1 import index as index_lib
+    from cetd_phase1.ranking.compress import rotation
+    from cetd_phase1.ranking.full_app import SectionVectors
+
+    assert index_lib.DEFAULT_CODEC.bits == 2
+    r = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache", late_interaction=1.0)
+    index = r.index(app)
+    query = ["multiply two numbers", "read the configuration file"]
+    stored = index.vectors.encoded
+    turned_back = replace(stored, tokens=(stored.tokens.astype(np.float32)
+                                          @ rotation(stored.tokens.shape[1]).T), _matrix=None)
+    exact = r.ranker.scores(r.ranker.encode_requirements(query),
+                            SectionVectors(turned_back, index.vectors.starts))
+    np.testing.assert_allclose(r.dense_scores(query, index), exact, atol=1e-2)

@@ -100,7 +100,7 @@ def test_int8_token_vectors_stay_within_their_rounding_and_pooling_keeps_unit_ve
     np.testing.assert_allclose(np.sort(pool_tokens(twins, 2).astype(np.float32), axis=0),
                                np.sort(tokens[:5].astype(np.float32), axis=0), atol=1e-3)
 
-    codec = TokenCodec(pool_factor=2, int8=True, pooled_f16=True)
+    codec = TokenCodec(pool_factor=2, bits=8, pooled_f16=True)
     offsets = np.array([0, 1, 11, 50])  # a one-token text stays one token
     flat, new = codec.pool(tokens, offsets)
     assert new.tolist() == [0, 1, 6, 26] and len(flat) == 26
@@ -108,3 +108,32 @@ def test_int8_token_vectors_stay_within_their_rounding_and_pooling_keeps_unit_ve
     assert set(arrays) == {"token_codes", "token_scales"}
     np.testing.assert_allclose(codec.unpack(arrays).astype(np.float32),
                                flat.astype(np.float32), atol=1e-2)
+
+
+def test_rotated_codes_spread_an_outlier_dimension_and_decode_close_to_the_vector() -> None:
+    from cetd_phase1.ranking.compress import TokenCodec, quantize_rotated, rotation
+
+    rot = rotation(384)
+    np.testing.assert_allclose(rot @ rot.T, np.eye(384), atol=1e-5)
+    assert np.array_equal(rot, rotation.__wrapped__(384))  # seed-fixed: every build the same
+    rng = np.random.default_rng(2)
+    tokens = rng.standard_normal((40, 384)).astype(np.float32)
+    tokens[:, 7] += 12.0  # one dimension holds most of the energy, as in real activations
+    tokens = (tokens / np.linalg.norm(tokens, axis=1, keepdims=True)).astype(np.float16)
+    bits = 2
+    codec = TokenCodec(bits=bits, pooled_f16=True)
+    arrays = codec.pack(tokens)
+    assert arrays["token_bits"].shape == (40, 96)  # 4 values a byte
+    back = codec.unpack(arrays).astype(np.float32)  # rotated: queries are rotated to match
+    cosine = (back * (tokens @ rot)).sum(1) / np.linalg.norm(back, axis=1)
+    assert cosine.min() > 0.9
+    query = tokens[:3].astype(np.float32)
+    np.testing.assert_allclose(codec.index_space(query) @ back.T, query @ tokens.T.astype(
+        np.float32), atol=0.15)
+    assert codec.name == "pool1-q2-p16"
+    with pytest.raises(ValueError, match="bits must be"):
+        TokenCodec(bits=4)
+    for empty in ((0, 0), (0, 384)):  # a file without sections is stored as an empty entry
+        assert codec.unpack(codec.pack(np.zeros(empty, np.float16))).shape == empty
+    with pytest.raises(ValueError, match="divisible by"):
+        quantize_rotated(tokens[:, :15], bits)

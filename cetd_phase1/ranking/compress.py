@@ -1,5 +1,6 @@
 """Compact token vectors for late interaction: fewer vectors per text (similar tokens pooled)
-and fewer bytes per vector (int8 with one scale per vector).
+and fewer bytes per vector (int8 with one scale per vector, or 2 bits a value after a
+rotation).
 
 Token pooling follows Clavié et al. (2024), "Reducing the Footprint of Multi-Vector Retrieval
 with Minimal Performance Impact via Token Pooling": a text's token vectors are clustered
@@ -7,30 +8,50 @@ with Minimal Performance Impact via Token Pooling": a text's token vectors are c
 its renormalised mean, so a run of near-identical vectors (indentation, repeated names) keeps
 one. Quantisation stores each unit vector as ``round(127 * x / max|x|)`` with the scale
 ``max|x| / 127``: MaxSim reads the dequantised vector, within 1/254 of the original per value.
+
+At 2 bits a value, a vector's energy must be spread evenly over its dimensions first (a few
+outlier dimensions would take every level otherwise): each block of ``2^k`` dimensions is
+multiplied by random signs and a Walsh-Hadamard matrix, an exact, seed-fixed orthogonal map (as
+in QuaRot / RaBitQ), which makes the values close to Gaussian. Each value is then coded by the
+Lloyd-Max quantiser of a Gaussian of the vector's RMS (Max, 1960: 4 levels), and one scale
+per vector, the least-squares fit of the levels to the vector, is kept. Decoded vectors
+stay in the rotated space and the requirement's token vectors are rotated instead
+(:meth:`TokenCodec.index_space`): MaxSim's dot products are unchanged by an orthogonal map, and
+one small rotation a query costs less than one per stored token.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
+
+#: The 4 Lloyd-Max levels of a unit Gaussian (Max, 1960), the positive half; the code of a
+#: value is the level nearest to it (thresholds are the midpoints). 4 bits a value (16 levels)
+#: took twice the space for no better ranking (docs/experiments.md).
+_LLOYD_MAX = {2: (0.4528, 1.5104)}
 
 
 @dataclass(frozen=True)
 class TokenCodec:
     """How an index stores vectors: token vectors pooled by ``pool_factor`` (1 = every token)
-    and as ``int8`` (else float16); the pooled embeddings as float16 when ``pooled_f16`` (else
-    float32)."""
+    at ``bits`` a value (16: float16; 8: int8; 2: rotated Lloyd-Max codes); the pooled
+    embeddings as float16 when ``pooled_f16`` (else float32)."""
 
     pool_factor: float = 1.0
-    int8: bool = False
+    bits: int = 16
     pooled_f16: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bits not in (16, 8, *_LLOYD_MAX):
+            raise ValueError(f"bits must be 16, 8 or 2, not {self.bits}")
 
     @property
     def name(self) -> str:
-        return (f"pool{self.pool_factor:g}-{'int8' if self.int8 else 'f16'}"
-                + ("-p16" if self.pooled_f16 else ""))
+        kind = {16: "f16", 8: "int8"}.get(self.bits, f"q{self.bits}")
+        return f"pool{self.pool_factor:g}-{kind}" + ("-p16" if self.pooled_f16 else "")
 
     def pack_pooled(self, pooled: np.ndarray) -> np.ndarray:
         return pooled.astype(np.float16 if self.pooled_f16 else np.float32)
@@ -49,17 +70,28 @@ class TokenCodec:
 
     def pack(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
         """The arrays that store ``tokens`` (float16 [T, D])."""
-        if not self.int8:
+        if self.bits == 16:
             return {"tokens": tokens.astype(np.float16)}
-        codes, scales = quantize(tokens)
-        return {"token_codes": codes, "token_scales": scales}
+        if self.bits == 8:
+            codes, scales = quantize(tokens)
+            return {"token_codes": codes, "token_scales": scales}
+        codes, scales = quantize_rotated(tokens, self.bits)
+        return {"token_bits": codes, "token_scales": scales}
+
+    def index_space(self, tokens: np.ndarray) -> np.ndarray:
+        """A requirement's token vectors [L, D] in the space :meth:`unpack` returns, so MaxSim
+        against unpacked vectors gives the dot products of the original ones."""
+        return tokens if self.bits >= 8 else tokens.astype(np.float32) @ rotation(
+            tokens.shape[1])
 
     def unpack(self, arrays) -> np.ndarray:
         """float16 [T, D] from :meth:`pack`'s arrays (``KeyError`` when they are another
-        codec's)."""
-        if not self.int8:
+        codec's), rotated below 8 bits (:meth:`index_space`)."""
+        if self.bits == 16:
             return arrays["tokens"]
-        return dequantize(arrays["token_codes"], arrays["token_scales"])
+        if self.bits == 8:
+            return dequantize(arrays["token_codes"], arrays["token_scales"])
+        return dequantize_rotated(arrays["token_bits"], arrays["token_scales"], self.bits)
 
 
 def pool_tokens(vectors: np.ndarray, factor: float) -> np.ndarray:
@@ -89,3 +121,60 @@ def quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def dequantize(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """float16 [T, D] from :func:`quantize`'s codes and scales."""
     return (codes.astype(np.float32) * scales.astype(np.float32)[:, None]).astype(np.float16)
+
+
+@lru_cache(maxsize=8)
+def rotation(dim: int) -> np.ndarray:
+    """The seed-fixed orthogonal [dim, dim] map applied before 2-bit coding: random signs
+    then a Walsh-Hadamard matrix on each block of the largest power of 2 dividing ``dim``
+    (128 for MiniLM's 384). Built from integers and a frozen random stream, so every machine
+    decodes an entry the same way."""
+    block = max(dim & -dim, 1)  # an empty index entry has width 0
+    hadamard = np.ones((1, 1), np.float32)
+    while len(hadamard) < block:
+        hadamard = np.block([[hadamard, hadamard], [hadamard, -hadamard]])
+    hadamard /= np.sqrt(block)
+    stream = np.random.RandomState(0)  # RandomState's stream is frozen across numpy versions
+    signs = stream.choice(np.array([-1.0, 1.0], np.float32), size=dim)
+    mixed = np.kron(np.eye(dim // block, dtype=np.float32), hadamard) * signs[:, None]
+    return mixed[stream.permutation(dim)].T.astype(np.float32)  # blocks interleaved
+
+
+def quantize_rotated(vectors: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Packed codes uint8 [T, D * bits / 8] and float16 scales [T] of ``vectors``
+    (rotated, then each value coded by the Lloyd-Max quantiser at the vector's RMS)."""
+    half = np.asarray(_LLOYD_MAX[bits], np.float32)
+    levels = np.concatenate([-half[::-1], half])
+    x = vectors.astype(np.float32) @ rotation(vectors.shape[1])
+    rms = np.sqrt((x * x).mean(axis=1, keepdims=True)) if len(x) else np.ones((0, 1))
+    cuts = (levels[1:] + levels[:-1]) / 2
+    codes = np.searchsorted(cuts, x / np.where(rms > 0, rms, 1.0)).astype(np.uint8)
+    approx = levels[codes]
+    # least squares, the smallest error; a scale that keeps each dot product unbiased instead
+    # (|x|^2 / <x, levels>) enlarges the error, and on validation it cost the served stdlib
+    # ranking 0.006 MRR against int8 where least squares cost nothing
+    denom = (approx * approx).sum(axis=1)
+    scale = np.where(denom > 0, (approx * x).sum(axis=1) / np.where(denom > 0, denom, 1), 0)
+    return _pack_bits(codes, bits), scale.astype(np.float16)
+
+
+def dequantize_rotated(packed: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
+    """float16 [T, D], in the rotated space, from :func:`quantize_rotated`'s codes and
+    scales."""
+    half = np.asarray(_LLOYD_MAX[bits], np.float32)
+    levels = np.concatenate([-half[::-1], half])
+    per = 8 // bits
+    shifts = np.arange(per, dtype=np.uint8) * bits
+    codes = ((packed[:, :, None] >> shifts) & np.uint8((1 << bits) - 1)).reshape(
+        len(packed), packed.shape[1] * per)
+    x = levels[codes] * scales.astype(np.float32)[:, None]
+    return x.astype(np.float16)
+
+
+def _pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
+    per = 8 // bits
+    if codes.shape[1] % per:
+        raise ValueError(f"{bits}-bit codes need a vector width divisible by {per}, "
+                         f"not {codes.shape[1]}")
+    grouped = codes.reshape(len(codes), codes.shape[1] // per, per)
+    return np.bitwise_or.reduce(grouped << (np.arange(per, dtype=np.uint8) * bits), axis=2)
