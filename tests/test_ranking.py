@@ -120,8 +120,7 @@ def test_rotated_codes_spread_an_outlier_dimension_and_decode_close_to_the_vecto
     tokens = rng.standard_normal((40, 384)).astype(np.float32)
     tokens[:, 7] += 12.0  # one dimension holds most of the energy, as in real activations
     tokens = (tokens / np.linalg.norm(tokens, axis=1, keepdims=True)).astype(np.float16)
-    bits = 2
-    codec = TokenCodec(bits=bits, pooled_f16=True)
+    codec = TokenCodec(bits=2, pooled_f16=True)
     arrays = codec.pack(tokens)
     assert arrays["token_bits"].shape == (40, 96)  # 4 values a byte
     back = codec.unpack(arrays).astype(np.float32)  # rotated: queries are rotated to match
@@ -136,4 +135,4 @@ def test_rotated_codes_spread_an_outlier_dimension_and_decode_close_to_the_vecto
     for empty in ((0, 0), (0, 384)):  # a file without sections is stored as an empty entry
         assert codec.unpack(codec.pack(np.zeros(empty, np.float16))).shape == empty
     with pytest.raises(ValueError, match="divisible by"):
-        quantize_rotated(tokens[:, :15], bits)
+        quantize_rotated(tokens[:, :15])

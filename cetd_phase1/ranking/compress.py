@@ -28,10 +28,11 @@ from functools import lru_cache
 
 import numpy as np
 
-#: The 4 Lloyd-Max levels of a unit Gaussian (Max, 1960), the positive half; the code of a
-#: value is the level nearest to it (thresholds are the midpoints). 4 bits a value (16 levels)
-#: took twice the space for no better ranking (docs/experiments.md).
-_LLOYD_MAX = {2: (0.4528, 1.5104)}
+#: The 4 Lloyd-Max levels of a unit Gaussian (Max, 1960): a value's 2-bit code is the nearest
+#: (thresholds are the midpoints). 4 bits a value (16 levels) took twice the space for no
+#: better ranking (docs/experiments.md).
+_LEVELS = np.array([-1.5104, -0.4528, 0.4528, 1.5104], np.float32)
+_PER_BYTE = 4
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class TokenCodec:
     pooled_f16: bool = False
 
     def __post_init__(self) -> None:
-        if self.bits not in (16, 8, *_LLOYD_MAX):
+        if self.bits not in (16, 8, 2):
             raise ValueError(f"bits must be 16, 8 or 2, not {self.bits}")
 
     @property
@@ -75,7 +76,7 @@ class TokenCodec:
         if self.bits == 8:
             codes, scales = quantize(tokens)
             return {"token_codes": codes, "token_scales": scales}
-        codes, scales = quantize_rotated(tokens, self.bits)
+        codes, scales = quantize_rotated(tokens)
         return {"token_bits": codes, "token_scales": scales}
 
     def index_space(self, tokens: np.ndarray) -> np.ndarray:
@@ -91,7 +92,7 @@ class TokenCodec:
             return arrays["tokens"]
         if self.bits == 8:
             return dequantize(arrays["token_codes"], arrays["token_scales"])
-        return dequantize_rotated(arrays["token_bits"], arrays["token_scales"], self.bits)
+        return dequantize_rotated(arrays["token_bits"], arrays["token_scales"])
 
 
 def pool_tokens(vectors: np.ndarray, factor: float) -> np.ndarray:
@@ -140,41 +141,36 @@ def rotation(dim: int) -> np.ndarray:
     return mixed[stream.permutation(dim)].T.astype(np.float32)  # blocks interleaved
 
 
-def quantize_rotated(vectors: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Packed codes uint8 [T, D * bits / 8] and float16 scales [T] of ``vectors``
-    (rotated, then each value coded by the Lloyd-Max quantiser at the vector's RMS)."""
-    half = np.asarray(_LLOYD_MAX[bits], np.float32)
-    levels = np.concatenate([-half[::-1], half])
+def quantize_rotated(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Packed 2-bit codes uint8 [T, D / 4] and float16 scales [T] of ``vectors`` (rotated,
+    then each value coded by the Lloyd-Max quantiser at the vector's RMS)."""
     x = vectors.astype(np.float32) @ rotation(vectors.shape[1])
     rms = np.sqrt((x * x).mean(axis=1, keepdims=True)) if len(x) else np.ones((0, 1))
-    cuts = (levels[1:] + levels[:-1]) / 2
+    cuts = (_LEVELS[1:] + _LEVELS[:-1]) / 2
     codes = np.searchsorted(cuts, x / np.where(rms > 0, rms, 1.0)).astype(np.uint8)
-    approx = levels[codes]
+    approx = _LEVELS[codes]
     # least squares, the smallest error; a scale that keeps each dot product unbiased instead
     # (|x|^2 / <x, levels>) enlarges the error, and on validation it cost the served stdlib
     # ranking 0.006 MRR against int8 where least squares cost nothing
     denom = (approx * approx).sum(axis=1)
     scale = np.where(denom > 0, (approx * x).sum(axis=1) / np.where(denom > 0, denom, 1), 0)
-    return _pack_bits(codes, bits), scale.astype(np.float16)
+    return _pack_codes(codes), scale.astype(np.float16)
 
 
-def dequantize_rotated(packed: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
+def dequantize_rotated(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """float16 [T, D], in the rotated space, from :func:`quantize_rotated`'s codes and
     scales."""
-    half = np.asarray(_LLOYD_MAX[bits], np.float32)
-    levels = np.concatenate([-half[::-1], half])
-    per = 8 // bits
-    shifts = np.arange(per, dtype=np.uint8) * bits
-    codes = ((packed[:, :, None] >> shifts) & np.uint8((1 << bits) - 1)).reshape(
-        len(packed), packed.shape[1] * per)
-    x = levels[codes] * scales.astype(np.float32)[:, None]
-    return x.astype(np.float16)
+    shifts = np.arange(_PER_BYTE, dtype=np.uint8) * 2
+    codes = ((packed[:, :, None] >> shifts) & np.uint8(3)).reshape(
+        len(packed), packed.shape[1] * _PER_BYTE)
+    return (_LEVELS[codes] * scales.astype(np.float32)[:, None]).astype(np.float16)
 
 
-def _pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
-    per = 8 // bits
-    if codes.shape[1] % per:
-        raise ValueError(f"{bits}-bit codes need a vector width divisible by {per}, "
+def _pack_codes(codes: np.ndarray) -> np.ndarray:
+    """2-bit codes [T, D] as bytes [T, D / 4], the first code in the low bits."""
+    if codes.shape[1] % _PER_BYTE:
+        raise ValueError(f"2-bit codes need a vector width divisible by {_PER_BYTE}, "
                          f"not {codes.shape[1]}")
-    grouped = codes.reshape(len(codes), codes.shape[1] // per, per)
-    return np.bitwise_or.reduce(grouped << (np.arange(per, dtype=np.uint8) * bits), axis=2)
+    grouped = codes.reshape(len(codes), codes.shape[1] // _PER_BYTE, _PER_BYTE)
+    shifts = np.arange(_PER_BYTE, dtype=np.uint8) * 2
+    return np.bitwise_or.reduce(grouped << shifts, axis=2)
