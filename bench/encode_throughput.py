@@ -6,7 +6,9 @@ The sections are ~1,000 stdlib train sections (a seeded sample), as the encoder 
 (``format_section``: path, qualified name, code without docstring). Each side is warmed up on a
 few texts, then timed on all of them; with ``--repeats`` > 1 the two alternate and the median
 is kept. Our "fast" setting is bf16 autocast when the CPU has native bf16 (AVX-512 BF16 or AMX)
-and ``encode_texts`` offers a ``dtype`` option; otherwise it is fp32 and the script says why.
+and ``encode_texts`` offers a ``dtype`` option, with the Linear weights stored in bf16 as a
+``Retriever`` holds them (``weights_for_autocast``); otherwise it is fp32 and the script says
+why.
 Run from the repository root::
 
     python bench/encode_throughput.py                       # 1,000 sections, MiniLM, length 256
@@ -135,9 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     fp32_kwargs = {"dtype": torch.float32} if "dtype" in fast_kwargs else {}
     model, tokenizer = load_retriever(args.model)
 
+    fast_model = model
+    if fast_name == "bf16":  # as a Retriever holds it: Linear weights kept in bf16, not cast
+        import copy  # again for every batch
+
+        from cetd_phase1.modeling.precision import weights_for_autocast
+
+        fast_model = copy.deepcopy(model)
+        weights_for_autocast(fast_model)
+
     def ours(batch: list[str], kwargs: dict):
-        return encode_texts(model, tokenizer, batch, max_length=args.max_length,
-                            batch_size=args.batch_size, **kwargs)
+        return encode_texts(fast_model if kwargs is fast_kwargs else model, tokenizer, batch,
+                            max_length=args.max_length, batch_size=args.batch_size, **kwargs)
 
     with tempfile.TemporaryDirectory(prefix="cetd-enc-") as tmp:
         st = sentence_transformer(args.model, args.max_length, Path(tmp))

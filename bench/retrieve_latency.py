@@ -4,10 +4,13 @@ included) at several app sizes.
 Apps are copies of installed code (``--apps``): ``logging`` (~300 sections) and ``asyncio`` +
 ``xml`` side by side (~2,000 sections) from the standard library, ``torch/_inductor`` (~12,000)
 and ``transformers`` (~55,000: hours of encoding on 2 CPU cores).
-Each app is indexed (timed), one file is edited and the app re-indexed (timed), a few warm-up
-queries run, then every query is timed end to end through ``Retriever.retrieve``: source change
-check, query encoding, scoring (the hybrid dense + BM25 score ``retrieve`` serves, or the dense
-score alone with ``--dense-only``) and top-k selection.
+Each app is indexed (timed), one file is edited and the app re-indexed (timed, BM25 rebuilt
+with it: the next query needs it), a few warm-up queries run, then every query is timed end to
+end through ``Retriever.retrieve``: source change check, query encoding, scoring (the hybrid
+dense + BM25 score ``retrieve`` serves, or the dense score alone with ``--dense-only``) and
+top-k selection. The queries are the first docstring paragraphs of the app's own sections
+(the encoder reads code without docstrings), so each also gives the MRR of the section it was
+taken from: the ranking a shortlist loses against every section read (``--shortlists 0 N``).
 
     python bench/retrieve_latency.py [--checkpoint DIR] [--queries 50] [--dense-only]
         [--query-threads 1] [--section-chunks N] [--apps logging asyncio+xml ...] [--json FILE]
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 import _bench  # noqa: F401  (puts the repository root on sys.path, sets HF_HUB_OFFLINE)
+import numpy as np
 from cetd_phase1.data.labels import first_paragraph
 from cetd_phase1.retrieve import Retriever
 
@@ -59,10 +64,17 @@ def edit_one_file(app: Path) -> None:
         f.write("\n\ndef benchmark_edit(value):\n    return value\n")
 
 
-def queries_for(retriever: Retriever, app: Path, n: int) -> list[str]:
-    """Realistic queries: the first docstring paragraphs of the app's own sections."""
-    docs = [first_paragraph(s.docstring) for s in retriever.index(app).sections if s.docstring]
-    return (docs * (n // max(len(docs), 1) + 1))[:n] if docs else ["read a file"] * n
+def queries_for(retriever: Retriever, app: Path, n: int) -> list[tuple[str, int]]:
+    """Realistic queries, each with the section it describes: the first docstring paragraphs
+    of the app's own sections, a seeded sample."""
+    docs = [(first_paragraph(s.docstring), i)
+            for i, s in enumerate(retriever.index(app).sections) if s.docstring]
+    random.Random(0).shuffle(docs)
+    return (docs * (n // max(len(docs), 1) + 1))[:n] if docs else [("read a file", -1)] * n
+
+
+def reciprocal_rank(scores: np.ndarray, target: int) -> float:
+    return 0.0 if target < 0 else 1.0 / (1 + int((scores > scores[target]).sum()))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -114,9 +126,11 @@ def main() -> None:
             start = time.perf_counter()
             index = retriever.index(app)
             index_s = time.perf_counter() - start
+            index.bm25
             edit_one_file(app)
             start = time.perf_counter()
             index = retriever.index(app)
+            index.bm25
             reindex_s = time.perf_counter() - start
             torch.set_num_threads(args.query_threads)
             queries = queries_for(retriever, app, args.queries + args.warmup)
@@ -130,25 +144,30 @@ def main() -> None:
             settings = retriever.ranking
             for shortlist in args.shortlists or [settings.shortlist]:
                 retriever.ranker.ranking = settings.override(shortlist=shortlist)
-                for q in queries[:args.warmup]:
+                for q, _ in queries[:args.warmup]:
                     retriever.retrieve(q, app=app, k=args.k)
-                total, encode = [], []
-                for q in queries[args.warmup:]:
+                total, encode, ranks = [], [], []
+                for q, target in queries[args.warmup:]:
                     start = time.perf_counter()
                     retriever.retrieve(q, app=app, k=args.k)
                     total.append((time.perf_counter() - start) * 1000)
                     start = time.perf_counter()
                     retriever.encode_queries([q])
                     encode.append((time.perf_counter() - start) * 1000)
+                    scores = retriever.served_scores([q], index)[0][0] if not args.dense_only \
+                        else retriever.dense_scores([q], index)[0]
+                    ranks.append(reciprocal_rank(scores, target))
                 row["by_shortlist"][shortlist] = {
                     "median_ms": round(statistics.median(total), 1),
                     "p95_ms": round(percentile(total, 0.95), 1),
-                    "query_encoding_median_ms": round(statistics.median(encode), 1)}
+                    "query_encoding_median_ms": round(statistics.median(encode), 1),
+                    "docstring_mrr": round(float(np.mean(ranks)), 3)}
             retriever.ranker.ranking = settings
             row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             results["apps"][label] = row
             timings = "; ".join(f"shortlist {n}: median {t['median_ms']} ms, p95 {t['p95_ms']} ms "
-                                f"(query encoding {t['query_encoding_median_ms']} ms)"
+                                f"(query encoding {t['query_encoding_median_ms']} ms), "
+                                f"docstring MRR {t['docstring_mrr']}"
                                 for n, t in row["by_shortlist"].items())
             print(f"{label}: {row['sections']} sections ({row['texts']} texts), index "
                   f"{row['index_build_s']} s, re-index after a one-file edit "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import numpy as np
 from cetd_phase1.atomic import atomic_write
 from cetd_phase1.data.sections import (DEFAULT_MAX_FILE_BYTES, ExtractionReport, Section,
                                        iter_python_files, parse_sections, read_source)
-from cetd_phase1.ranking.compress import TokenCodec
+from cetd_phase1.ranking.compress import PackedTokens, TokenCodec
 
 if TYPE_CHECKING:  # the encoder imports torch; a warm index is read without it
     from cetd_phase1.ranking.encode import Encoded
@@ -40,6 +41,12 @@ INDEX_VERSION = "3"
 #: as int8 and ranked within 0.005 MRR of it, served and model alone; pooling token vectors by 4
 #: reached the same size but cost the model alone 0.014 / 0.008 MRR (feature requests / stdlib).
 DEFAULT_CODEC = TokenCodec(bits=2, pooled_f16=True)
+#: How close to a walk a file or folder may have changed and still be trusted unchanged by
+#: its mtime: file-system clocks tick every few ms (some network file systems every second).
+RACY_NS = 1_000_000_000
+#: Texts encoded together when building entries: ~16 batches, a few hundred MB of float token
+#: vectors before they are coded.
+_CHUNK_TEXTS = 1024
 
 
 @dataclass
@@ -52,12 +59,15 @@ class FileEntry:
     vectors: Encoded | None  # None when the file has no section
     starts: np.ndarray  # [len(sections)], rows into vectors
     skip: str = ""
+    #: what BM25 reads of each section, once tokenized (in memory only)
+    bm25_tokens: list[list[str]] | None = field(default=None, repr=False)
 
 
 @dataclass
 class _Seen:
-    """What the last index of an app read from one file: its stat and its entry."""
+    """What the last index of an app read from one file: its path, stat and entry."""
 
+    path: str
     size: int
     mtime_ns: int
     entry: FileEntry | None  # None: read_source refused the file (the reason is in ``skip``)
@@ -71,6 +81,29 @@ class FileIndex:
     entries: list[FileEntry]
     report: ExtractionReport
     seen: dict[str, _Seen] = field(default_factory=dict, repr=False)
+    #: the mtime of every folder the walk read, and when the walk began (time.time_ns)
+    folders: dict[str, int] = field(default_factory=dict, repr=False)
+    walked_ns: int = 0
+
+    def unchanged(self) -> bool:
+        """True when no source file was added, removed or changed since this index was read:
+        every folder has its mtime (adding, removing or renaming a file in a folder changes
+        it) and every file its size and mtime, and none of them changed within
+        :data:`RACY_NS` of the walk (a change in the same clock tick as the read could leave
+        the mtime as it was). Stats only: no folder is listed again."""
+        recent = self.walked_ns - RACY_NS
+        try:
+            for folder, mtime in self.folders.items():
+                if mtime >= recent or os.stat(folder).st_mtime_ns != mtime:
+                    return False
+            for old in self.seen.values():
+                st = os.stat(old.path)
+                if old.mtime_ns >= recent or (old.size, old.mtime_ns) != (st.st_size,
+                                                                          st.st_mtime_ns):
+                    return False
+        except OSError:
+            return False
+        return True
 
     @property
     def sections(self) -> list[Section]:
@@ -104,14 +137,18 @@ class IndexStore:
         slots: list[tuple[str, FileEntry | None]] = []  # (rel, entry or None: to build)
         pending: dict[str, tuple[str, str]] = {}  # rel -> (key, text) of files to build
         seen: dict[str, _Seen] = {}
-        for path, rel in iter_python_files(root, report):
+        folders: dict[str, int] = {}
+        walked_ns = time.time_ns()
+        for path, rel in iter_python_files(root, report, folders):
             try:
                 st = path.stat()
             except OSError as err:
                 report.skip(rel, f"unreadable: {err.strerror or err}")
                 continue
             old = previous.get(rel)
-            if old is not None and (old.size, old.mtime_ns) == (st.st_size, st.st_mtime_ns):
+            if old is not None and old.path == str(path) \
+                    and (old.size, old.mtime_ns) == (st.st_size, st.st_mtime_ns) \
+                    and old.mtime_ns < walked_ns - RACY_NS:
                 seen[rel] = old
                 if old.entry is None:
                     report.skip(rel, old.skip)
@@ -120,7 +157,8 @@ class IndexStore:
                 continue
             text = read_source(path, rel, report, max_file_bytes)
             if text is None:  # read_source recorded why in the report
-                seen[rel] = _Seen(st.st_size, st.st_mtime_ns, None, report.skipped[-1][1])
+                seen[rel] = _Seen(str(path), st.st_size, st.st_mtime_ns, None,
+                                  report.skipped[-1][1])
                 continue
             key = self.key(rel, text)
             entry = old.entry if old is not None and old.entry is not None \
@@ -128,7 +166,7 @@ class IndexStore:
             if entry is None:
                 pending[rel] = (key, text)
             slots.append((rel, entry))
-            seen[rel] = _Seen(st.st_size, st.st_mtime_ns, entry)
+            seen[rel] = _Seen(str(path), st.st_size, st.st_mtime_ns, entry)
         built = self._build(pending) if pending else {}
         entries = []
         for rel, entry in slots:
@@ -140,7 +178,7 @@ class IndexStore:
             report.files_parsed += 1
             entries.append(entry)
         report.sections = sum(len(e.sections) for e in entries)
-        return FileIndex(entries, report, seen=seen)
+        return FileIndex(entries, report, seen=seen, folders=folders, walked_ns=walked_ns)
 
     # -- one entry -------------------------------------------------------------------------
 
@@ -173,8 +211,8 @@ class IndexStore:
               and all(s.file == rel for s in sections)
               and (vectors.tokens is not None) == late)
         if ok and late:
-            ok = (vectors.offsets.shape == (rows + 1,) and vectors.tokens.ndim == 2
-                  and int(vectors.offsets[-1]) == vectors.tokens.shape[0])
+            ok = (vectors.offsets.shape == (rows + 1,) and _well_formed(vectors.tokens)
+                  and int(vectors.offsets[-1]) == len(vectors.tokens))
         if not ok:
             return None
         return FileEntry(key, sections, vectors if sections else None, starts,
@@ -201,36 +239,54 @@ class IndexStore:
         atomic_write(self.entry_path(entry.key), lambda f: np.savez(f, **arrays))
 
     def _build(self, pending: dict[str, tuple[str, str]]) -> dict[str, FileEntry]:
-        """Parse the ``pending`` files and encode all their texts in one call (length-sorted
-        batches across files pad less than file by file), then save an entry per file."""
-        parsed: dict[str, tuple[list[Section], str, int, np.ndarray]] = {}
-        texts: list[str] = []
+        """Parse the ``pending`` files and encode their texts a few files' worth at a time
+        (length-sorted batches across files pad less than file by file; a bounded chunk keeps
+        a large app's float token vectors from filling memory before they are coded), saving
+        an entry per file."""
+        from tqdm.auto import tqdm
+
+        parsed: dict[str, tuple[list[Section], str, list[str], np.ndarray]] = {}
         for rel, (_, text) in pending.items():
             sections, problem = parse_sections(text, rel)
-            skip = problem or ""
             file_texts, starts = self.ranker.texts(
                 [(s.file, s.qualname, s.kind, s.encoder_code()) for s in sections])
-            parsed[rel] = (sections, skip, len(texts), np.arange(len(sections), dtype=np.int64)
-                           if starts is None else starts)
-            texts += file_texts
-        encoded = self.ranker.encode_texts(texts, show_progress=self.show_progress).encoded
-        ends = [first for _, _, first, _ in parsed.values()][1:] + [len(texts)]
-        out = {}
-        for (rel, (key, _)), end in zip(pending.items(), ends):
-            sections, skip, first, starts = parsed[rel]
-            vectors = encoded.take(np.arange(first, end)) if sections else None
-            packed = None
-            # held as a later process reads them back: one ranking whichever built the entry
-            if vectors is not None:
-                vectors.pooled = self.codec.pack_pooled(vectors.pooled).astype(np.float32)
-                if vectors.tokens is not None:
-                    tokens, vectors.offsets = self.codec.pool(vectors.tokens, vectors.offsets)
-                    packed = self.codec.pack(tokens)
-                    vectors.tokens = self.codec.unpack(packed)
-            entry = FileEntry(key, sections, vectors, starts, skip)
-            self._save(entry, rel, packed)
-            out[rel] = entry
+            parsed[rel] = (sections, problem or "", file_texts,
+                           np.arange(len(sections), dtype=np.int64) if starts is None else starts)
+        out: dict[str, FileEntry] = {}
+        chunk: list[str] = []
+        with tqdm(total=sum(len(p[2]) for p in parsed.values()), desc="encoding", unit="text",
+                  disable=not self.show_progress) as bar:
+            for n, rel in enumerate(pending):
+                chunk.append(rel)
+                if n + 1 < len(pending) and sum(len(parsed[r][2]) for r in chunk) < _CHUNK_TEXTS:
+                    continue
+                texts = [t for r in chunk for t in parsed[r][2]]
+                encoded = self.ranker.encode_texts(texts).encoded
+                first = 0
+                for r in chunk:
+                    sections, skip, file_texts, starts = parsed[r]
+                    rows = np.arange(first, first + len(file_texts))
+                    first += len(file_texts)
+                    out[r] = self._entry(pending[r][0], r, sections, skip, starts,
+                                         encoded.take(rows) if sections else None)
+                bar.update(len(texts))
+                chunk = []
         return out
+
+    def _entry(self, key: str, rel: str, sections: list[Section], skip: str, starts: np.ndarray,
+               vectors: Encoded | None) -> FileEntry:
+        """The entry of one built file, saved; its vectors held as a later process reads them
+        back (one ranking whichever process built the entry)."""
+        packed = None
+        if vectors is not None:
+            vectors.pooled = self.codec.pack_pooled(vectors.pooled).astype(np.float32)
+            if vectors.tokens is not None:
+                tokens, vectors.offsets = self.codec.pool(vectors.tokens, vectors.offsets)
+                packed = self.codec.pack(tokens)
+                vectors.tokens = self.codec.unpack(packed)
+        entry = FileEntry(key, sections, vectors, starts, skip)
+        self._save(entry, rel, packed)
+        return entry
 
 
 def assemble(entries: list[FileEntry]) -> SectionVectors:
@@ -249,17 +305,10 @@ def assemble(entries: list[FileEntry]) -> SectionVectors:
     return SectionVectors(encoded, None if row == n_sections else flat)
 
 
-def stat_unchanged(root: Path, seen: dict[str, _Seen]) -> bool:
-    """True when the app's files are exactly those ``seen`` with the same size and mtime."""
-    report = ExtractionReport(app=str(root))
-    count = 0
-    for path, rel in iter_python_files(root, report):
-        old = seen.get(rel)
-        try:
-            st = os.stat(path)
-        except OSError:
-            return False
-        if old is None or (old.size, old.mtime_ns) != (st.st_size, st.st_mtime_ns):
-            return False
-        count += 1
-    return count == len(seen)
+def _well_formed(tokens) -> bool:
+    """Whether an entry's token vectors have the shape of one: [T, D] float16, or 2-bit codes
+    [T, D / 4] with one scale a vector."""
+    if isinstance(tokens, PackedTokens):
+        return all(codes.ndim == 2 and scales.shape == (len(codes),) and codes.dtype == np.uint8
+                   for codes, scales in tokens.parts)
+    return tokens.ndim == 2

@@ -21,14 +21,14 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from cetd_phase1 import default_cache_dir
 from cetd_phase1.errors import CETDError, check_requirement
-from cetd_phase1.index import INDEX_VERSION, FileIndex, IndexStore, assemble, stat_unchanged
-from cetd_phase1.ranking.bm25 import BM25Scorer
+from cetd_phase1.index import INDEX_VERSION, FileIndex, IndexStore, assemble
+from cetd_phase1.ranking.bm25 import BM25Scorer, bm25_tokenize
 from cetd_phase1.ranking.fusion import served_scores
 from cetd_phase1.ranking.settings import RankingConfig
 from cetd_phase1.data.registry import App
@@ -94,14 +94,17 @@ class AppIndex:
     name: str
     root: Path
     sections: list[Section]
-    #: each section's first text: what BM25 reads
-    texts: list[str]
     #: the vectors of every text the encoder reads (several for a long function)
     vectors: SectionVectors
     report: ExtractionReport
     #: the files behind it, each with its entry (what a re-index reuses)
     files: FileIndex = field(repr=False)
     _bm25: BM25Scorer | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def texts(self) -> list[str]:
+        """Each section's first text: what BM25 reads."""
+        return [section_text(s) for s in self.sections]
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -110,9 +113,15 @@ class AppIndex:
 
     @property
     def bm25(self) -> BM25Scorer:
-        """BM25 over the sections' texts, built on first use."""
+        """BM25 over the sections' texts, built on first use from each file's tokens
+        (tokenized once per file content: most of the build on a large app)."""
         if self._bm25 is None:
-            self._bm25 = BM25Scorer(self.texts)
+            for entry in self.files.entries:
+                if entry.bm25_tokens is None:
+                    entry.bm25_tokens = bm25_tokenize(
+                        [section_text(s) for s in entry.sections], return_ids=False)
+            self._bm25 = BM25Scorer(tokens=[t for e in self.files.entries
+                                            for t in e.bm25_tokens])
         return self._bm25
 
     @functools.cached_property
@@ -184,13 +193,13 @@ class Retriever:
                            ("max_code_length", max_code_length)):
             if value is not None:
                 setattr(model.config, key, value)
-        try:
-            import torch
+        import torch
 
-            if torch.cuda.is_available():
-                model = model.to("cuda")
-        except ImportError:
-            pass
+        from cetd_phase1.modeling.precision import weights_for_autocast
+
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        weights_for_autocast(model)
         return cls(model, tokenizer, identity=checkpoint_identity(path), ranking=ranking,
                    **kwargs)
 
@@ -203,12 +212,15 @@ class Retriever:
         name, root = resolve_app(app)
         key = str(Path(root).resolve())
         cached = self._indexes.get(key)
-        if cached is not None and stat_unchanged(Path(root), cached.files.seen):
+        if cached is not None and cached.files.unchanged():
             return cached
         files = self.store.index(Path(root), name, cached.files.seen if cached else None)
+        if cached is not None and [e.key for e in files.entries] == \
+                [e.key for e in cached.files.entries]:  # touched, or a folder changed, not a text
+            cached.files, cached.report = files, files.report
+            return cached
         sections = files.sections
         index = AppIndex(name=name, root=Path(root), sections=sections,
-                         texts=[section_text(s) for s in sections],
                          vectors=assemble(files.entries), report=files.report, files=files)
         self._indexes[key] = index
         return index
@@ -219,19 +231,41 @@ class Retriever:
         """Requirement embeddings, float32 [Q, D]."""
         return self.ranker.encode_requirements(list(requirements)).pooled
 
-    def dense_scores(self, requirements: list[str], index: AppIndex) -> np.ndarray:
-        """The model's scores [Q, N] of requirements against every section of ``index``."""
+    def dense_scores(self, requirements: list[str], index: AppIndex,
+                     first_stage: Callable[[np.ndarray], np.ndarray] | None = None
+                     ) -> np.ndarray:
+        """The model's scores [Q, N] of requirements against every section of ``index``
+        (MaxSim's shortlist, where it binds, the best by ``first_stage`` of the pooled scores:
+        :meth:`Encoded.scores <cetd_phase1.ranking.encode.Encoded.scores>`)."""
         if not index.sections:
             return np.zeros((len(requirements), 0), dtype=np.float32)
         queries = self.ranker.encode_requirements(list(requirements))
         if queries.tokens is not None:  # the index may hold its token vectors rotated
             queries.tokens = self.store.codec.index_space(queries.tokens)
-        return self.ranker.scores(queries, index.vectors)
+        return self.ranker.scores(queries, index.vectors, first_stage)
 
-    def fuse(self, dense: np.ndarray, requirement: str, index: AppIndex) -> np.ndarray:
-        """The served score of every section of ``index`` from the model's ``dense`` scores
-        for ``requirement`` (:func:`~cetd_phase1.ranking.fusion.served_scores`)."""
-        return served_scores(dense, index.bm25.scores(requirement), index.classes, self.ranking)
+    def shortlist_binds(self, index: AppIndex) -> bool:
+        """Whether MaxSim reads only a shortlist of ``index``'s sections."""
+        from cetd_phase1.ranking.encode import reads_shortlist
+
+        return bool(self.ranking.late_interaction) and reads_shortlist(len(index.sections),
+                                                                      self.ranking.shortlist)
+
+    def served_scores(self, requirements: list[str], index: AppIndex,
+                      dense: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The served scores [Q, N] and the model's [Q, N]. Where MaxSim's shortlist binds, it
+        is the best sections by the served score of the pooled cosines (BM25 finds sections
+        the pooled vector misses); elsewhere the model's scores are those of
+        :meth:`dense_scores`, reused when given as ``dense``."""
+        bm25 = [index.bm25.scores(r) for r in requirements]
+
+        def fused(model: np.ndarray) -> np.ndarray:
+            return np.stack([served_scores(m, b, index.classes, self.ranking)
+                             for m, b in zip(model, bm25)]).astype(np.float32)
+
+        if dense is None or self.shortlist_binds(index):
+            dense = self.dense_scores(requirements, index, fused)
+        return fused(dense), dense
 
     def retrieve(self, requirement: str, app: str | Path | App, k: int = 5,
                  hybrid: bool | None = None) -> list[dict]:
@@ -247,10 +281,13 @@ class Retriever:
         index = self.index(app)
         if not index.sections:
             return []
-        dense = self.dense_scores([requirement], index)[0]
-        use_hybrid = self.hybrid if hybrid is None else hybrid
-        scores = self.fuse(dense, requirement, index) if use_hybrid else dense
-        top = np.argsort(-scores, kind="stable")[:k]
+        if self.hybrid if hybrid is None else hybrid:
+            served, dense = self.served_scores([requirement], index)
+            scores, dense = served[0], dense[0]
+        else:
+            scores = dense = self.dense_scores([requirement], index)[0]
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.lexsort((top, -scores[top]))]  # best first, ties in app order
         return [{"score": float(scores[i]), "dense_score": float(dense[i]),
                  "file": index.sections[i].file, "qualname": index.sections[i].qualname,
                  "name": index.sections[i].qualname, "kind": index.sections[i].kind,

@@ -4,6 +4,7 @@ may index one app at once, and a bad entry is recomputed."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _tiny_models import make_tiny_encoder  # noqa: E402
+from _vectors import as_float  # noqa: E402
 
 from cetd_phase1.ranking import full_app  # noqa: E402
 from cetd_phase1.retrieve import Retriever  # noqa: E402
@@ -81,7 +83,7 @@ def test_edit_add_delete_encode_only_what_changed(tiny_model, app, tmp_path, enc
         ours, theirs = removed.vectors.encoded, scratch.vectors.encoded
         np.testing.assert_array_equal(ours.offsets, theirs.offsets)
         # encoded in other batches, a value on a 2-bit code's edge may round the other way
-        close = np.isclose(ours.tokens.astype(np.float32), theirs.tokens.astype(np.float32),
+        close = np.isclose(as_float(ours.tokens), as_float(theirs.tokens),
                            atol=1e-2)
         assert close.mean() > 0.995
     encoded.clear()
@@ -101,6 +103,56 @@ def test_a_moved_file_is_a_new_entry_and_a_touched_one_is_not(tiny_model, app, t
     (app / "a.py").rename(app / "e.py")  # the path is part of every section's text
     assert {s.file for s in r.index(app).sections} == {"e.py", "b.py", "pkg/c.py"}
     assert encoded == [5, 2]
+
+
+def test_an_unchanged_app_is_checked_by_stat_alone_and_a_same_tick_edit_is_not_missed(
+        tiny_model, app, tmp_path, encoded, monkeypatch):
+    """A warm app is checked without listing a folder again: a new file shows in its folder's
+    mtime, an edit in its file's. A file changed within a clock tick of the walk may keep its
+    size and mtime, so it is read again until its mtime is older than the walk by a margin."""
+    from cetd_phase1.data import sections as sections_lib
+
+    old = 1_600_000_000
+    for path in [*app.rglob("*"), app]:
+        os.utime(path, (old, old))
+    r = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "cache")
+    first = r.index(app)
+    walks = []
+    real_walk = sections_lib.os.walk
+    monkeypatch.setattr(sections_lib.os, "walk", lambda *a, **k: walks.append(1) or real_walk(
+        *a, **k))
+    assert r.index(app) is first and walks == []  # stats only
+    (app / "pkg" / "d.py").write_text("def div(a, b):\n    return a / b\n")
+    assert "div" in {s.qualname for s in r.index(app).sections} and walks == [1]
+    b = app / "b.py"
+    stat = b.stat()
+    b.write_text(FILES["b.py"].replace("mul", "mux"))  # same size, and the same mtime:
+    os.utime(b, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as one clock tick could leave it
+    assert "mux" not in {s.qualname for s in r.index(app).sections}  # an old mtime is trusted
+    recent = time.time_ns()
+    b.write_text(FILES["b.py"])
+    os.utime(b, ns=(recent, recent))
+    assert "mul" in {s.qualname for s in r.index(app).sections}
+    b.write_text(FILES["b.py"].replace("mul", "mux"))
+    os.utime(b, ns=(recent, recent))  # changed in the same tick as the last read
+    assert "mux" in {s.qualname for s in r.index(app).sections}
+
+
+def test_a_large_app_is_encoded_a_few_files_at_a_time(tiny_model, app, tmp_path, encoded,
+                                                       monkeypatch):
+    """Entries are built a bounded chunk of texts at a time (a large app's float token vectors
+    never all in memory at once), each file's vectors the same as built in one go."""
+    from cetd_phase1 import index as index_lib
+
+    whole = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "whole",
+                                      late_interaction=0.5).index(app)
+    assert encoded == [5]
+    monkeypatch.setattr(index_lib, "_CHUNK_TEXTS", 2)
+    chunked = Retriever.from_pretrained(tiny_model, cache_dir=tmp_path / "chunked",
+                                        late_interaction=0.5).index(app)
+    assert encoded == [5, 2, 3]  # a.py's 2 texts, then b.py's 1 with pkg/c.py's 2
+    _same(chunked, whole)
+    np.testing.assert_array_equal(chunked.vectors.encoded.offsets, whole.vectors.encoded.offsets)
 
 
 def test_a_file_that_does_not_parse_is_reported_from_the_cache_too(tiny_model, app, tmp_path):
@@ -177,7 +229,7 @@ def test_compact_entries_read_back_as_they_ranked_when_built(tiny_model, app, tm
     again = read.index(app).vectors.encoded
     assert encoded == [5]  # the second process encoded nothing
     np.testing.assert_array_equal(first.pooled, again.pooled)
-    np.testing.assert_array_equal(first.tokens, again.tokens)
+    np.testing.assert_array_equal(as_float(first.tokens), as_float(again.tokens))
     np.testing.assert_array_equal(first.offsets, again.offsets)
     query = "multiply two numbers"
     np.testing.assert_array_equal(built.dense_scores([query], built.index(app)),
@@ -200,8 +252,8 @@ def test_the_default_two_bit_index_scores_queries_in_its_rotated_space(tiny_mode
     index = r.index(app)
     query = ["multiply two numbers", "read the configuration file"]
     stored = index.vectors.encoded
-    turned_back = replace(stored, tokens=(stored.tokens.astype(np.float32)
-                                          @ rotation(stored.tokens.shape[1]).T), _matrix=None)
+    vectors = as_float(stored.tokens)
+    turned_back = replace(stored, tokens=vectors @ rotation(vectors.shape[1]).T, _matrix=None)
     exact = r.ranker.scores(r.ranker.encode_requirements(query),
                             SectionVectors(turned_back, index.vectors.starts))
     np.testing.assert_allclose(r.dense_scores(query, index), exact, atol=1e-2)

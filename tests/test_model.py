@@ -268,7 +268,7 @@ def test_maxsim_matches_its_formula_over_ragged_texts(native_bf16, monkeypatch):
                                [[0.75 * 0.8 + 0.25 * 1.0, 0.75 * 0.6 - 0.25 * 0.7]], atol=1e-3)
     np.testing.assert_allclose(long.scores(queries, 0.0, sections=np.array([0, 2])),
                                [[0.8, 0.6]])
-    assert long._matrix.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
+    assert long._matrix[0].dtype == (torch.bfloat16 if native_bf16 else torch.float32)
 
 
 # --- the decoder (Qwen2) path -----------------------------------------------------------------

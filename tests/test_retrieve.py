@@ -153,9 +153,10 @@ def test_class_penalty_lowers_every_class_in_the_served_ranking_only(tiny_model,
     query = "stack push pop items"
     index = r.index(apps / "calc")
     assert index.classes.any() and not index.classes.all()
-    dense = r.dense_scores([query], index)[0]
-    np.testing.assert_allclose(r.fuse(dense, query, index),
-                               plain.fuse(dense, query, index) - 0.5 * index.classes)
+    dense = r.dense_scores([query], index)
+    np.testing.assert_allclose(r.served_scores([query], index, dense)[0],
+                               plain.served_scores([query], index, dense)[0]
+                               - 0.5 * index.classes, atol=1e-6)
     every = len(index.sections)
     hits = {h["qualname"]: h for h in r.retrieve(query, app=apps / "calc", k=every)}
     before = {h["qualname"]: h for h in plain.retrieve(query, app=apps / "calc", k=every)}

@@ -104,8 +104,11 @@ def is_test_path(rel: PurePosixPath) -> bool:
     return name == "conftest.py" or name.startswith("test_") or name.endswith("_test.py")
 
 
-def iter_python_files(root: Path, report: ExtractionReport) -> Iterator[tuple[Path, str]]:
-    """Yield ``(path, relative posix path)`` of every non-test ``.py`` file below ``root``.
+def iter_python_files(root: Path, report: ExtractionReport,
+                      folders: dict[str, int] | None = None) -> Iterator[tuple[Path, str]]:
+    """Yield ``(path, relative posix path)`` of every non-test ``.py`` file below ``root``;
+    with ``folders``, also record the mtime of every folder walked (a file added, removed or
+    renamed in a folder changes its mtime).
 
     Symlinked folders are followed once; a loop is recorded, not followed again.
     """
@@ -131,6 +134,11 @@ def iter_python_files(root: Path, report: ExtractionReport) -> Iterator[tuple[Pa
             dirnames[:] = []
             continue
         seen_dirs.add(real)
+        if folders is not None:
+            try:
+                folders[dirpath] = os.stat(dirpath).st_mtime_ns
+            except OSError:
+                pass  # gone since the walk listed it: the next check sees it missing
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
         for name in sorted(filenames):
             rel = rel_dir / name if str(rel_dir) != "." else PurePosixPath(name)

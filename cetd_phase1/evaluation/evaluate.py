@@ -55,8 +55,7 @@ class Method:
         """Score matrix [Q, N] over every section of the app."""
         if self.fused_from is not None:
             dense = self.fused_from.scores(requirements, app, index)
-            return np.stack([self.fused_from.retriever.fuse(d, r, index)
-                             for d, r in zip(dense, requirements)])
+            return self.fused_from.retriever.served_scores(requirements, index, dense)[0]
         if self.retriever is None:
             return np.stack([index.bm25.scores(r) for r in requirements]) if requirements \
                 else np.zeros((0, len(index.sections)))

@@ -3,21 +3,23 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 
-def cpu_flags() -> set[str]:
+@lru_cache(maxsize=1)  # read on every encoding call; the processor does not change
+def cpu_flags() -> frozenset[str]:
     """The processor's feature flags from /proc/cpuinfo (empty where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -36,3 +38,16 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     return None
 
+
+
+def weights_for_autocast(model: torch.nn.Module) -> None:
+    """Store ``model``'s Linear layers in the autocast dtype of its device, as autocast would
+    cast them on every call: the same products without the casts, which are most of what a
+    one-requirement encoding costs beside the model itself. For a model that only encodes
+    under :func:`autocast_dtype`: a float32 call would then fail on mixed dtypes."""
+    dtype = autocast_dtype(next(model.parameters()).device)
+    if dtype is None:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.to(dtype)

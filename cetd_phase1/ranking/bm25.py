@@ -38,14 +38,19 @@ def _stemmer():
 
 
 class BM25Scorer:
-    """BM25 (``bm25s``) over a fixed list of texts, scoring every text for a query."""
+    """BM25 (``bm25s``) over a fixed list of texts, scoring every text for a query; built from
+    the texts or from their :func:`bm25_tokenize` tokens (``tokens``: an app keeps each file's
+    tokens, so an edit tokenizes one file again, not the app)."""
 
-    def __init__(self, texts: list[str]) -> None:
+    def __init__(self, texts: list[str] | None = None, *,
+                 tokens: list[list[str]] | None = None) -> None:
         import bm25s
 
-        self.n = len(texts)
+        if tokens is None:
+            tokens = bm25_tokenize(texts or [], return_ids=False)
+        self.n = len(tokens)
         self.model = bm25s.BM25()
-        self.model.index(bm25_tokenize(texts), show_progress=False)
+        self.model.index(tokens, show_progress=False)
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every text, float32 [N]; all zero when no query word is indexed."""
@@ -53,4 +58,3 @@ class BM25Scorer:
         if not ids:
             return np.zeros(self.n, dtype=np.float32)
         return self.model.get_scores_from_ids(ids).astype(np.float32)
-

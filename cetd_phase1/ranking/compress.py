@@ -18,15 +18,20 @@ per vector, the least-squares fit of the levels to the vector, is kept. Decoded 
 stay in the rotated space and the requirement's token vectors are rotated instead
 (:meth:`TokenCodec.index_space`): MaxSim's dot products are unchanged by an orthogonal map, and
 one small rotation a query costs less than one per stored token.
+
+An app's 2-bit token vectors stay coded in memory (:class:`PackedTokens`, a quarter of the bytes
+of int8 and an eighth of bfloat16) and MaxSim decodes only the rows it reads, through a table of
+the 4 decoded values of each of the 256 bytes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 #: The 4 Lloyd-Max levels of a unit Gaussian (Max, 1960): a value's 2-bit code is the nearest
 #: (thresholds are the midpoints). 4 bits a value (16 levels) took twice the space for no
@@ -85,14 +90,100 @@ class TokenCodec:
         return tokens if self.bits >= 8 else tokens.astype(np.float32) @ rotation(
             tokens.shape[1])
 
-    def unpack(self, arrays) -> np.ndarray:
-        """float16 [T, D] from :meth:`pack`'s arrays (``KeyError`` when they are another
-        codec's), rotated below 8 bits (:meth:`index_space`)."""
+    def unpack(self, arrays) -> "np.ndarray | PackedTokens":
+        """The token vectors from :meth:`pack`'s arrays (``KeyError`` when they are another
+        codec's): float16 [T, D], or at 2 bits still coded (:class:`PackedTokens`, rotated:
+        :meth:`index_space`)."""
         if self.bits == 16:
             return arrays["tokens"]
         if self.bits == 8:
             return dequantize(arrays["token_codes"], arrays["token_scales"])
-        return dequantize_rotated(arrays["token_bits"], arrays["token_scales"])
+        return PackedTokens([(arrays["token_bits"], arrays["token_scales"])])
+
+
+@dataclass
+class PackedTokens:
+    """Token vectors [T, D] as 2-bit codes (:func:`quantize_rotated`), kept in parts (one per
+    source file of an app) so joining an app's files copies no vector; decoded only where
+    MaxSim reads them (:meth:`decode`)."""
+
+    parts: list[tuple[np.ndarray, np.ndarray]]  # (codes uint8 [t, D / 4], scales float16 [t])
+    _bases: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(self.bases[-1])
+
+    @property
+    def width(self) -> int:
+        """D, the vector width."""
+        return self.parts[0][0].shape[1] * _PER_BYTE if self.parts else 0
+
+    @property
+    def bases(self) -> np.ndarray:
+        """The first row of each part, then the row count [parts + 1]."""
+        if self._bases is None:
+            self._bases = np.concatenate(
+                [[0], np.cumsum([len(c) for c, _ in self.parts])]).astype(np.int64)
+        return self._bases
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays :meth:`TokenCodec.pack` would give for these vectors."""
+        codes, scales = self._rows(np.asarray([0]), np.asarray([len(self)]))
+        return {"token_bits": codes, "token_scales": scales}
+
+    def take(self, rows: np.ndarray) -> "PackedTokens":
+        """The vectors at ``rows`` (one part)."""
+        codes, scales = self._rows(np.asarray([0]), np.asarray([len(self)]))
+        return PackedTokens([(codes[rows], scales[rows])])
+
+    def decode(self, starts: np.ndarray, ends: np.ndarray,
+               dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray]:
+        """The rows ``starts[i]`` to ``ends[i]`` one after another: their codes' levels
+        [R, D] in ``dtype`` (bfloat16 or float32) and their scales float32 [R] (a vector is
+        its levels times its scale; scaling the R dot products instead of the R x D values
+        costs less)."""
+        codes, scales = self._rows(starts, ends)
+        table = _byte_table(dtype)
+        levels = table[codes].view(np.float32 if dtype == torch.float32 else np.int16)
+        tensor = torch.from_numpy(levels.reshape(len(codes), -1))
+        return (tensor if dtype == torch.float32 else tensor.view(dtype)), \
+            scales.astype(np.float32)
+
+    def _rows(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Codes and scales of the rows ``starts[i]`` to ``ends[i]``, one after another."""
+        if len(self.parts) == 1 and len(starts) == 1 and starts[0] == 0 \
+                and ends[0] == len(self):
+            return self.parts[0]
+        bases = self.bases
+        codes, scales = [], []
+        for start, end in zip(starts.tolist(), ends.tolist()):
+            part = int(np.searchsorted(bases, start, side="right")) - 1
+            while start < end:  # a span may cross parts (a join of several files' texts)
+                local = start - int(bases[part])
+                stop = min(end, int(bases[part + 1])) - int(bases[part])
+                codes.append(self.parts[part][0][local:stop])
+                scales.append(self.parts[part][1][local:stop])
+                start, part = start + stop - local, part + 1
+        width = self.parts[0][0].shape[1] if self.parts else 0
+        return (np.concatenate(codes) if codes else np.zeros((0, width), np.uint8),
+                np.concatenate(scales) if scales else np.zeros(0, np.float16))
+
+
+def join_packed(parts: list[PackedTokens]) -> PackedTokens:
+    """The vectors of ``parts`` one after another (their arrays are shared, not copied)."""
+    return PackedTokens([p for packed in parts for p in packed.parts])
+
+
+@lru_cache(maxsize=2)
+def _byte_table(dtype: torch.dtype) -> np.ndarray:
+    """[256] of the 4 levels a code byte holds, each entry the 4 values' bytes as one
+    element (8 bytes of bfloat16 or 16 of float32), so decoding is one gather a byte."""
+    byte = np.arange(256, dtype=np.uint8)
+    levels = _LEVELS[(byte[:, None] >> (np.arange(_PER_BYTE, dtype=np.uint8) * 2)) & 3]
+    if dtype == torch.float32:
+        return np.ascontiguousarray(levels, np.float32).view(np.complex128).ravel()
+    raw = torch.from_numpy(np.ascontiguousarray(levels)).to(dtype).view(torch.int16).numpy()
+    return np.ascontiguousarray(raw).view(np.uint64).ravel()
 
 
 def pool_tokens(vectors: np.ndarray, factor: float) -> np.ndarray:
@@ -155,15 +246,6 @@ def quantize_rotated(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     denom = (approx * approx).sum(axis=1)
     scale = np.where(denom > 0, (approx * x).sum(axis=1) / np.where(denom > 0, denom, 1), 0)
     return _pack_codes(codes), scale.astype(np.float16)
-
-
-def dequantize_rotated(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """float16 [T, D], in the rotated space, from :func:`quantize_rotated`'s codes and
-    scales."""
-    shifts = np.arange(_PER_BYTE, dtype=np.uint8) * 2
-    codes = ((packed[:, :, None] >> shifts) & np.uint8(3)).reshape(
-        len(packed), packed.shape[1] * _PER_BYTE)
-    return (_LEVELS[codes] * scales.astype(np.float32)[:, None]).astype(np.float16)
 
 
 def _pack_codes(codes: np.ndarray) -> np.ndarray:

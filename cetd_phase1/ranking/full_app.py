@@ -5,7 +5,7 @@ Trainer's validation, ``evaluate`` and the :class:`~cetd_phase1.retrieve.Retriev
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -87,9 +87,11 @@ class FullAppRanker:
                             show_progress: bool = False) -> Encoded:
         return self._encode(list(requirements), self.max_query_length, show_progress)
 
-    def scores(self, requirements: Encoded, sections: SectionVectors) -> np.ndarray:
-        """Scores [Q, N] of the encoded requirements against every one of the N sections."""
+    def scores(self, requirements: Encoded, sections: SectionVectors,
+               first_stage: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """Scores [Q, N] of the encoded requirements against every one of the N sections
+        (``first_stage``: :meth:`Encoded.scores`)."""
         if not len(sections):
             return np.zeros((len(requirements), 0), dtype=np.float32)
         return sections.encoded.scores(requirements, self.ranking.late_interaction,
-                                       sections.starts, self.ranking.shortlist)
+                                       sections.starts, self.ranking.shortlist, first_stage)

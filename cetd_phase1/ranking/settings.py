@@ -33,16 +33,18 @@ class RankingConfig:
         class_penalty: subtracted from a class's hybrid score (z-units): a class's text is its
             methods' code, so it matches what they match, while a feature-level requirement
             names the function that changed; 0 = none.
-        shortlist: with late interaction, MaxSim reads only this many sections of highest
-            pooled cosine per requirement (the rest keep their pooled order below and among
-            them), so a query's cost stops growing with the app; 0 = every section.
+        shortlist: with late interaction, MaxSim reads only this many sections per
+            requirement, the best by the first stage (the served score of the pooled cosines;
+            the pooled cosine for the model alone), and a sample of the others, from which
+            the rest's MaxSim is estimated, so a query's cost stops growing with the app
+            (:meth:`~cetd_phase1.ranking.encode.Encoded.scores`); 0 = every section.
     """
 
     section_chunks: int = 1
     late_interaction: float = 0.0
     hybrid_weight: float = 0.7
     class_penalty: float = 0.0
-    shortlist: int = 0
+    shortlist: int = 100
 
     def __post_init__(self) -> None:
         if isinstance(self.section_chunks, bool) or not isinstance(self.section_chunks, int) \
