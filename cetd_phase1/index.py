@@ -65,13 +65,20 @@ class FileEntry:
 
 @dataclass
 class _Seen:
-    """What the last index of an app read from one file: its path, stat and entry."""
+    """What the last index of an app read from one file: its path, stat, text digest and
+    entry."""
 
     path: str
     size: int
     mtime_ns: int
     entry: FileEntry | None  # None: read_source refused the file (the reason is in ``skip``)
     skip: str = ""
+    digest: str = ""  # of the text read; "" when read_source refused it
+
+    def same_text(self, rel: str) -> bool:
+        """Whether the file still holds the text read (read again to know)."""
+        text = read_source(Path(self.path), rel, ExtractionReport(app=""))
+        return bool(self.digest) and text is not None and _digest(text) == self.digest
 
 
 @dataclass
@@ -88,18 +95,19 @@ class FileIndex:
     def unchanged(self) -> bool:
         """True when no source file was added, removed or changed since this index was read:
         every folder has its mtime (adding, removing or renaming a file in a folder changes
-        it) and every file its size and mtime, and none of them changed within
-        :data:`RACY_NS` of the walk (a change in the same clock tick as the read could leave
-        the mtime as it was). Stats only: no folder is listed again."""
+        it) and every file its size and mtime; a folder changed within :data:`RACY_NS` of the
+        walk counts as changed, and a file changed that close is read again (a change in the
+        same clock tick as the read could leave the mtime as it was). No folder is listed
+        again."""
         recent = self.walked_ns - RACY_NS
         try:
             for folder, mtime in self.folders.items():
                 if mtime >= recent or os.stat(folder).st_mtime_ns != mtime:
                     return False
-            for old in self.seen.values():
+            for rel, old in self.seen.items():
                 st = os.stat(old.path)
-                if old.mtime_ns >= recent or (old.size, old.mtime_ns) != (st.st_size,
-                                                                          st.st_mtime_ns):
+                if (old.size, old.mtime_ns) != (st.st_size, st.st_mtime_ns) \
+                        or (old.mtime_ns >= recent and not old.same_text(rel)):
                     return False
         except OSError:
             return False
@@ -166,7 +174,7 @@ class IndexStore:
             if entry is None:
                 pending[rel] = (key, text)
             slots.append((rel, entry))
-            seen[rel] = _Seen(str(path), st.st_size, st.st_mtime_ns, entry)
+            seen[rel] = _Seen(str(path), st.st_size, st.st_mtime_ns, entry, digest=_digest(text))
         built = self._build(pending) if pending else {}
         entries = []
         for rel, entry in slots:
@@ -246,7 +254,8 @@ class IndexStore:
         from tqdm.auto import tqdm
 
         parsed: dict[str, tuple[list[Section], str, list[str], np.ndarray]] = {}
-        for rel, (_, text) in pending.items():
+        for rel, (_, text) in tqdm(pending.items(), desc="parsing", unit="file",
+                                   disable=not self.show_progress or len(pending) < 100):
             sections, problem = parse_sections(text, rel)
             file_texts, starts = self.ranker.texts(
                 [(s.file, s.qualname, s.kind, s.encoder_code()) for s in sections])
@@ -303,6 +312,10 @@ def assemble(entries: list[FileEntry]) -> SectionVectors:
     encoded = concat_encoded([e.vectors for e in parts])
     flat = np.concatenate(starts) if starts else np.zeros(0, np.int64)
     return SectionVectors(encoded, None if row == n_sections else flat)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _well_formed(tokens) -> bool:

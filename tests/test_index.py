@@ -123,6 +123,8 @@ def test_an_unchanged_app_is_checked_by_stat_alone_and_a_same_tick_edit_is_not_m
         *a, **k))
     assert r.index(app) is first and walks == []  # stats only
     (app / "pkg" / "d.py").write_text("def div(a, b):\n    return a / b\n")
+    for path in (app / "pkg" / "d.py", app / "pkg"):  # long ago, yet not as first seen
+        os.utime(path, (old + 10, old + 10))
     assert "div" in {s.qualname for s in r.index(app).sections} and walks == [1]
     b = app / "b.py"
     stat = b.stat()
@@ -133,6 +135,9 @@ def test_an_unchanged_app_is_checked_by_stat_alone_and_a_same_tick_edit_is_not_m
     b.write_text(FILES["b.py"])
     os.utime(b, ns=(recent, recent))
     assert "mul" in {s.qualname for s in r.index(app).sections}
+    walked = len(walks)
+    r.index(app)
+    assert len(walks) == walked  # the recent file is read again, the folders not walked
     b.write_text(FILES["b.py"].replace("mul", "mux"))
     os.utime(b, ns=(recent, recent))  # changed in the same tick as the last read
     assert "mux" in {s.qualname for s in r.index(app).sections}
