@@ -63,9 +63,11 @@ def _unit(rng, n, d=8):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_a_shortlist_runs_maxsim_on_the_best_pooled_sections_and_a_sample_only():
-    """MaxSim reads the shortlist and a sample of the others, spread over their pooled scores;
-    every other section's MaxSim lies on the line fitted to the sample."""
+def test_a_shortlist_runs_maxsim_on_the_best_pooled_sections_and_a_sample_only(monkeypatch):
+    """MaxSim reads the shortlist, within its token budget, and a sample of the others, spread
+    over their pooled scores; every other section's MaxSim lies on the line fitted to the
+    sample."""
+    from cetd_phase1.ranking import encode
     from cetd_phase1.ranking.encode import SHORTLIST_SAMPLE, Encoded, reads_shortlist
 
     rng = np.random.default_rng(0)
@@ -87,6 +89,12 @@ def test_a_shortlist_runs_maxsim_on_the_best_pooled_sections_and_a_sample_only()
     slope, intercept = np.polyfit(cosine[estimated], short[estimated], 1)
     np.testing.assert_allclose(short[estimated], intercept + slope * cosine[estimated],
                                atol=1e-5)  # on one line of the pooled score
+    monkeypatch.setattr(encode, "SHORTLIST_TOKENS", 1)  # a budget of long sections:
+    monkeypatch.setattr(encode, "SHORTLIST_MIN", 2)  # the best 2 only
+    budget = texts.scores(query, 0.5, shortlist=4)[0]
+    read = np.isclose(budget, exhaustive, atol=1e-6)
+    order = np.argsort(-cosine)
+    assert read[order[:2]].all() and not read[order[2:4]].all()
     with pytest.raises(CETDError, match="shortlist must be an integer >= 0"):
         RankingConfig(shortlist=-1)
 

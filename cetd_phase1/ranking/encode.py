@@ -21,6 +21,12 @@ from cetd_phase1.ranking.late_interaction import maxsim
 #: Sections outside MaxSim's shortlist it reads anyway, a stride sample in pooled-score order,
 #: to fit the line that estimates the others' MaxSim (16 to 64 ranked alike).
 SHORTLIST_SAMPLE = 16
+#: At most this many token vectors of the shortlist are read (its best sections first, never
+#: fewer than ``SHORTLIST_MIN``): a shortlist of long functions (up to 8 texts each) would
+#: otherwise cost several times a typical one. On ``torch/_inductor`` it cut the query p95 from
+#: 72 to 40 ms at the same docstring MRR (0.617 / 0.616).
+SHORTLIST_TOKENS = 20_000
+SHORTLIST_MIN = 32
 
 
 @dataclass
@@ -61,8 +67,9 @@ class Encoded:
 
         With a ``shortlist`` that binds (:func:`reads_shortlist`), MaxSim reads only the
         ``shortlist`` sections of highest first-stage score (``first_stage`` of the pooled
-        scores [Q, N]; the pooled scores themselves by default), so the expensive part does not
-        grow with the app, and a stride sample of :data:`SHORTLIST_SAMPLE` others. Every other
+        scores [Q, N]; the pooled scores themselves by default), the best first up to
+        :data:`SHORTLIST_TOKENS` token vectors, so the expensive part does not grow with the
+        app, and a sample of :data:`SHORTLIST_SAMPLE` others. Every other
         section's MaxSim is estimated from its pooled score by a line fitted on that sample:
         the served score z-scores the model's scores over the whole app, and a line fitted on
         the shortlist (the best sections) misjudged their spread (a self-retrieval check on
@@ -88,6 +95,10 @@ class Encoded:
         late = []
         for j in range(len(queries)):
             top = np.argpartition(-pick[j], shortlist)[:shortlist]
+            top = top[np.argsort(-pick[j][top], kind="stable")]
+            within = np.searchsorted(np.cumsum(ends[top] - starts[top]), SHORTLIST_TOKENS,
+                                     side="right")
+            top = top[:max(SHORTLIST_MIN, int(within))]
             left_out = np.ones(len(starts), dtype=bool)
             left_out[top] = False
             rest = np.flatnonzero(left_out)

@@ -35,7 +35,8 @@ class RankingConfig:
             names the function that changed; 0 = none.
         shortlist: with late interaction, MaxSim reads only this many sections per
             requirement, the best by the first stage (the served score of the pooled cosines;
-            the pooled cosine for the model alone), and a sample of the others, from which
+            the pooled cosine for the model alone) within a budget of token vectors, and a
+            sample of the others, from which
             the rest's MaxSim is estimated, so a query's cost stops growing with the app
             (:meth:`~cetd_phase1.ranking.encode.Encoded.scores`); 0 = every section.
     """
