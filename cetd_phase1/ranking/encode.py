@@ -18,13 +18,13 @@ from cetd_phase1.ranking.compress import PackedTokens, join_packed
 from cetd_phase1.ranking.late_interaction import maxsim
 
 
-#: Sections outside MaxSim's shortlist it reads anyway, a stride sample in pooled-score order,
-#: to fit the line that estimates the others' MaxSim (16 to 64 ranked alike).
+#: Sections outside MaxSim's shortlist it reads anyway, at evenly spaced ranks of the pooled
+#: score, to fit the line that estimates the others' MaxSim (16 to 64 ranked alike).
 SHORTLIST_SAMPLE = 16
 #: At most this many token vectors of the shortlist are read (its best sections first, never
 #: fewer than ``SHORTLIST_MIN``): a shortlist of long functions (up to 8 texts each) would
 #: otherwise cost several times a typical one. On ``torch/_inductor`` it cut the query p95 from
-#: 72 to 40 ms at the same docstring MRR (0.617 / 0.616).
+#: 102 to 41 ms at the same docstring MRR (bench/retrieve_latency.py, docs/results.md).
 SHORTLIST_TOKENS = 20_000
 SHORTLIST_MIN = 32
 
