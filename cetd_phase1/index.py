@@ -263,11 +263,13 @@ class IndexStore:
                            np.arange(len(sections), dtype=np.int64) if starts is None else starts)
         out: dict[str, FileEntry] = {}
         chunk: list[str] = []
+        size = 0  # texts in the chunk
         with tqdm(total=sum(len(p[2]) for p in parsed.values()), desc="encoding", unit="text",
                   disable=not self.show_progress) as bar:
             for n, rel in enumerate(pending):
                 chunk.append(rel)
-                if n + 1 < len(pending) and sum(len(parsed[r][2]) for r in chunk) < _CHUNK_TEXTS:
+                size += len(parsed[rel][2])
+                if n + 1 < len(pending) and size < _CHUNK_TEXTS:
                     continue
                 texts = [t for r in chunk for t in parsed[r][2]]
                 encoded = self.ranker.encode_texts(texts).encoded
@@ -279,7 +281,7 @@ class IndexStore:
                     out[r] = self._entry(pending[r][0], r, sections, skip, starts,
                                          encoded.take(rows) if sections else None)
                 bar.update(len(texts))
-                chunk = []
+                chunk, size = [], 0
         return out
 
     def _entry(self, key: str, rel: str, sections: list[Section], skip: str, starts: np.ndarray,

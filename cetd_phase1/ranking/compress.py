@@ -126,11 +126,6 @@ class PackedTokens:
                 [[0], np.cumsum([len(c) for c, _ in self.parts])]).astype(np.int64)
         return self._bases
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays :meth:`TokenCodec.pack` would give for these vectors."""
-        codes, scales = self._rows(np.asarray([0]), np.asarray([len(self)]))
-        return {"token_bits": codes, "token_scales": scales}
-
     def take(self, rows: np.ndarray) -> "PackedTokens":
         """The vectors at ``rows`` (one part)."""
         codes, scales = self._rows(np.asarray([0]), np.asarray([len(self)]))

@@ -19,7 +19,7 @@ from cetd_phase1.ranking.late_interaction import maxsim
 
 
 #: Sections outside MaxSim's shortlist it reads anyway, at evenly spaced ranks of the pooled
-#: score, to fit the line that estimates the others' MaxSim (16 to 64 ranked alike).
+#: score, to fit the line that estimates the others' MaxSim.
 SHORTLIST_SAMPLE = 16
 #: At most this many token vectors of the shortlist are read (its best sections first, never
 #: fewer than ``SHORTLIST_MIN``): a shortlist of long functions (up to 8 texts each) would
@@ -69,12 +69,10 @@ class Encoded:
         ``shortlist`` sections of highest first-stage score (``first_stage`` of the pooled
         scores [Q, N]; the pooled scores themselves by default), the best first up to
         :data:`SHORTLIST_TOKENS` token vectors, so the expensive part does not grow with the
-        app, and a sample of :data:`SHORTLIST_SAMPLE` others. Every other
-        section's MaxSim is estimated from its pooled score by a line fitted on that sample:
-        the served score z-scores the model's scores over the whole app, and a line fitted on
-        the shortlist (the best sections) misjudged their spread (a self-retrieval check on
-        ``asyncio`` + ``xml``: MRR 0.442 against 0.455 exhaustive; sampled 0.456 to 0.459 at
-        shortlists of 50 to 300). Coded token
+        app, and a sample of :data:`SHORTLIST_SAMPLE` others. Every other section's MaxSim is
+        estimated from its pooled score by a line fitted on that sample: the served score
+        z-scores the model's scores over the whole app, and the shortlist's mean gap between
+        the two (its best sections) misjudged their spread (docs/experiments.md). Coded token
         vectors (:class:`PackedTokens`) are decoded for the sections read only.
 
         Without a shortlist, every token vector is held decoded in the matrix MaxSim
