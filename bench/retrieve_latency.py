@@ -13,7 +13,8 @@ top-k selection. The queries are the first docstring paragraphs of the app's own
 taken from: the ranking a shortlist loses against every section read (``--shortlists 0 N``).
 
     python bench/retrieve_latency.py [--checkpoint DIR] [--queries 50] [--dense-only]
-        [--query-threads 1] [--section-chunks N] [--apps logging asyncio+xml ...] [--json FILE]
+        [--query-threads N] [--section-chunks N] [--apps logging asyncio+xml ...]
+        [--cache-dir DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -58,10 +59,11 @@ def build_apps(workdir: Path, labels: list[str]) -> dict[str, Path]:
 
 
 def edit_one_file(app: Path) -> None:
-    """Append a function to the app's first source file, as a user saving an edit."""
+    """Append a function to the app's first source file, as a user saving an edit (named
+    anew each run, so a kept ``--cache-dir`` never holds the edited file already)."""
     first = min(app.rglob("*.py"))
     with open(first, "a", encoding="utf-8") as f:
-        f.write("\n\ndef benchmark_edit(value):\n    return value\n")
+        f.write(f"\n\ndef benchmark_edit_{time.time_ns()}(value):\n    return value\n")
 
 
 def queries_for(retriever: Retriever, app: Path, n: int) -> list[tuple[str, int]]:
@@ -91,9 +93,12 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=5)
     parser.add_argument("--dense-only", action="store_true",
                         help="time the dense score alone (default: the hybrid retrieve serves)")
-    parser.add_argument("--query-threads", type=int, default=1,
-                        help="torch threads while timing queries (default 1: a one-query batch "
-                             "gains nothing from intra-op threads and loses much on a busy CPU)")
+    parser.add_argument("--query-threads", type=int,
+                        help="torch threads while timing queries (default: torch's own, as a "
+                             "served process runs them)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="keep the indexes here, so a later run re-reads them (default: a "
+                             "temporary folder; the index build time is then a fresh build)")
     parser.add_argument("--section-chunks", type=int,
                         help="texts per long function (default: the checkpoint's own)")
     parser.add_argument("--late-interaction", type=float,
@@ -110,12 +115,14 @@ def main() -> None:
     import torch
 
     index_threads = torch.get_num_threads()
+    query_threads = args.query_threads or index_threads
     results = {"checkpoint": args.checkpoint, "hybrid": not args.dense_only,
                "index_threads": index_threads,
-               "query_threads": args.query_threads, "cpu_count": os.cpu_count(),
+               "query_threads": query_threads, "cpu_count": os.cpu_count(),
                "device": "cuda" if torch.cuda.is_available() else "cpu", "apps": {}}
     with tempfile.TemporaryDirectory(prefix="cetd-bench-") as tmp:
-        retriever = Retriever.from_pretrained(args.checkpoint, cache_dir=Path(tmp) / "index",
+        retriever = Retriever.from_pretrained(args.checkpoint,
+                                              cache_dir=args.cache_dir or Path(tmp) / "index",
                                               hybrid=not args.dense_only, show_progress=True,
                                               section_chunks=args.section_chunks,
                                               late_interaction=args.late_interaction)
@@ -132,7 +139,7 @@ def main() -> None:
             index = retriever.index(app)
             index.bm25
             reindex_s = time.perf_counter() - start
-            torch.set_num_threads(args.query_threads)
+            torch.set_num_threads(query_threads)
             queries = queries_for(retriever, app, args.queries + args.warmup)
             stored = sum(retriever.store.entry_path(e.key).stat().st_size
                          for e in index.files.entries)

@@ -222,13 +222,31 @@ def config_from_dict(data: Any, path: str = "<dict>") -> Phase1Config:
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
+    silently, so an edit above a forgotten copy of its key would do nothing)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> Phase1Config:
     """Read and validate a YAML config file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except OSError as err:
         raise CETDError(f"{path}: cannot read config ({err.strerror or err})") from None
+    except yaml.MarkedYAMLError as err:
+        where = f" at line {err.problem_mark.line + 1}" if err.problem_mark else ""
+        raise CETDError(f"{path}: invalid YAML{where} ({err.problem})") from None
     except yaml.YAMLError as err:
         raise CETDError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
     return config_from_dict(data, str(path))

@@ -147,6 +147,14 @@ def test_missing_and_invalid_files(tmp_path):
         load_config(_write(tmp_path, "model: [unclosed\n"))
 
 
+def test_a_key_given_twice_is_an_error_naming_it(tmp_path):
+    # PyYAML keeps the last copy silently: an edit above a forgotten copy would do nothing
+    path = _write(tmp_path, SEED_YAML.replace("batch_size: 8", "batch_size: 8\n  batch_size: 16"))
+    with pytest.raises(CETDError,
+                       match=r"invalid YAML at line \d+ \(key 'batch_size' given twice\)"):
+        load_config(path)
+
+
 def test_training_arguments_mapping(tmp_path):
     cfg = apply_overrides(load_config(_write(tmp_path, SEED_YAML)),
                           output_dir=str(tmp_path / "out"), max_steps=7, batch_size=2,

@@ -87,8 +87,11 @@ class TokenCodec:
     def index_space(self, tokens: np.ndarray) -> np.ndarray:
         """A requirement's token vectors [L, D] in the space :meth:`unpack` returns, so MaxSim
         against unpacked vectors gives the dot products of the original ones."""
-        return tokens if self.bits >= 8 else tokens.astype(np.float32) @ rotation(
-            tokens.shape[1])
+        if self.bits >= 8:
+            return tokens
+        # torch's product: numpy's BLAS threads would then contend with torch's for the cores
+        return (torch.from_numpy(tokens.astype(np.float32))
+                @ torch.from_numpy(rotation(tokens.shape[1]))).numpy()
 
     def unpack(self, arrays) -> "np.ndarray | PackedTokens":
         """The token vectors from :meth:`pack`'s arrays (``KeyError`` when they are another
@@ -138,11 +141,11 @@ class PackedTokens:
         its levels times its scale; scaling the R dot products instead of the R x D values
         costs less)."""
         codes, scales = self._rows(starts, ends)
-        table = _byte_table(dtype)
-        levels = table[codes].view(np.float32 if dtype == torch.float32 else np.int16)
-        tensor = torch.from_numpy(levels.reshape(len(codes), -1))
-        return (tensor if dtype == torch.float32 else tensor.view(dtype)), \
-            scales.astype(np.float32)
+        # one table row a code byte; torch's gather takes int32 indices and uses every
+        # intra-op thread, numpy's takes one
+        index = torch.from_numpy(codes).reshape(-1).to(torch.int32)
+        levels = torch.index_select(_byte_table(dtype), 0, index)
+        return levels.view(dtype).reshape(len(codes), -1), scales.astype(np.float32)
 
     def _rows(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Codes and scales of the rows ``starts[i]`` to ``ends[i]``, one after another."""
@@ -170,15 +173,12 @@ def join_packed(parts: list[PackedTokens]) -> PackedTokens:
 
 
 @lru_cache(maxsize=2)
-def _byte_table(dtype: torch.dtype) -> np.ndarray:
-    """[256] of the 4 levels a code byte holds, each entry the 4 values' bytes as one
-    element (8 bytes of bfloat16 or 16 of float32), so decoding is one gather a byte."""
+def _byte_table(dtype: torch.dtype) -> torch.Tensor:
+    """[256, 1 or 2] int64: the 4 levels a code byte holds, as raw bytes of ``dtype`` (8 of
+    bfloat16 or 16 of float32), so decoding is one row gather a byte."""
     byte = np.arange(256, dtype=np.uint8)
     levels = _LEVELS[(byte[:, None] >> (np.arange(_PER_BYTE, dtype=np.uint8) * 2)) & 3]
-    if dtype == torch.float32:
-        return np.ascontiguousarray(levels, np.float32).view(np.complex128).ravel()
-    raw = torch.from_numpy(np.ascontiguousarray(levels)).to(dtype).view(torch.int16).numpy()
-    return np.ascontiguousarray(raw).view(np.uint64).ravel()
+    return torch.from_numpy(np.ascontiguousarray(levels)).to(dtype).view(torch.int64)
 
 
 def pool_tokens(vectors: np.ndarray, factor: float) -> np.ndarray:

@@ -23,9 +23,9 @@ from cetd_phase1.ranking.late_interaction import maxsim
 SHORTLIST_SAMPLE = 16
 #: At most this many token vectors of the shortlist are read (its best sections first, never
 #: fewer than ``SHORTLIST_MIN``): a shortlist of long functions (up to 8 texts each) would
-#: otherwise cost several times a typical one. On ``torch/_inductor`` it cut the query p95 from
-#: 102 to 41 ms at the same docstring MRR (bench/retrieve_latency.py, docs/results.md).
-SHORTLIST_TOKENS = 20_000
+#: otherwise cost several times a typical one. Validation MRR is the same to three decimals
+#: at 10,000 as at 20,000 or with no budget (bench/token_compression.py, docs/results.md).
+SHORTLIST_TOKENS = 10_000
 SHORTLIST_MIN = 32
 
 
@@ -79,7 +79,10 @@ class Encoded:
         multiplies, built once and kept: bfloat16 where the CPU computes it natively (2 bytes
         x D per token of the app in memory, faster than float32; cosines within bfloat16's
         rounding), float32 elsewhere (4 bytes; emulated bfloat16 would be slower)."""
-        dense = best_text_scores(queries.pooled @ self.pooled.T, sections)
+        # torch's product, as every other on a query's path: numpy's BLAS threads would
+        # contend with torch's for the cores (a served query's p95 several times higher)
+        pooled = torch.from_numpy(queries.pooled) @ torch.from_numpy(self.pooled).T
+        dense = best_text_scores(pooled.numpy(), sections)
         if not share or self.tokens is None or queries.tokens is None or not len(self):
             return dense
         starts = self.offsets[:-1] if sections is None else self.offsets[sections]
