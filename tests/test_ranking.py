@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from _vectors import as_float
 
 from cetd_phase1.errors import CETDError
@@ -156,6 +157,23 @@ def test_int8_token_vectors_stay_within_their_rounding_and_pooling_keeps_unit_ve
     assert set(arrays) == {"token_codes", "token_scales"}
     np.testing.assert_allclose(codec.unpack(arrays).astype(np.float32),
                                flat.astype(np.float32), atol=1e-2)
+
+
+@pytest.mark.parametrize("width", [12, 64])  # 3 code bytes a vector (odd), 16 (even)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoding_reads_each_code_byte_first_code_lowest(width, dtype) -> None:
+    from cetd_phase1.ranking.compress import _LEVELS, PackedTokens
+
+    rng = np.random.default_rng(5)
+    parts = [(rng.integers(0, 256, (n, width // 4), dtype=np.uint8),
+              rng.random(n).astype(np.float16)) for n in (3, 5)]
+    packed = PackedTokens(parts)
+    starts, ends = np.array([4, 1]), np.array([8, 5])  # the second span crosses the parts
+    levels, scales = packed.decode(starts, ends, dtype)
+    codes = np.concatenate([c for c, _ in parts])[np.r_[4:8, 1:5]]
+    expected = _LEVELS[(codes[:, :, None] >> (np.arange(4, dtype=np.uint8) * 2)) & 3]
+    np.testing.assert_allclose(levels.float().numpy(), expected.reshape(8, width), rtol=4e-3)
+    np.testing.assert_array_equal(scales, np.concatenate([s for _, s in parts])[np.r_[4:8, 1:5]])
 
 
 def test_rotated_codes_spread_an_outlier_dimension_and_decode_close_to_the_vector() -> None:

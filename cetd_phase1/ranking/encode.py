@@ -81,7 +81,8 @@ class Encoded:
         rounding), float32 elsewhere (4 bytes; emulated bfloat16 would be slower)."""
         # torch's product, as every other on a query's path: numpy's BLAS threads would
         # contend with torch's for the cores (a served query's p95 several times higher)
-        pooled = torch.from_numpy(queries.pooled) @ torch.from_numpy(self.pooled).T
+        pooled = torch.from_numpy(np.asarray(queries.pooled, np.float32)) \
+            @ torch.from_numpy(np.asarray(self.pooled, np.float32)).T
         dense = best_text_scores(pooled.numpy(), sections)
         if not share or self.tokens is None or queries.tokens is None or not len(self):
             return dense
