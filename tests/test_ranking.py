@@ -82,7 +82,7 @@ def test_a_shortlist_runs_maxsim_on_the_best_pooled_sections_and_a_sample_only(m
     assert np.array_equal(texts.scores(query, 0.5, shortlist=n - SHORTLIST_SAMPLE)[0],
                           exhaustive)
     short = texts.scores(query, 0.5, shortlist=4)[0]
-    cosine = (query.pooled @ texts.pooled.T)[0]
+    cosine = texts._pooled_scores(query.pooled)[0]  # as the ranking computes them
     read = np.isclose(short, exhaustive, atol=1e-6)
     assert read[np.argsort(-cosine)[:4]].all()  # exact where read: the shortlist
     assert read.sum() >= 4 + SHORTLIST_SAMPLE - 1  # and the sample (one may tie)
@@ -157,6 +157,21 @@ def test_int8_token_vectors_stay_within_their_rounding_and_pooling_keeps_unit_ve
     assert set(arrays) == {"token_codes", "token_scales"}
     np.testing.assert_allclose(codec.unpack(arrays).astype(np.float32),
                                flat.astype(np.float32), atol=1e-2)
+
+
+def test_pooled_scores_of_unit_vectors_come_from_float16_within_its_rounding() -> None:
+    from cetd_phase1.ranking.encode import Encoded
+
+    rng = np.random.default_rng(3)
+    texts, queries = Encoded(_unit(rng, 500, 384)), _unit(rng, 3, 384)
+    exact = queries @ texts.pooled.T
+    scores = texts._pooled_scores(queries)
+    assert scores.dtype == np.float32 and not np.array_equal(scores, exact)  # the half product
+    np.testing.assert_allclose(scores, exact, atol=5e-4)
+    large = Encoded(texts.pooled * 300)  # not unit vectors: float16 products could overflow
+    np.testing.assert_allclose(large._pooled_scores(queries), exact * 300, atol=1e-4)
+    texts.pooled = texts.pooled[:10]  # a replaced array is read, not the old copy
+    assert texts._pooled_scores(queries).shape == (3, 10)
 
 
 @pytest.mark.parametrize("width", [12, 64])  # 3 code bytes a vector (odd), 16 (even)

@@ -378,13 +378,14 @@ def test_a_long_function_scores_as_its_best_text_everywhere_it_is_ranked(tiny_mo
     q = r.encode_queries([query])[0]
     per_text = encode_texts(r.model, r.tokenizer, texts, max_length=32) @ q
     expected = [per_text[:3].max(), per_text[3]]
-    np.testing.assert_allclose(r.dense_scores([query], index)[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(r.dense_scores([query], index)[0], expected,
+                               atol=5e-4)  # the pooled products come from float16
     again = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache").index(app)
     np.testing.assert_array_equal(again.embeddings, index.embeddings)  # from the cache
     first_only = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache", section_chunks=1)
     assert first_only.index(app).vectors.starts is None
     np.testing.assert_allclose(first_only.dense_scores([query], first_only.index(app))[0],
-                               [per_text[0], per_text[3]], rtol=1e-5)
+                               [per_text[0], per_text[3]], atol=5e-4)
     with pytest.raises(CETDError, match="section_chunks must be an integer >= 1"):
         Retriever.from_pretrained(ckpt, section_chunks=0)
     # the trainer's evaluation ranks the same texts the same way
@@ -394,7 +395,7 @@ def test_a_long_function_scores_as_its_best_text_everywhere_it_is_ranked(tiny_mo
         {"query_id": "q", "app_id": "a", "requirement": query, "file": "m.py",
          "qualname": "summing", "label": 1}])
     ranked = rank_full_app(r.ranker, rows, sections)
-    np.testing.assert_allclose(ranked.scores[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(ranked.scores[0], expected, atol=5e-4)
     assert ranked.labels[0].tolist() == [1, 0]
 
 
@@ -438,7 +439,7 @@ def test_late_interaction_ranks_everywhere_with_the_checkpoints_share(tiny_model
                                        hybrid_weight=0.6)
     assert pooled.ranking.hybrid_weight == 0.6
     np.testing.assert_allclose(pooled.dense_scores([QUERY], pooled.index(apps / "calc"))[0],
-                               cosine, atol=1e-5)
+                               cosine, atol=5e-4)  # a float16 product
 
     items = [(s.file, s.qualname, s.kind, s.encoder_code()) for s in index.sections]
     sections = datasets.Dataset.from_list([{"app_id": "a", "file": f, "qualname": qn, "kind": k,
