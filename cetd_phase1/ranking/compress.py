@@ -142,8 +142,8 @@ class PackedTokens:
         costs less)."""
         codes, scales = self._rows(starts, ends)
         # one table row a pair of code bytes (8 levels): half the lookups of a byte table, and
-        # its 1 MB stays in cache; torch's gather takes int32 indices and uses every intra-op
-        # thread, numpy's one
+        # the table (1 MB in bfloat16) stays in cache; torch's gather takes int32 indices and
+        # uses every intra-op thread, numpy's one
         pairs = codes.shape[1] % 2 == 0
         index = codes.view("<u2") if pairs else codes
         levels = torch.index_select(_code_table(dtype, 2 if pairs else 1), 0,
