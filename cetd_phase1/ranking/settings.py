@@ -36,9 +36,9 @@ class RankingConfig:
         shortlist: with late interaction, MaxSim reads only this many sections per
             requirement, the best by the first stage (the served score of the pooled cosines;
             the pooled cosine for the model alone) within a budget of token vectors, and a
-            sample of the others, from which
-            the rest's MaxSim is estimated, so a query's cost stops growing with the app
-            (:meth:`~cetd_phase1.ranking.encode.Encoded.scores`); 0 = every section.
+            sample of the others, from which the rest's MaxSim is estimated, so a query's cost
+            stops growing with the app (:meth:`~cetd_phase1.ranking.encode.Encoded.scores`);
+            0 = every section.
     """
 
     section_chunks: int = 1
