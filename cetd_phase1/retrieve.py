@@ -141,10 +141,14 @@ class Retriever:
     def __init__(self, model, tokenizer, *, identity: str, ranking: RankingConfig | None = None,
                  batch_size: int = 64, cache_dir: str | Path | None = None, hybrid: bool = True,
                  show_progress: bool = False) -> None:
+        from cetd_phase1.modeling.fused import FusedEncoder
+        from cetd_phase1.modeling.precision import autocast_dtype
         from cetd_phase1.ranking.full_app import FullAppRanker
 
+        # The model never changes here, so requirements can go through a fused copy of it.
+        fused = FusedEncoder.from_model(model, autocast_dtype(model.device))
         self.ranker = FullAppRanker(model, tokenizer, ranking or RankingConfig(),
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, requirement_encoder=fused)
         self.identity = identity
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "index"
         self.hybrid = hybrid

@@ -406,3 +406,51 @@ def test_from_pretrained_honours_token_and_dtype(encoder_dir, tmp_path, monkeypa
             .parameters()} == {torch.float32}
     with pytest.raises(CETDError, match="not a torch dtype"):
         CETDRetriever.from_pretrained(tmp_path / "saved", dtype="floaty")
+
+
+@pytest.mark.parametrize("projection", [None, 16])
+def test_fused_encoder_gives_the_models_vectors_on_padded_batches(encoder_dir, projection):
+    """Requirements as served go through torch's fused encoder layers: in float32 the same
+    pooled and token vectors as the model (zero at padding), in bfloat16 within its rounding,
+    and the fused kernel really runs (autocast or grad would silently fall back)."""
+    from cetd_phase1.modeling.fused import FusedEncoder
+
+    model = CETDRetriever.from_backbone(encoder_dir, projection_dim=projection).eval()
+    tok = load_tokenizer(encoder_dir)
+    batch = pad(tok, tokenize(tok, TEXTS, 32, False, True))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert not mask.all()  # texts of several lengths: padding in the batch
+    with torch.no_grad():
+        want = model.encode(ids, mask, tokens=True)
+        fused = FusedEncoder.from_model(model, torch.float32)
+        with torch.profiler.profile() as prof:
+            got = fused.encode(ids, mask, tokens=True)
+        half = FusedEncoder.from_model(model, torch.bfloat16).encode(ids, mask, tokens=True)
+    assert any(e.key == "aten::_transformer_encoder_layer_fwd" for e in prof.key_averages())
+    assert got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    assert not got[:, 1:][mask == 0].any()
+    cosines = (half * want).sum(-1)[torch.cat([torch.ones_like(mask[:, :1]), mask], 1) == 1]
+    assert cosines.min() > 0.99 and not torch.equal(half, want)
+
+
+def test_fused_encoder_only_where_the_backbone_maps_and_serving_uses_it(encoder_dir,
+                                                                        decoder_dir):
+    """A decoder, a LoRA-wrapped backbone or another activation keeps the model's own path;
+    a Retriever of a plain BERT checkpoint encodes requirements through the fused copy."""
+    from cetd_phase1.modeling.fused import FusedEncoder
+    from cetd_phase1.retrieve import Retriever
+
+    assert FusedEncoder.from_model(CETDRetriever.from_backbone(decoder_dir), None) is None
+    assert FusedEncoder.from_model(CETDRetriever.from_backbone(encoder_dir, use_lora=True),
+                                   None) is None
+    tanh = CETDRetriever.from_backbone(encoder_dir)
+    tanh.backbone.config.hidden_act = "gelu_new"
+    assert FusedEncoder.from_model(tanh, None) is None
+
+    retriever = Retriever.from_pretrained(encoder_dir)
+    assert retriever.ranker.requirement_encoder is not None
+    served = retriever.encode_queries(TEXTS)
+    retriever.ranker.requirement_encoder = None
+    own = retriever.encode_queries(TEXTS)
+    assert (served * own).sum(axis=1).min() > 0.99

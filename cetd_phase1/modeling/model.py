@@ -150,14 +150,19 @@ class CETDRetriever(PreTrainedModel):
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 tokens: bool = False) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        reps = pool(out.last_hidden_state, attention_mask, self.config.pooling)
+        return self.represent(out.last_hidden_state, attention_mask, tokens)
+
+    def represent(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                  tokens: bool = False) -> torch.Tensor:
+        """What :meth:`encode` returns, from the backbone's last hidden states [B, L, H]."""
+        reps = pool(hidden, attention_mask, self.config.pooling)
         if self.head is not None:
             reps = self.head(reps)
         reps = reps.float()  # scores and loss in fp32, also under fp16 autocast
         reps = F.normalize(reps, dim=-1) if self.config.normalize else reps
         if not tokens:
             return reps
-        vectors = out.last_hidden_state if self.head is None else self.head(out.last_hidden_state)
+        vectors = hidden if self.head is None else self.head(hidden)
         vectors = F.normalize(vectors.float(), dim=-1) * attention_mask.unsqueeze(-1)
         return torch.cat([reps.unsqueeze(1), vectors], dim=1)
 

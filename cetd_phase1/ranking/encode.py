@@ -191,9 +191,12 @@ def encode_texts(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase, texts
 def encode_for_ranking(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
                        texts: list[str], *, max_length: int, batch_size: int = 64,
                        show_progress: bool = False, dtype: torch.dtype | None = None,
-                       tokens: bool = False) -> Encoded:
+                       tokens: bool = False,
+                       encoder: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
+                       | None = None) -> Encoded:
     """:func:`encode_texts` with the token vectors too when ``tokens`` (ranking with late
-    interaction)."""
+    interaction). ``encoder`` encodes each padded batch in place of ``model.encode``, without
+    autocast (a :class:`~cetd_phase1.modeling.fused.FusedEncoder`'s, in its own dtype)."""
     from tqdm.auto import tqdm
     if not texts:  # an app without sections: nothing to encode (tokenizers fail on no input)
         dim = _output_dim(model)
@@ -206,7 +209,8 @@ def encode_for_ranking(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
     device = next(model.parameters()).device
     if dtype is None:
         dtype = precision.autocast_dtype(device)
-    mixed = dtype is not None and dtype != torch.float32
+    mixed = dtype is not None and dtype != torch.float32 and encoder is None
+    encoder = encoder or model.encode
     features = tokenize(tokenizer, texts, max_length, bool(model.config.append_eos),
                         model.config.split_identifiers)
     order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
@@ -219,7 +223,7 @@ def encode_for_ranking(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
             batch = {k: v.to(device) for k, v in pad(tokenizer, [features[i] for i in idx]).items()}
             with torch.no_grad(), torch.autocast(device_type=device.type,
                                                  dtype=dtype if mixed else None, enabled=mixed):
-                reps = model.encode(batch["input_ids"], batch["attention_mask"], tokens)
+                reps = encoder(batch["input_ids"], batch["attention_mask"], tokens)
             reps = reps.float().cpu()
             if tokens:
                 real = batch["attention_mask"].bool().cpu()

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from cetd_phase1.modeling.fused import FusedEncoder
 from cetd_phase1.modeling.model import CETDRetriever
 from cetd_phase1.ranking.chunks import section_texts
 from cetd_phase1.ranking.encode import Encoded, encode_for_ranking
@@ -47,13 +48,16 @@ class FullAppRanker:
     Reads the model's token limits (``max_req_length``, ``max_code_length``) and the
     :class:`RankingConfig` the checkpoint was chosen with: a long function is read as up to
     ``section_chunks`` texts and scores as its best, and the pooled cosine is mixed with
-    token-level MaxSim at ``late_interaction``.
+    token-level MaxSim at ``late_interaction``. Requirements are encoded by
+    ``requirement_encoder`` when given (a frozen model's fused copy), else by the model.
     """
 
     def __init__(self, model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
-                 ranking: RankingConfig, *, batch_size: int = 64) -> None:
+                 ranking: RankingConfig, *, batch_size: int = 64,
+                 requirement_encoder: FusedEncoder | None = None) -> None:
         self.model, self.tokenizer, self.ranking = model, tokenizer, ranking
         self.batch_size = batch_size
+        self.requirement_encoder = requirement_encoder
 
     @property
     def max_query_length(self) -> int:
@@ -68,10 +72,12 @@ class FullAppRanker:
         return section_texts(sections, self.tokenizer, self.max_code_length,
                              self.ranking.section_chunks)
 
-    def _encode(self, texts: list[str], max_length: int, show_progress: bool) -> Encoded:
+    def _encode(self, texts: list[str], max_length: int, show_progress: bool,
+                encoder: FusedEncoder | None = None) -> Encoded:
         return encode_for_ranking(self.model, self.tokenizer, texts, max_length=max_length,
                                   batch_size=self.batch_size, show_progress=show_progress,
-                                  tokens=bool(self.ranking.late_interaction))
+                                  tokens=bool(self.ranking.late_interaction),
+                                  encoder=encoder and encoder.encode)
 
     def encode_texts(self, texts: list[str], starts: np.ndarray | None = None,
                      show_progress: bool = False) -> SectionVectors:
@@ -85,7 +91,8 @@ class FullAppRanker:
 
     def encode_requirements(self, requirements: list[str],
                             show_progress: bool = False) -> Encoded:
-        return self._encode(list(requirements), self.max_query_length, show_progress)
+        return self._encode(list(requirements), self.max_query_length, show_progress,
+                            self.requirement_encoder)
 
     def scores(self, requirements: Encoded, sections: SectionVectors,
                first_stage: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
