@@ -1,4 +1,4 @@
-"""A frozen BERT-family retriever's layers as torch's fused transformer encoder layers, which
+"""A frozen BERT retriever's layers as torch's fused transformer encoder layers, which
 serving uses to encode requirements on a CPU.
 
 A one-requirement query is a dozen tokens: there, transformers' BERT spends as long in Python
