@@ -136,6 +136,10 @@ class Retriever:
     ``retrieve`` ranks by the served hybrid score (the model's and BM25's scores, z-scored and
     mixed, :func:`~cetd_phase1.ranking.fusion.served_scores`) unless ``hybrid=False``: on
     feature-level requirements the dense model alone ranks below the hybrid.
+
+    The model is frozen here: requirements are encoded by a fused copy of it taken at
+    construction (:class:`~cetd_phase1.modeling.fused.FusedEncoder`), and indexes are cached
+    under the checkpoint's identity, so changed weights need a new ``Retriever``.
     """
 
     def __init__(self, model, tokenizer, *, identity: str, ranking: RankingConfig | None = None,
