@@ -149,7 +149,6 @@ class Retriever:
         from cetd_phase1.modeling.precision import autocast_dtype
         from cetd_phase1.ranking.full_app import FullAppRanker
 
-        # The model never changes here, so requirements can go through a fused copy of it.
         fused = FusedEncoder.from_model(model, autocast_dtype(model.device))
         self.ranker = FullAppRanker(model, tokenizer, ranking or RankingConfig(),
                                     batch_size=batch_size, requirement_encoder=fused)
