@@ -410,9 +410,9 @@ def test_from_pretrained_honours_token_and_dtype(encoder_dir, tmp_path, monkeypa
 
 @pytest.mark.parametrize("projection", [None, 16])
 def test_fused_encoder_gives_the_models_vectors_on_padded_batches(encoder_dir, projection):
-    """Requirements as served go through torch's fused encoder layers: in float32 the same
-    pooled and token vectors as the model (zero at padding), in bfloat16 within its rounding,
-    and the fused kernel really runs (autocast or grad would silently fall back)."""
+    """Requirements as served go through pre-packed oneDNN linears: in float32 the same pooled
+    and token vectors as the model (zero at padding), in bfloat16 within its rounding, and the
+    packed kernel really runs."""
     from cetd_phase1.modeling.fused import FusedEncoder
 
     model = CETDRetriever.from_backbone(encoder_dir, projection_dim=projection).eval()
@@ -426,7 +426,7 @@ def test_fused_encoder_gives_the_models_vectors_on_padded_batches(encoder_dir, p
         with torch.profiler.profile() as prof:
             got = fused.encode(ids, mask, tokens=True)
         half = FusedEncoder.from_model(model, torch.bfloat16).encode(ids, mask, tokens=True)
-    assert any(e.key == "aten::_transformer_encoder_layer_fwd" for e in prof.key_averages())
+    assert any(e.key == "mkldnn::_linear_pointwise" for e in prof.key_averages())
     assert got.shape == want.shape and got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
     assert not got[:, 1:][mask == 0].any()

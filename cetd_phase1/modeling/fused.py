@@ -1,44 +1,52 @@
-"""A frozen BERT retriever's layers as torch's fused transformer encoder layers, which
-serving uses to encode requirements on a CPU.
+"""A frozen BERT retriever's layers with their weights pre-packed for oneDNN, which serving
+uses to encode requirements on a CPU.
 
-A one-requirement query is a dozen tokens: there, transformers' BERT spends as long in Python
-and per-module casts as in its products, and torch's fused layer (``nn.TransformerEncoderLayer``
-in eval mode, one native call a layer) encodes it in about two thirds of the time
-(``bench/retrieve_latency.py``). The weights are copied, so a model that trains on would leave
-the copy stale: only a :class:`~cetd_phase1.retrieve.Retriever`, whose model never changes,
-builds one.
+A one-requirement query is a dozen tokens: at that size a linear layer's cost is not its
+products but laying its weights out for oneDNN again on every call, and transformers' BERT adds
+as long again in Python and per-module casts. Here each weight is laid out once
+(``torch.ops.mkldnn._reorder_linear_weight``) and each layer is five oneDNN linears (the GELU
+fused into the first feed-forward one), torch's SDPA and two layer norms: written out by hand
+because no library packs a BERT for oneDNN short of a compiler. The weights are copied, so a
+model that trains on would leave the copy stale: only a
+:class:`~cetd_phase1.retrieve.Retriever`, whose model never changes, builds one.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+import torch.nn.functional as F
 from transformers import BertModel
 
 from cetd_phase1.modeling.model import CETDRetriever
 
-#: BERT activations torch's fused layer computes the same way (exact erf GELU, ReLU).
-_ACTIVATIONS = ("gelu", "relu")
+#: BERT activations oneDNN fuses into a linear the same way: (post-op, its algorithm).
+_ACTIVATIONS = {"gelu": ("gelu", "none"), "relu": ("relu", "")}
+
+#: The row count oneDNN lays weights out for: a query's tokens (any count computes correctly).
+_ROWS_HINT = 16
 
 
 class FusedEncoder:
-    """:meth:`CETDRetriever.encode` through fused encoder layers in one dtype (bfloat16 where
-    the CPU computes it natively, else float32): cosines within bfloat16's rounding of the
-    model's own (tests/test_model.py)."""
+    """:meth:`CETDRetriever.encode` through pre-packed oneDNN linears in one dtype (bfloat16
+    where the CPU computes it natively, else float32): cosines within bfloat16's rounding of
+    the model's own (tests/test_model.py)."""
 
     def __init__(self, model: CETDRetriever, dtype: torch.dtype) -> None:
         bert = model.backbone
+        config = bert.config
         self.model, self.dtype = model, dtype
-        self.layers = nn.ModuleList(_fused_layer(layer, bert.config, dtype)
-                                    for layer in bert.encoder.layer).eval().requires_grad_(False)
+        self.heads, self.eps = config.num_attention_heads, config.layer_norm_eps
+        self.activation = _ACTIVATIONS[config.hidden_act]
+        self.layers = [self._pack_layer(layer) for layer in bert.encoder.layer]
 
     @classmethod
     def from_model(cls, model: CETDRetriever, dtype: torch.dtype | None) -> "FusedEncoder | None":
-        """The fused copy of ``model`` in ``dtype`` (``None``: float32), or ``None`` where its
-        backbone does not map onto the fused layer: not BERT (a decoder), LoRA adapters,
-        relative positions or another activation, or weights on a GPU."""
+        """The packed copy of ``model`` in ``dtype`` (``None``: float32), or ``None`` where its
+        backbone does not map onto it: not BERT (a decoder), LoRA adapters, relative positions
+        or another activation, weights on a GPU, or a torch built without oneDNN."""
         bert = model.backbone
-        if not isinstance(bert, BertModel) or next(bert.parameters()).device.type != "cpu":
+        if not isinstance(bert, BertModel) or next(bert.parameters()).device.type != "cpu" \
+                or not torch.backends.mkldnn.is_available():
             return None
         config = bert.config
         if config.is_decoder or config.hidden_act not in _ACTIVATIONS \
@@ -48,31 +56,51 @@ class FusedEncoder:
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                tokens: bool = False) -> torch.Tensor:
-        """As :meth:`CETDRetriever.encode`; call it without autocast and without grad, else
-        torch takes its slow path."""
-        hidden = self.model.backbone.embeddings(input_ids=input_ids).to(self.dtype)
-        padding = attention_mask == 0
-        for layer in self.layers:
-            hidden = layer(hidden, src_key_padding_mask=padding)
-        mixed = self.dtype != torch.float32  # a projection head's weights are in self.dtype
-        with torch.autocast("cpu", dtype=self.dtype if mixed else None, enabled=mixed):
-            return self.model.represent(hidden.float(), attention_mask, tokens)
+        """As :meth:`CETDRetriever.encode`; call it without autocast."""
+        with torch.inference_mode():
+            hidden = self.model.backbone.embeddings(input_ids=input_ids).to(self.dtype)
+            batch, length, width = hidden.shape
+            keys = attention_mask.bool()[:, None, None, :]  # padding is never attended to
+            x = hidden.reshape(batch * length, width)
+            for layer in self.layers:
+                qkv = self._linear(x, *layer["qkv"])
+                q, k, v = qkv.view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+                attended = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
+                attended = attended.transpose(1, 2).reshape(batch * length, width)
+                x = F.layer_norm(self._linear(attended, *layer["out"]) + x, (width,),
+                                 *layer["norm1"], self.eps)
+                inner = self._linear(x, *layer["up"], self.activation)
+                x = F.layer_norm(self._linear(inner, *layer["down"]) + x, (width,),
+                                 *layer["norm2"], self.eps)
+            mixed = self.dtype != torch.float32  # a projection head's weights are in self.dtype
+            with torch.autocast("cpu", dtype=self.dtype if mixed else None, enabled=mixed):
+                return self.model.represent(x.view(batch, length, width).float(),
+                                            attention_mask, tokens)
 
+    @staticmethod
+    def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                activation: tuple[str, str] = ("none", "")) -> torch.Tensor:
+        post_op, algorithm = activation
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
 
-def _fused_layer(layer: nn.Module, config, dtype: torch.dtype) -> nn.TransformerEncoderLayer:
-    """One BERT layer's weights in a post-norm ``nn.TransformerEncoderLayer``."""
-    attention, output = layer.attention, layer.output
-    fused = nn.TransformerEncoderLayer(
-        config.hidden_size, config.num_attention_heads, config.intermediate_size, dropout=0.0,
-        activation=config.hidden_act, layer_norm_eps=config.layer_norm_eps, batch_first=True)
-    projections = (attention.self.query, attention.self.key, attention.self.value)
-    with torch.no_grad():
-        fused.self_attn.in_proj_weight.copy_(torch.cat([p.weight for p in projections]))
-        fused.self_attn.in_proj_bias.copy_(torch.cat([p.bias for p in projections]))
-        for target, source in ((fused.self_attn.out_proj, attention.output.dense),
-                               (fused.norm1, attention.output.LayerNorm),
-                               (fused.linear1, layer.intermediate.dense),
-                               (fused.linear2, output.dense), (fused.norm2, output.LayerNorm)):
-            target.weight.copy_(source.weight)
-            target.bias.copy_(source.bias)
-    return fused.to(dtype)
+    def _pack_layer(self, layer: torch.nn.Module) -> dict[str, tuple[torch.Tensor, ...]]:
+        """One BERT layer's weights: linears as (packed weight, bias), norms as (weight, bias);
+        query, key and value in one linear."""
+        attention, output = layer.attention, layer.output
+        projections = (attention.self.query, attention.self.key, attention.self.value)
+
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(self.dtype).contiguous()
+
+        def linear(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return (torch.ops.mkldnn._reorder_linear_weight(cast(weight), _ROWS_HINT),
+                    cast(bias))
+
+        return {"qkv": linear(torch.cat([p.weight for p in projections]),
+                              torch.cat([p.bias for p in projections])),
+                "out": linear(attention.output.dense.weight, attention.output.dense.bias),
+                "norm1": (cast(attention.output.LayerNorm.weight),
+                          cast(attention.output.LayerNorm.bias)),
+                "up": linear(layer.intermediate.dense.weight, layer.intermediate.dense.bias),
+                "down": linear(output.dense.weight, output.dense.bias),
+                "norm2": (cast(output.LayerNorm.weight), cast(output.LayerNorm.bias))}
