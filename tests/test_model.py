@@ -435,9 +435,11 @@ def test_fused_encoder_gives_the_models_vectors_on_padded_batches(encoder_dir, p
 
 
 def test_fused_encoder_only_where_the_backbone_maps_and_serving_uses_it(encoder_dir,
-                                                                        decoder_dir):
-    """A decoder, a LoRA-wrapped backbone or another activation keeps the model's own path;
-    a Retriever of a plain BERT checkpoint encodes requirements through the fused copy."""
+                                                                        decoder_dir,
+                                                                        monkeypatch):
+    """A decoder, a LoRA-wrapped backbone, another activation or a torch without oneDNN keeps
+    the model's own path; a Retriever of a plain BERT checkpoint encodes requirements through
+    the packed copy."""
     from cetd_phase1.modeling.fused import FusedEncoder
     from cetd_phase1.retrieve import Retriever
 
@@ -447,6 +449,9 @@ def test_fused_encoder_only_where_the_backbone_maps_and_serving_uses_it(encoder_
     tanh = CETDRetriever.from_backbone(encoder_dir)
     tanh.backbone.config.hidden_act = "gelu_new"
     assert FusedEncoder.from_model(tanh, None) is None
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert FusedEncoder.from_model(CETDRetriever.from_backbone(encoder_dir), None) is None
+    monkeypatch.undo()
 
     retriever = Retriever.from_pretrained(encoder_dir)
     assert retriever.ranker.requirement_encoder is not None

@@ -46,7 +46,8 @@ class FusedEncoder:
         or another activation, weights on a GPU, or a torch built without oneDNN."""
         bert = model.backbone
         if not isinstance(bert, BertModel) or next(bert.parameters()).device.type != "cpu" \
-                or not torch.backends.mkldnn.is_available():
+                or not torch.backends.mkldnn.is_available() \
+                or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
             return None
         config = bert.config
         if config.is_decoder or config.hidden_act not in _ACTIVATIONS \
