@@ -8,7 +8,8 @@ PyPI's package index is contacted, to learn which versions have a source distrib
     python data/mine_commit_labels.py --mirrors DIR [--max-commits 3000] [--jobs 2]
 
 A mirror is looked up as DIR/OWNER+NAME/repo, DIR/OWNER/NAME.git, DIR/NAME.git or DIR/NAME; a
-repository without one is reported and left out. Prints how many labels each repository gave
+repository without one keeps the labels the output file already holds for it, so extending the
+file with a new repository needs only its mirror. Prints how many labels each repository gave
 (the table in docs/data.md).
 """
 
@@ -17,16 +18,20 @@ from __future__ import annotations
 import argparse
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import yaml
 
-from cetd_phase1 import resource
-from cetd_phase1.data.commit_labels import RepoMining, mine_repo, write_labels
-from cetd_phase1.data.pypi import sdist_files
-from cetd_phase1.errors import CETDError
-
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:  # runs from a checkout without `pip install -e .`
+    sys.path.insert(0, str(HERE.parent))
+
+from cetd_phase1 import resource  # noqa: E402
+from cetd_phase1.data.commit_labels import (RepoMining, mine_repo, read_labels,  # noqa: E402
+                                           write_labels)
+from cetd_phase1.data.pypi import sdist_files  # noqa: E402
+from cetd_phase1.errors import CETDError  # noqa: E402
 
 
 def find_mirror(mirrors: Path, repo: str) -> Path | None:
@@ -53,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
 
-    repos = yaml.safe_load(args.repos.read_text(encoding="utf-8"))["repos"]
+    try:
+        repos = yaml.safe_load(args.repos.read_text(encoding="utf-8"))["repos"]
+        kept = read_labels(args.out) if args.out.is_file() else []
+    except (OSError, yaml.YAMLError, KeyError, TypeError, CETDError) as err:
+        print(f"error: {args.repos}: cannot read the repositories: {err}"
+              if not isinstance(err, CETDError) else f"error: {err}", file=sys.stderr)
+        return 1
     jobs, missing = [], []
     for repo, package in repos.items():
         mirror = find_mirror(args.mirrors, repo)
@@ -61,21 +72,31 @@ def main(argv: list[str] | None = None) -> int:
             missing.append(repo)
         else:
             jobs.append((mirror, repo, package, args.max_commits))
-    results: list[RepoMining] = []
+    if not jobs:
+        print(f"error: no mirror in {args.mirrors} for any repository of {args.repos}; "
+              f"{args.out} left as it was", file=sys.stderr)
+        return 1
+    mined: dict[str, RepoMining] = {}
     try:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            for done in pool.map(mine_one, jobs):
+        with (ProcessPoolExecutor(max_workers=args.jobs) if args.jobs > 1
+              else nullcontext()) as pool:
+            for done in (pool.map if pool else map)(mine_one, jobs):
                 print(done.report.summary(), file=sys.stderr, flush=True)
-                results.append(done)
+                mined[done.report.app] = done
     except CETDError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    n = write_labels((label for r in results for label in r.labels), args.out)
-    print(f"| repository | commits examined | releases | labels |\n|---|---|---|---|")
-    for r in results:
+    # a repository without a mirror keeps the labels the file holds for it: extending the file
+    # with one new repository needs only that repository's mirror
+    labels = [label for repo in repos for label in
+              (mined[repo].labels if repo in mined else [k for k in kept if k.repo == repo])]
+    n = write_labels(labels, args.out)
+    print("| repository | commits examined | releases | labels |\n|---|---|---|---|")
+    for r in mined.values():
         print(f"| {r.report.app} | {r.report.commits} | {r.releases} | {r.report.pairs} |")
-    print(f"\n{n} labels from {len(results)} repositories -> {args.out}"
-          + (f"; no mirror for {', '.join(missing)}" if missing else ""))
+    print(f"\n{n} labels ({len(mined)} repositories mined) -> {args.out}"
+          + (f"; no mirror for {', '.join(missing)}, their labels kept from the file"
+             if missing else ""))
     return 0
 
 

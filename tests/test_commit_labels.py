@@ -114,6 +114,7 @@ def test_the_label_file_round_trips_and_a_bad_line_is_named(tmp_path: Path) -> N
     first = path.read_bytes()
     cl.write_labels(labels, path)
     assert path.read_bytes() == first  # reproducible: no timestamp in the gzip header
+    assert first[10:23] == b"labels.jsonl\x00"  # the file's name, not its temporary one's
     assert cl.read_labels(path) == labels
     for line, message in [('{"text": "x"}', "fields missing"),
                           ('{"text": "t", "package": "p", "release": "1", "repo": "o/p", '
@@ -198,3 +199,45 @@ def test_the_commit_source_adds_the_releases_to_the_stdlib_and_changelogs() -> N
     stdlib = registry.registries[0].apps()
     assert stdlib and all("git" not in a.label_sources and "docstring" in a.label_sources
                           for a in stdlib)
+
+
+def _mining_script(monkeypatch):
+    """``data/mine_commit_labels.py`` as a module, PyPI's version list replaced by the demo's."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "data" / "mine_commit_labels.py"
+    spec = importlib.util.spec_from_file_location("mine_commit_labels", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(script, "sdist_files", lambda package: ["1.0", "1.1", "2.0rc1"])
+    return script
+
+
+def test_the_mining_script_refreshes_mirrored_repositories_and_keeps_the_others(
+        mirror, tmp_path: Path, monkeypatch, capsys) -> None:
+    bare, sha = mirror
+    script = _mining_script(monkeypatch)
+    repos = tmp_path / "repos.yaml"
+    repos.write_text("repos:\n  owner/gone: gone\n  owner/demo: demo\n")
+    out = tmp_path / "labels.jsonl.gz"
+    gone = cl.CommitLabel("Keep the old behaviour", "gone", "0.1", "owner/gone", "b" * 40,
+                          ("gone/core.py::run",))
+    stale = cl.CommitLabel("A label mined long ago", "demo", "1.0", "owner/demo", "c" * 40,
+                           ("src/demo/core.py::parse",))
+    cl.write_labels([stale, gone], out)
+    before = out.read_bytes()
+
+    args = ["--repos", str(repos), "--out", str(out), "--jobs", "1"]
+    assert script.main(["--mirrors", str(tmp_path / "none"), *args]) == 1
+    assert "no mirror" in capsys.readouterr().err
+    assert out.read_bytes() == before  # nothing mined: the file is left as it was
+
+    mirrors = tmp_path / "mirrors" / "owner+demo"
+    mirrors.mkdir(parents=True)
+    (mirrors / "repo").symlink_to(bare)
+    assert script.main(["--mirrors", str(tmp_path / "mirrors"), *args]) == 0
+    labels = cl.read_labels(out)
+    assert labels[0] == gone  # no mirror: its labels kept, in the order of the repository list
+    demo = [label.commit for label in labels[1:]]
+    assert sha["split"] in demo and sha["render"] in demo and stale.commit not in demo
+    assert "owner/gone" in capsys.readouterr().out

@@ -30,7 +30,7 @@ from typing import Iterable, Mapping
 from tqdm.auto import tqdm
 
 from cetd_phase1 import resource
-from cetd_phase1.atomic import atomic_write_text
+from cetd_phase1.atomic import atomic_write, atomic_write_text
 from cetd_phase1.errors import CETDError
 from .commits import commit_text
 from .pypi import NOT_PACKAGE_DIRS, lay_out_release
@@ -64,14 +64,18 @@ class CommitLabel:
 
 
 def write_labels(labels: Iterable[CommitLabel], path: Path) -> int:
-    """Write labels as gzip-compressed JSON lines (reproducible bytes: no timestamp)."""
-    n = 0
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
-        for label in labels:
-            row = {**asdict(label), "sections": list(label.sections)}
-            out.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-            n += 1
-    return n
+    """Write labels as gzip-compressed JSON lines (reproducible bytes: no timestamp), replacing
+    ``path`` only once every label is written, so an interrupted run keeps the old file."""
+    rows = [{**asdict(label), "sections": list(label.sections)} for label in labels]
+
+    def write(raw) -> None:
+        # the header names the final file, not the temporary one it is written through
+        with gzip.GzipFile(Path(path).name, mode="wb", fileobj=raw, mtime=0) as out:
+            for row in rows:
+                out.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    atomic_write(path, write)
+    return len(rows)
 
 
 def read_labels(path: Path) -> list[CommitLabel]:
