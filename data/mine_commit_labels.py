@@ -60,10 +60,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         repos = yaml.safe_load(args.repos.read_text(encoding="utf-8"))["repos"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        print(f"error: {args.repos}: cannot read the repositories: {err}", file=sys.stderr)
+        return 1
+    try:
         kept = read_labels(args.out) if args.out.is_file() else []
-    except (OSError, yaml.YAMLError, KeyError, TypeError, CETDError) as err:
-        print(f"error: {args.repos}: cannot read the repositories: {err}"
-              if not isinstance(err, CETDError) else f"error: {err}", file=sys.stderr)
+    except CETDError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     jobs, missing = [], []
     for repo, package in repos.items():
