@@ -87,6 +87,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
              {"dataset.source": "stdlib+pypi-changelog+git",
               "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog", "git"],
               "dataset.commit_releases_per_repo": 4}),
+    "mpnet": ("all-mpnet-base-v2 (110M) instead of MiniLM: configs/phase1_mpnet_cpu.yaml",
+              {"model.base_model": "all-mpnet-base-v2"}),
     "pypi-wide": ("the changelogs of the 37 packages of bench/pypi_packages_wide.yaml instead "
                   "of the 15 pinned ones (dataset.pypi_packages)",
                   {"dataset.pypi_packages": str(REPO / "bench" / "pypi_packages_wide.yaml")}),

@@ -1,5 +1,6 @@
 """Tiny random backbones saved as plain HF folders with the MiniLM tokenizer (no hub access):
-a BERT-like encoder and a Qwen2 decoder sized to the same vocabulary."""
+a BERT-like encoder, an MPNet encoder (the architecture of all-mpnet-base-v2) and a Qwen2 decoder
+sized to the same vocabulary."""
 
 from __future__ import annotations
 
@@ -21,6 +22,20 @@ def make_tiny_encoder(path: Path, seed: int = 0) -> Path:
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
     BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)
+
+
+def make_tiny_mpnet(path: Path, seed: int = 0) -> Path:
+    """2-layer, 32-wide random ``MPNetModel``: relative position buckets, no token types."""
+    import torch
+    from transformers import MPNetConfig, MPNetModel
+    tokenizer = minilm_tokenizer()
+    torch.manual_seed(seed)
+    config = MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=514,
+                         pad_token_id=tokenizer.pad_token_id)
+    MPNetModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return Path(path)
 

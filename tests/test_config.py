@@ -11,7 +11,8 @@ from cetd_phase1.config import (apply_overrides, config_from_dict, load_config,
                                 training_arguments)
 from cetd_phase1.errors import CETDError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 
 SEED_YAML = """
 model:
@@ -56,10 +57,26 @@ def test_the_seeds_config_loads_with_its_meaning(tmp_path):
     assert settings["use_lora"] and settings["lora_r"] == 16 and settings["max_code_length"] == 2048
 
 
-@pytest.mark.parametrize("name", ["phase1_minilm_cpu.yaml", "phase1_qwen_coder_1.5b.yaml"])
+@pytest.mark.parametrize("name", ["phase1_minilm_cpu.yaml", "phase1_mpnet_cpu.yaml",
+                                  "phase1_qwen_coder_1.5b.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / name)
     assert cfg.evaluation.save_steps % cfg.evaluation.eval_steps == 0
+
+
+def test_the_mpnet_config_is_the_default_recipe_on_another_backbone():
+    """Its measured row is ``bench/ablation.py --only mpnet``: the shipped file may differ from
+    the default only where that variant does (and in its output folder)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "bench" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    default = yaml.safe_load((CONFIGS / "phase1_minilm_cpu.yaml").read_text())
+    mpnet = yaml.safe_load((CONFIGS / "phase1_mpnet_cpu.yaml").read_text())
+    expected = ablation.variant_config(default, ablation.VARIANTS["mpnet"][1], Path("x"))
+    expected["model"]["output_dir"] = mpnet["model"]["output_dir"]
+    assert mpnet == expected
 
 
 def test_qwen_config_keeps_the_seeds_values():

@@ -11,6 +11,7 @@ from _tiny_models import make_tiny_apps, make_tiny_encoder as make_tiny_bert  # 
 
 from cetd_phase1.errors import CETDError  # noqa: E402
 from cetd_phase1.export import export_sentence_transformers  # noqa: E402
+from cetd_phase1.index import DEFAULT_CODEC as SHIPPED_CODEC  # noqa: E402
 from cetd_phase1.modeling.model import CETDRetriever  # noqa: E402
 from cetd_phase1.modeling.tokens import load_tokenizer, pad, tokenize  # noqa: E402
 from cetd_phase1.ranking import full_app  # noqa: E402
@@ -473,3 +474,33 @@ def test_corrupt_late_interaction_cache_entry_is_recomputed(tiny_model, apps, tm
     np.testing.assert_array_equal(again.index(apps / "calc").vectors.encoded.tokens, vectors)
     with np.load(entry) as z:  # rewritten whole
         assert z["tokens"].shape == vectors.shape
+
+
+def test_an_mpnet_checkpoint_serves_and_exports_like_a_bert_one(tmp_path, apps, fp32_cpu,
+                                                               monkeypatch):
+    """all-mpnet-base-v2's architecture (relative position buckets, no fused query path) takes
+    every serving step: the 2-bit index of token vectors (the shipped codec), MaxSim, the hybrid, a second
+    process reading the index, and a sentence-transformers export with the same vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    from cetd_phase1 import index as index_module
+    from _tiny_models import make_tiny_mpnet
+
+    monkeypatch.setattr(index_module, "DEFAULT_CODEC", SHIPPED_CODEC)
+    base = make_tiny_mpnet(tmp_path / "mpnet")
+    ckpt = _perturbed_checkpoint(base, tmp_path / "ckpt", late_interaction=0.5,
+                                 section_chunks=2, hybrid_weight=0.8, class_penalty=0.3)
+    r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
+    assert r.model.backbone.config.model_type == "mpnet"
+    assert r.ranker.requirement_encoder is None  # the oneDNN copy is BERT's; MPNet keeps its own
+    hits = r.retrieve(QUERY, app=apps / "calc", k=3)
+    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
+    again = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
+    assert [h["qualname"] for h in again.retrieve(QUERY, app=apps / "calc", k=3)] == \
+        [h["qualname"] for h in hits]
+
+    out = export_sentence_transformers(ckpt, tmp_path / "st")
+    texts = ["def add(a, b):\n    return a + b", "Parse valid JSON strings", "word " * 400]
+    ours = encode_texts(r.model, r.tokenizer, texts, max_length=r.ranker.max_code_length)
+    st = SentenceTransformer(str(out), device="cpu")
+    np.testing.assert_allclose(st.encode(texts, convert_to_numpy=True), ours, atol=1e-5)

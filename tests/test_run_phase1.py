@@ -186,6 +186,32 @@ def test_freeze_embeddings_keeps_the_token_vectors(setup):
 
 
 @pytest.mark.slow
+def test_an_mpnet_backbone_trains_validates_and_serves(setup):
+    """all-mpnet-base-v2's architecture through the driver: full fine-tuning, full-app
+    validation, the best checkpoint as ``final``, and a Retriever on it."""
+    from safetensors.torch import load_file
+
+    from _tiny_models import make_tiny_mpnet
+    from cetd_phase1 import Retriever
+
+    tmp_path, config = setup
+    mpnet = make_tiny_mpnet(tmp_path / "mpnet")
+    text = config.read_text().replace(str(tmp_path / "bert"), str(mpnet))
+    config.write_text(text.replace("use_lora: true", "use_lora: false")
+                      .replace("max_steps: 6", "max_steps: 3"))
+    assert _load_script().main(["--config", str(config), "--skip_holdout"]) == 0
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert 0.0 <= report["validation"]["eval_map"] <= 1.0
+    before = load_file(mpnet / "model.safetensors")
+    after = load_file(tmp_path / "out" / "final" / "model.safetensors")
+    query = "encoder.layer.0.attention.attn.q.weight"
+    assert not (after[f"backbone.{query}"] == before[query]).all()
+    retriever = Retriever.from_pretrained(tmp_path / "out" / "final", cache_dir=tmp_path / "idx")
+    assert retriever.retrieve("Convert a distance in kilometres to miles.",
+                              app=tmp_path / "apps" / "units", k=1)
+
+
+@pytest.mark.slow
 def test_skip_evaluation_trains_and_saves_without_ranking_any_split(setup, capsys):
     """The one-minute setup check: no validation during or after training, no holdout pass,
     and still a final model and metrics.json."""

