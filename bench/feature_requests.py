@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 import _bench  # noqa: F401  (puts the repository root on sys.path, sets HF_HUB_OFFLINE)
+from cetd_phase1 import default_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 REQUESTS = REPO.parent / "shared" / "bench" / "feature-requests"
@@ -89,9 +90,12 @@ def main() -> int:
                         help="trained model folder, or a plain backbone for the untrained baseline")
     parser.add_argument("--half", choices=("validation", "report"), default="validation")
     parser.add_argument("--out", default=None, help="report folder (default outputs/fr-<half>)")
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "cetd_phase1" / "fr"))
+    parser.add_argument("--cache", default=str(default_cache_dir() / "fr"),
+                        help="wheels and laid-out apps (default $CETD_CACHE/fr)")
     parser.add_argument("--requests", default=str(REQUESTS))
     parser.add_argument("--hybrid", action="store_true", help="also report BM25+dense fusion")
+    parser.add_argument("--reranker", default=None,
+                        help="a re-ranker folder: also report its re-ordering of the ranking")
     parser.add_argument("--skip-stdlib", action="store_true",
                         help="do not evaluate the stdlib docstring split beside it")
     args = parser.parse_args()
@@ -102,12 +106,14 @@ def main() -> int:
     apps = prepare(args.half, Path(args.cache), Path(args.requests))
     command = " ".join(["python"] + sys.argv)
     fr = run_evaluation(args.checkpoint, out / "feature_requests", apps_dir=apps,
-                        label_sources=("gold",), hybrid=args.hybrid, command=command)
+                        label_sources=("gold",), hybrid=args.hybrid, reranker=args.reranker,
+                        command=command)
     tables = {"feature requests (" + args.half + ")": fr}
     if not args.skip_stdlib:
         docsplit = "validation" if args.half == "validation" else "holdout"
         tables[f"stdlib docstrings ({docsplit})"] = run_evaluation(
-            args.checkpoint, out / "stdlib", split=docsplit, hybrid=args.hybrid, command=command)
+            args.checkpoint, out / "stdlib", split=docsplit, hybrid=args.hybrid,
+            reranker=args.reranker, command=command)
     print(f"\nfull-app ranking, checkpoint {args.checkpoint}")
     print(f"{'benchmark':36} {'method':24} {'queries':>7} {'MRR':>6} {'MAP':>6} "
           f"{'R@1':>6} {'R@5':>6} {'R@10':>6}")

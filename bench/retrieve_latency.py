@@ -14,7 +14,7 @@ taken from: the ranking a shortlist loses against every section read (``--shortl
 
     python bench/retrieve_latency.py [--checkpoint DIR] [--queries 50] [--dense-only]
         [--query-threads N] [--section-chunks N] [--apps logging asyncio+xml ...]
-        [--cache-dir DIR] [--json FILE]
+        [--cache-dir DIR] [--reranker DIR [--rerank-depth N]] [--json FILE]
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from pathlib import Path
 import _bench  # noqa: F401  (puts the repository root on sys.path, sets HF_HUB_OFFLINE)
 import numpy as np
 from cetd_phase1.data.labels import first_paragraph
+from cetd_phase1.evaluation.metrics import query_metrics
+from cetd_phase1.ranking.rerank import RERANK_DEPTH
 from cetd_phase1.retrieve import Retriever
 
 
@@ -76,7 +78,13 @@ def queries_for(retriever: Retriever, app: Path, n: int) -> list[tuple[str, int]
 
 
 def reciprocal_rank(scores: np.ndarray, target: int) -> float:
-    return 0.0 if target < 0 else 1.0 / (1 + int((scores > scores[target]).sum()))
+    """The package's MRR of one query whose one positive is ``target`` (ties ranked against
+    the model, as everywhere); 0 when the query has no section of its own."""
+    if target < 0:
+        return 0.0
+    labels = np.zeros(len(scores), dtype=np.int8)
+    labels[target] = 1
+    return query_metrics(scores, labels)["mrr"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -109,6 +117,10 @@ def main() -> None:
     parser.add_argument("--apps", nargs="+", choices=list(app_sources()),
                         default=["logging", "asyncio+xml"],
                         help="apps to measure (default: logging asyncio+xml)")
+    parser.add_argument("--reranker", metavar="DIR",
+                        help="time queries with this re-ranker re-ordering the top (its docstring "
+                             "MRR is still the first stage's)")
+    parser.add_argument("--rerank-depth", type=int, default=RERANK_DEPTH)
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
 
@@ -117,6 +129,7 @@ def main() -> None:
     index_threads = torch.get_num_threads()
     query_threads = args.query_threads or index_threads
     results = {"checkpoint": args.checkpoint, "hybrid": not args.dense_only,
+               "reranker": args.reranker, "rerank_depth": args.rerank_depth,
                "index_threads": index_threads,
                "query_threads": query_threads, "cpu_count": os.cpu_count(),
                "device": "cuda" if torch.cuda.is_available() else "cpu", "apps": {}}
@@ -125,7 +138,9 @@ def main() -> None:
                                               cache_dir=args.cache_dir or Path(tmp) / "index",
                                               hybrid=not args.dense_only, show_progress=True,
                                               section_chunks=args.section_chunks,
-                                              late_interaction=args.late_interaction)
+                                              late_interaction=args.late_interaction,
+                                              reranker=args.reranker,
+                                              rerank_depth=args.rerank_depth)
         results["section_chunks"] = retriever.ranking.section_chunks
         results["late_interaction"] = retriever.ranking.late_interaction
         for label, app in build_apps(Path(tmp), args.apps).items():

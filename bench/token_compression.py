@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import _bench  # noqa: F401  (puts the repository root on sys.path, sets HF_HUB_OFFLINE)
+from cetd_phase1 import default_cache_dir
 from feature_requests import prepare
 
 
@@ -47,7 +48,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--codecs", nargs="+", default=["pool1-f16", "pool1-int8", "pool2-int8",
                                                          "pool3-int8"])
-    parser.add_argument("--fr-cache", default=str(Path.home() / ".cache" / "cetd_phase1" / "fr"))
+    parser.add_argument("--fr-cache", default=str(default_cache_dir() / "fr"))
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
 

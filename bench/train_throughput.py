@@ -64,13 +64,15 @@ def timer_callback(record: dict):
 
 
 def run_ours(args, workdir: Path, record: dict) -> None:
-    """``run_phase1.main`` on the (default) config with the benchmark's overrides."""
+    """The training driver (``run_phase1.py``'s ``main``) on the (default) config with the
+    benchmark's overrides."""
     import yaml
 
-    import run_phase1
+    from cetd_phase1.config import config_path
+    from cetd_phase1.train import DEFAULT_CONFIG, main
     from cetd_phase1.training.trainer import RetrievalTrainer
 
-    data = yaml.safe_load(Path(args.config or run_phase1.DEFAULT_CONFIG).read_text())
+    data = yaml.safe_load(config_path(args.config or DEFAULT_CONFIG).read_text())
     if not args.config_lengths:
         data.setdefault("dataset", {}).update(max_req_length=args.max_length,
                                               max_code_length=args.max_length)
@@ -84,12 +86,12 @@ def run_ours(args, workdir: Path, record: dict) -> None:
 
     train = RetrievalTrainer.train
 
-    def timed_train(self, *a, **k):  # the only way in: run_phase1 builds the trainer itself
+    def timed_train(self, *a, **k):  # the only way in: the driver builds the trainer itself
         self.add_callback(timer_callback(record))
         return train(self, *a, **k)
 
     RetrievalTrainer.train = timed_train
-    run_phase1.main(["--config", str(config), "--output_dir", str(workdir / "ours"),
+    main(["--config", str(config), "--output_dir", str(workdir / "ours"),
                      "--max_steps", str(args.steps), "--batch_size", str(args.batch_size)])
 
 
@@ -133,10 +135,9 @@ def warm_caches(config: str | None) -> None:
     """Build (or load) the datasets both sides read, so no timed child builds them."""
     from cetd_phase1.config import load_config
     from cetd_phase1.data.dataset import build_dataset, build_sections
+    from cetd_phase1.train import DEFAULT_CONFIG
 
-    import run_phase1
-
-    cfg = load_config(config or run_phase1.DEFAULT_CONFIG)
+    cfg = load_config(config or DEFAULT_CONFIG)
     d = cfg.dataset
     build_dataset(cfg.data_source, hard_negatives=d.hard_negatives,
                   random_negatives=d.random_negatives, max_positives=d.max_positives,
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="ours keeps its config's length limits (the peer uses --max-length)")
     parser.add_argument("--negatives", type=int,
                         help="ours: negatives per requirement (default: the config's)")
-    parser.add_argument("--config", help="our config (default: run_phase1.py's default)")
+    parser.add_argument("--config", help="our config (default: the driver's default)")
     parser.add_argument("--out", default="outputs/bench-train",
                         help="folder for the JSON result and the children's logs")
     parser.add_argument("--child", choices=("ours", "peer"), help=argparse.SUPPRESS)

@@ -19,6 +19,52 @@ The names a user needs are importable from here: :class:`CETDRetriever`, :class:
 
 __version__ = "0.1.0"
 
+import sys as _sys
+
+
+def _register_auto_classes() -> None:
+    """``AutoModel.from_pretrained(final)`` opens a saved retriever once ``cetd_phase1`` is
+    imported, without this import loading torch: the auto classes are registered when
+    transformers' ``modeling_auto`` is (at once if it already is). Written by hand because
+    Python has no post-import hook: a finder wraps that one module's loader."""
+    import importlib.abc
+    import importlib.util
+
+    def register() -> None:
+        from cetd_phase1.modeling import model  # noqa: F401  (its import registers them)
+
+    target = "transformers.models.auto.modeling_auto"
+    if target in _sys.modules:
+        register()
+        return
+
+    class RegisterAfterImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target_module=None):
+            if name != target:
+                return None
+            _sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.loader is None:
+                return spec
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                # Loaded from inside one of our own modules' imports: the model module may
+                # need that half-done module, and it registers itself once it is imported.
+                if not any(getattr(getattr(m, "__spec__", None), "_initializing", False)
+                           for n, m in list(_sys.modules.items())
+                           if n.startswith("cetd_phase1.")):
+                    register()
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    _sys.meta_path.insert(0, RegisterAfterImport())
+
+
+_register_auto_classes()
+
 def __getattr__(name: str):
     # imported on first use: `import cetd_phase1` stays light (no torch) for the command line
     if name == "CETDRetriever":

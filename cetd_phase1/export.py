@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from cetd_phase1.atomic import atomic_directory, atomic_write_text
 from cetd_phase1.errors import CETDError
@@ -37,6 +39,19 @@ def _append_eos_in_tokenizer(tokenizer) -> None:
     special = {(tokenizer.convert_ids_to_tokens(i), i) for i in ids if i != "$A"}
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=" ".join(names), special_tokens=sorted(special))
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' warnings off inside (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _check_export_target(out_dir: Path) -> None:
@@ -98,9 +113,10 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
         if config.append_eos:
             _append_eos_in_tokenizer(tokenizer)
         tokenizer.save_pretrained(tmp)
-        transformer = Transformer(tmp, max_seq_length=config.max_code_length,
-                                  query_length=config.max_req_length,
-                                  document_length=config.max_code_length)
+        with _quiet_transformers():  # its load report lists the pooler our pooling never uses
+            transformer = Transformer(tmp, max_seq_length=config.max_code_length,
+                                      query_length=config.max_req_length,
+                                      document_length=config.max_code_length)
         hidden = backbone.config.hidden_size
         modules = [transformer, Pooling(hidden, pooling_mode=_ST_POOLING[config.pooling])]
         if model.head is not None:
@@ -122,5 +138,5 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
                        f"queries = model.encode_query([...]); code = model.encode_document([...])")
             atomic_write_text(Path(staging) / CARD, model_card(
                 config.to_dict(), out_dir.resolve().name, training_config=None, metrics={},
-                loading=loading))
+                loading=loading, merged=bool(config.use_lora)))
     return out_dir

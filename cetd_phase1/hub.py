@@ -56,19 +56,22 @@ def redact(value: Any) -> Any:
 def model_card(model_config: dict[str, Any], repo_id: str, *,
                training_config: dict[str, Any] | None,
                metrics: dict[str, dict[str, float]], loading: str | None = None,
-               ranking: dict[str, Any] | None = None) -> str:
+               ranking: dict[str, Any] | None = None, merged: bool = False) -> str:
     """The ``README.md`` of a published retriever: hub metadata, how to load it (``loading``:
     another snippet, e.g. for a sentence-transformers export), the metrics of each evaluated
     split (``metrics[split]`` holds ``<prefix>_<metric>`` keys) and the training
-    configuration (passwords redacted; ``None``: not known where the card is written)."""
+    configuration (passwords redacted; ``None``: not known where the card is written).
+    ``merged``: the folder holds the weights with a LoRA adapter merged into them."""
     from huggingface_hub import ModelCardData
 
+    from cetd_phase1.modeling.packaged import hub_id
+
     base = str(model_config.get("backbone", ""))
-    lora = bool(model_config.get("use_lora"))
+    lora = bool(model_config.get("use_lora")) and not merged
+    looks_like_id = base.count("/") == 1 and not base.startswith(("/", "."))
     data = ModelCardData(library_name="peft" if lora else None, pipeline_tag="sentence-similarity",
                          tags=["cetd-phase1", "code-retrieval", "bi-encoder"],
-                         base_model=base if base.count("/") == 1 and not base.startswith(("/", "."))
-                         else None)
+                         base_model=hub_id(base) or (base if looks_like_id else None))
     rows = []
     for split, values in metrics.items():
         cells = {name.split("_", 1)[1]: v for name, v in values.items()
@@ -86,7 +89,9 @@ def model_card(model_config: dict[str, Any], repo_id: str, *,
     head = " and projection head" if model_config.get("projection_dim") else ""
     weights = (f"a LoRA adapter (r={model_config.get('lora_r')}){head} on `{base}`; the base "
                f"weights are not in this repository and are loaded from `{base}`"
-               if lora else f"all weights of a full fine-tune of `{base}`")
+               if lora else f"all weights of `{base}` with a LoRA adapter (r="
+               f"{model_config.get('lora_r')}){head} merged into them" if merged
+               else f"all weights of a full fine-tune of `{base}`")
     return f"""---
 {data.to_yaml()}
 ---

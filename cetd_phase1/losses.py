@@ -1,5 +1,6 @@
-"""The bi-encoder's training objective, InfoNCE over in-batch candidates, and the cross-device
-gather that lets it see every rank's candidates. Batch layout:
+"""The training objectives: the bi-encoder's InfoNCE over in-batch candidates with the
+cross-device gather that lets it see every rank's candidates, and the re-ranker's softmax over
+each requirement's own group (:class:`GroupSoftmaxLoss`). The bi-encoder's batch layout:
 
 * ``q`` [B, D] requirement embeddings, ``p`` [C, D] candidate (code section) embeddings;
 * ``labels`` [B]: index in ``p`` of requirement i's positive.
@@ -109,6 +110,33 @@ class InfoNCELoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, gather={getattr(self.gather, '__name__', self.gather)}"
+
+
+class GroupSoftmaxLoss(nn.Module):
+    r"""The re-ranker's objective: softmax cross-entropy over each requirement's group of
+    scored pairs, its positive first.
+
+    For requirement :math:`q_i` with positive :math:`p_i^+` and negatives :math:`N_i` (its
+    BM25-mined and random ones), and :math:`s` the re-ranker's logit for a pair:
+
+    .. math::
+
+        \mathcal{L} = -\frac{1}{B}\sum_{i=1}^{B}
+            \log \frac{\exp s(q_i, p_i^+)}{\sum_{p \in \{p_i^+\} \cup N_i} \exp s(q_i, p)}
+
+    No temperature: the logit is unbounded and learns its own scale. A cross-encoder reads
+    each pair whole, so there are no in-batch negatives. Groups may differ in size (a
+    requirement with fewer negatives): ``group_sizes`` [B] says how many of the flat
+    ``logits`` [sum(group_sizes)] each owns, and the missing places of a group count as
+    probability 0.
+    """
+
+    def forward(self, logits: torch.Tensor, group_sizes: torch.Tensor) -> torch.Tensor:
+        groups = torch.split(logits.float(), group_sizes.tolist())
+        padded = nn.utils.rnn.pad_sequence(list(groups), batch_first=True,
+                                           padding_value=float("-inf"))
+        target = torch.zeros(len(groups), dtype=torch.long, device=logits.device)
+        return F.cross_entropy(padded, target)
 
 
 def build_loss(config: Any) -> nn.Module:

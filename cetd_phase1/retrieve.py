@@ -30,11 +30,13 @@ from cetd_phase1.errors import CETDError, check_requirement
 from cetd_phase1.index import INDEX_VERSION, FileIndex, IndexStore, assemble
 from cetd_phase1.ranking.bm25 import BM25Scorer, bm25_tokenize
 from cetd_phase1.ranking.fusion import served_scores
+from cetd_phase1.ranking.rerank import RERANK_DEPTH, reranked, top_sections
 from cetd_phase1.ranking.settings import RankingConfig
-from cetd_phase1.data.registry import App
+from cetd_phase1.data.apps import App
 from cetd_phase1.data.sections import ExtractionReport, Section, format_section
 
 if TYPE_CHECKING:  # the encoder imports torch; retrieve stays light until a model is loaded
+    from cetd_phase1.modeling.reranker import Reranker
     from cetd_phase1.ranking.full_app import SectionVectors
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,8 @@ def resolve_app(app: str | Path | App) -> tuple[str, Path]:
     path = Path(app)
     if path.exists():
         return path.resolve().name, path
-    from cetd_phase1.data.registry import RegistryError, registry_from
+    from cetd_phase1.data.apps import RegistryError
+    from cetd_phase1.data.registry import registry_from
 
     registry = registry_from(None)
     try:
@@ -135,7 +138,9 @@ class Retriever:
 
     ``retrieve`` ranks by the served hybrid score (the model's and BM25's scores, z-scored and
     mixed, :func:`~cetd_phase1.ranking.fusion.served_scores`) unless ``hybrid=False``: on
-    feature-level requirements the dense model alone ranks below the hybrid.
+    feature-level requirements the dense model alone ranks below the hybrid. With a
+    ``reranker`` the ``rerank_depth`` best of that ranking are re-ordered by the cross-encoder
+    (:mod:`cetd_phase1.ranking.rerank`).
 
     The model is frozen here: requirements are encoded by a fused copy of it taken at
     construction (:class:`~cetd_phase1.modeling.fused.FusedEncoder`), and indexes are cached
@@ -144,7 +149,8 @@ class Retriever:
 
     def __init__(self, model, tokenizer, *, identity: str, ranking: RankingConfig | None = None,
                  batch_size: int = 64, cache_dir: str | Path | None = None, hybrid: bool = True,
-                 show_progress: bool = False) -> None:
+                 show_progress: bool = False, reranker: Reranker | None = None,
+                 rerank_depth: int = RERANK_DEPTH) -> None:
         from cetd_phase1.modeling.fused import FusedEncoder
         from cetd_phase1.modeling.precision import autocast_dtype
         from cetd_phase1.ranking.full_app import FullAppRanker
@@ -155,6 +161,9 @@ class Retriever:
         self.identity = identity
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "index"
         self.hybrid = hybrid
+        if rerank_depth < 1:
+            raise CETDError(f"rerank_depth must be at least 1, got {rerank_depth}")
+        self.reranker, self.rerank_depth = reranker, rerank_depth
         self.store = IndexStore(self.cache_dir / identity, self.ranker, show_progress)
         self._indexes: dict[str, AppIndex] = {}
 
@@ -175,10 +184,13 @@ class Retriever:
                         late_interaction: float | None = None,
                         hybrid_weight: float | None = None, class_penalty: float | None = None,
                         shortlist: int | None = None, max_req_length: int | None = None,
-                        max_code_length: int | None = None, **kwargs: Any) -> "Retriever":
+                        max_code_length: int | None = None,
+                        reranker: str | Path | Reranker | None = None,
+                        **kwargs: Any) -> "Retriever":
         """Open a trained checkpoint or a plain backbone folder (the untrained baseline) with
         the ranking settings saved beside it, each replaced by its argument when that is given;
-        ``max_req_length``/``max_code_length`` replace the token limits the model reads with.
+        ``max_req_length``/``max_code_length`` replace the token limits the model reads with;
+        ``reranker`` is a re-ranker folder (``cetd-phase1 train-reranker``) or one loaded.
 
         Other keyword arguments go to :class:`Retriever` (``cache_dir``, ``hybrid``,
         ``batch_size``...).
@@ -207,8 +219,12 @@ class Retriever:
         if torch.cuda.is_available():
             model = model.to("cuda")
         weights_for_autocast(model)
+        if reranker is not None:
+            from cetd_phase1.modeling.reranker import Reranker
+            if not isinstance(reranker, Reranker):
+                reranker = Reranker.from_pretrained(reranker)
         return cls(model, tokenizer, identity=checkpoint_identity(path), ranking=ranking,
-                   **kwargs)
+                   reranker=reranker, **kwargs)
 
     # -- indexing ----------------------------------------------------------------------------
 
@@ -274,6 +290,17 @@ class Retriever:
             dense = self.dense_scores(requirements, index, fused)
         return fused(dense), dense
 
+    def rerank(self, requirement: str, index: AppIndex,
+               scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``scores``' order with its ``rerank_depth`` best re-ordered by the re-ranker:
+        ``(order, final scores, re-ranker logits [N], NaN outside the depth)``."""
+        top = top_sections(scores, self.rerank_depth)
+        logits = self.reranker.scores(requirement, [index.texts[i] for i in top])
+        order, final = reranked(scores, top, logits)
+        read = np.full(len(scores), np.nan)
+        read[top] = logits
+        return order, final, read
+
     def retrieve(self, requirement: str, app: str | Path | App, k: int = 5,
                  hybrid: bool | None = None) -> list[dict]:
         """Top-``k`` sections of ``app`` for ``requirement``, best first.
@@ -281,6 +308,8 @@ class Retriever:
         Each hit: ``score`` (the served score, or the model's with ``hybrid=False``),
         ``dense_score``, ``file``, ``qualname``, ``name`` (= qualname, the seed's key),
         ``kind``, ``line_start``, ``line_end``, ``code`` (the full source, docstring included).
+        With a re-ranker, also ``rerank_score`` (its logit; ``None`` past ``rerank_depth``),
+        and the hits within the depth come first, ordered by it.
         """
         if k < 1:
             raise CETDError(f"k must be at least 1, got {k}")
@@ -293,11 +322,18 @@ class Retriever:
             scores, dense = served[0], dense[0]
         else:
             scores = dense = self.dense_scores([requirement], index)[0]
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        top = top[np.lexsort((top, -scores[top]))]  # best first, ties in app order
-        return [{"score": float(scores[i]), "dense_score": float(dense[i]),
+        if self.reranker is None:
+            top, read = top_sections(scores, k), None
+        else:
+            order, _, read = self.rerank(requirement, index, scores)
+            top = order[:k]
+        hits = [{"score": float(scores[i]), "dense_score": float(dense[i]),
                  "file": index.sections[i].file, "qualname": index.sections[i].qualname,
                  "name": index.sections[i].qualname, "kind": index.sections[i].kind,
                  "line_start": index.sections[i].line_start,
                  "line_end": index.sections[i].line_end, "code": index.sections[i].code}
                 for i in top]
+        if read is not None:
+            for hit, i in zip(hits, top):
+                hit["rerank_score"] = None if np.isnan(read[i]) else float(read[i])
+        return hits

@@ -18,10 +18,11 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Callable
 
-from cetd_phase1 import resource
 
-DEFAULT_CONFIG = resource("configs", "phase1_minilm_cpu.yaml")
+#: The shipped config a run without ``--config`` trains (configs/phase1_minilm_cpu.yaml).
+DEFAULT_CONFIG = "minilm-cpu"
 SUMMARY_KEYS = ("accuracy", "map", "mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
 
 logger = logging.getLogger("run_phase1")
@@ -29,9 +30,13 @@ logger = logging.getLogger("run_phase1")
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """The driver's command line (``prog`` names it in ``--help``)."""
+    from cetd_phase1.config import shipped_configs
+
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=str(DEFAULT_CONFIG),
-                   help="YAML with model/training/dataset/evaluation sections (default: %(default)s)")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help="YAML with model/training/dataset/evaluation sections, or a shipped "
+                        f"config's name ({', '.join(shipped_configs())}); a partial file can "
+                        "start from one with 'base: NAME' (default: %(default)s)")
     p.add_argument("--output_dir", help="overrides model.output_dir")
     p.add_argument("--max_steps", type=int, help="overrides training.max_steps (wins over epochs)")
     p.add_argument("--num_epochs", type=float, help="overrides training.num_epochs")
@@ -90,6 +95,28 @@ def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
     return value
 
 
+def training_data(cfg):
+    """The config's registry, its labelled pairs per split (built once, cached as Arrow) and
+    the training requirements grouped with their positives and negatives; a CETDError when
+    no training requirement has a positive. Both drivers (bi-encoder, re-ranker) read it."""
+    from cetd_phase1.data.dataset import build_dataset, registry_for
+    from cetd_phase1.errors import CETDError
+    from cetd_phase1.training.sampler import group_queries
+
+    d = cfg.dataset
+    registry = registry_for(cfg.data_source, pypi_packages=d.pypi_packages,
+                            commit_releases_per_repo=d.commit_releases_per_repo)
+    pairs = build_dataset(registry=registry, hard_negatives=d.hard_negatives,
+                          random_negatives=d.random_negatives, max_positives=d.max_positives,
+                          label_sources=tuple(d.label_sources), cache_dir=d.cache_dir,
+                          seed=d.seed)
+    groups = group_queries(pairs["train"])
+    if len(groups) == 0:
+        raise CETDError(f"{cfg.path}: the training split of {cfg.data_source!r} has no "
+                        f"requirement with a positive section")
+    return registry, pairs, groups
+
+
 def format_metrics(name: str, metrics: dict[str, float], prefix: str) -> str:
     cells = [f"{k} {metrics[f'{prefix}_{k}']:.3f}" for k in SUMMARY_KEYS
              if f"{prefix}_{k}" in metrics]
@@ -100,15 +127,41 @@ def format_metrics(name: str, metrics: dict[str, float], prefix: str) -> str:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Train, evaluate and save as the command line says; returns the exit code."""
+    return drive(run, parse_args(argv, prog))
+
+
+def drive(run_driver: Callable[[argparse.Namespace], int], cli: argparse.Namespace) -> int:
+    """``run_driver(cli)``'s exit code, with bad input or a file-system failure as one
+    ``error:`` line and Ctrl-C as one line on what was saved (exit 130), never a traceback."""
     from cetd_phase1.errors import CETDError, report
     try:
-        return run(parse_args(argv, prog))
+        return run_driver(cli)
     except (CETDError, OSError) as err:
         return report(err)
-    except KeyboardInterrupt:  # one line, not the Trainer's traceback; checkpoints are complete
-        print("interrupted: resume with --resume_from_checkpoint last (the newest complete "
-              "checkpoint-* folder of the output dir)", file=sys.stderr)
+    except KeyboardInterrupt:  # checkpoints on disk are complete ones
+        print(interrupted_message(cli), file=sys.stderr)
         return 130
+
+
+def interrupted_message(cli: argparse.Namespace) -> str:
+    """The line a Ctrl-C prints: how to resume from the newest complete checkpoint of the run's
+    output folder, or that none was saved yet (then ``last`` would have nothing to resume)."""
+    from cetd_phase1.config import apply_overrides, load_config
+    from cetd_phase1.errors import CETDError
+    from cetd_phase1.training.checkpoints import last_complete_checkpoint
+
+    try:
+        output_dir = apply_overrides(load_config(cli.config),
+                                     output_dir=cli.output_dir).model.output_dir
+    except (CETDError, OSError):
+        output_dir = cli.output_dir
+    last = last_complete_checkpoint(output_dir)[0] if output_dir else None
+    if last is None:
+        return (f"interrupted before the first checkpoint: nothing was saved"
+                f"{f' in {output_dir}' if output_dir else ''} (built datasets stay cached); "
+                f"run the same command again to start over")
+    return (f"interrupted: resume with --resume_from_checkpoint last (the newest complete "
+            f"checkpoint is {last})")
 
 
 def run(cli: argparse.Namespace) -> int:
@@ -117,13 +170,12 @@ def run(cli: argparse.Namespace) -> int:
     from cetd_phase1.atomic import atomic_directory, atomic_write_text
     from cetd_phase1.training.checkpoints import NonFiniteGuard
     from cetd_phase1.config import apply_overrides, load_config, training_arguments
-    from cetd_phase1.data.dataset import build_dataset, build_sections, registry_for
-    from cetd_phase1.errors import CETDError, check_output_dir
-    from cetd_phase1.modeling.backbone import resolve_backbone
+    from cetd_phase1.data.dataset import build_sections
+    from cetd_phase1.errors import check_output_dir
+    from cetd_phase1.modeling.backbone import check_text_lengths, resolve_backbone
     from cetd_phase1.modeling.model import CETDRetriever
     from cetd_phase1.modeling.tokens import load_tokenizer
     from cetd_phase1.training.collator import RetrievalCollator
-    from cetd_phase1.training.sampler import group_queries
     from cetd_phase1.training.trainer import RetrievalTrainer
 
     # 1. Config: YAML, then command-line overrides, then TrainingArguments.
@@ -132,11 +184,13 @@ def run(cli: argparse.Namespace) -> int:
                           batch_size=cli.batch_size, learning_rate=cli.learning_rate,
                           resume_from_checkpoint=cli.resume_from_checkpoint)
     output_dir = Path(check_output_dir(cfg.model.output_dir))
+    check_text_lengths(cfg.model.base_model, None, cfg.model_settings())  # before any data
 
     # 2. Logging (INFO on the main process only).
     probe = training_arguments(cfg)
     setup_logging(probe)
-    logger.info("config %s -> %s", cfg.path, output_dir)
+    logger.info("config %s%s -> %s", cfg.path, f" (base {cfg.base})" if cfg.base else "",
+                output_dir)
     t = cfg.training
     ranks = probe.world_size if t.gather_across_devices else 1
     logger.info("InfoNCE: up to %d negatives per requirement (%d process(es) x %d requirements "
@@ -145,19 +199,9 @@ def run(cli: argparse.Namespace) -> int:
     set_seed(cfg.training.seed)
 
     # 3. Data: labelled pairs per split, and every section of every app (the ranking pools).
-    d = cfg.dataset
     with probe.main_process_first(desc="building the dataset"):
-        registry = registry_for(cfg.data_source, pypi_packages=d.pypi_packages,
-                                commit_releases_per_repo=d.commit_releases_per_repo)
-        pairs = build_dataset(registry=registry, hard_negatives=d.hard_negatives,
-                              random_negatives=d.random_negatives, max_positives=d.max_positives,
-                              label_sources=tuple(d.label_sources), cache_dir=d.cache_dir,
-                              seed=d.seed)
-        sections = build_sections(registry=registry, cache_dir=d.cache_dir)
-    train_groups = group_queries(pairs["train"])
-    if len(train_groups) == 0:
-        raise CETDError(f"{cfg.path}: the training split of {cfg.data_source!r} has no "
-                        f"requirement with a positive section")
+        registry, pairs, train_groups = training_data(cfg)
+        sections = build_sections(registry=registry, cache_dir=cfg.dataset.cache_dir)
     has_validation = len(pairs["validation"]) > 0 and not cli.skip_evaluation
     if cli.skip_evaluation:
         logger.warning("--skip_evaluation: no validation, early stopping or best checkpoint, "
@@ -183,8 +227,8 @@ def run(cli: argparse.Namespace) -> int:
                 trainable / 1e6, total / 1e6)
 
     # 5. Trainer.
-    collator = RetrievalCollator(tokenizer, max_req_length=d.max_req_length,
-                                 max_code_length=d.max_code_length,
+    collator = RetrievalCollator(tokenizer, max_req_length=cfg.dataset.max_req_length,
+                                 max_code_length=cfg.dataset.max_code_length,
                                  negatives_per_query=cfg.training.negatives_per_query,
                                  append_eos=bool(model.config.append_eos),
                                  split_identifiers=bool(model.config.split_identifiers))
@@ -225,6 +269,7 @@ def run(cli: argparse.Namespace) -> int:
         from cetd_phase1.hub import redact
 
         report = {"config": redact(cfg.to_dict()), "config_file": cfg.path,
+                  "config_base": cfg.base,
                   "best_checkpoint": trainer.state.best_model_checkpoint,
                   "final_model": str(final_dir), "global_step": trainer.state.global_step,
                   **results}

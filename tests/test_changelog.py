@@ -9,7 +9,7 @@ import pytest
 from cetd_phase1.data.changelog import changelog_pairs, clean_text, find_changelog, parse_changelog
 from cetd_phase1.data.dataset import build_dataset
 from cetd_phase1.data.labels import label_app
-from cetd_phase1.data.registry import DirectoryRegistry
+from cetd_phase1.data.apps import DirectoryRegistry
 from cetd_phase1.data.sections import extract_sections
 
 CHANGES = """\

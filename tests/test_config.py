@@ -58,10 +58,31 @@ def test_the_seeds_config_loads_with_its_meaning(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["phase1_minilm_cpu.yaml", "phase1_mpnet_cpu.yaml",
-                                  "phase1_qwen_coder_1.5b.yaml"])
+                                  "phase1_qwen_coder_1.5b.yaml", "reranker_minilm_cpu.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / name)
     assert cfg.evaluation.save_steps % cfg.evaluation.eval_steps == 0
+
+
+def test_shipped_configs_by_name_and_a_partial_config_on_a_named_base(tmp_path):
+    from cetd_phase1.config import shipped_configs
+
+    assert set(shipped_configs()) >= {"minilm-cpu", "mpnet-cpu", "qwen-coder-1.5b",
+                                      "reranker-minilm-cpu"}
+    by_name = load_config("minilm-cpu")
+    assert by_name.to_dict() == load_config(CONFIGS / "phase1_minilm_cpu.yaml").to_dict()
+    partial = _write(tmp_path, "base: minilm-cpu\ntraining:\n  max_steps: 7\n")
+    cfg = load_config(partial)
+    assert cfg.base == "minilm-cpu" and cfg.training.max_steps == 7
+    expected = by_name.to_dict()
+    expected["training"]["max_steps"] = 7
+    assert cfg.to_dict() == expected  # LoRA off, one epoch...: the base's, not the seed's
+    with pytest.raises(CETDError, match=r"base 'minilm' is not a shipped config \(minilm-cpu"):
+        load_config(_write(tmp_path, "base: minilm\n"))
+    with pytest.raises(CETDError, match=r"no-such: no such config file, nor a shipped config"):
+        load_config("no-such")
+    with pytest.raises(CETDError, match="unknown key 'max_stepz'"):
+        load_config(_write(tmp_path, "base: minilm-cpu\ntraining:\n  max_stepz: 7\n"))
 
 
 def test_the_mpnet_config_is_the_default_recipe_on_another_backbone():
@@ -158,8 +179,11 @@ def test_bad_values_fail_clearly(tmp_path, old, new, match):
 
 
 def test_missing_and_invalid_files(tmp_path):
-    with pytest.raises(CETDError, match="cannot read config"):
+    with pytest.raises(CETDError, match="nope.yaml: no such config file, nor a shipped config"):
         load_config(tmp_path / "nope.yaml")
+    (tmp_path / "folder.yaml").mkdir()
+    with pytest.raises(CETDError, match="cannot read config"):
+        load_config(tmp_path / "folder.yaml")
     with pytest.raises(CETDError, match="invalid YAML"):
         load_config(_write(tmp_path, "model: [unclosed\n"))
 
@@ -225,7 +249,7 @@ def test_a_config_naming_no_lora_modules_fits_an_encoder_backbone(tmp_path):
     assert trainable == {"query", "value"}, trainable
 
 
-def test_text_lengths_beyond_the_backbones_positions_are_a_clear_error(tmp_path):
+def test_text_lengths_beyond_the_backbones_positions_are_a_clear_error(tmp_path, capsys):
     """The seed's 2048-token code length fits Qwen, not a 512-position encoder: say so before
     training instead of failing inside the first forward pass."""
     from _tiny_models import make_tiny_encoder
@@ -241,6 +265,16 @@ def test_text_lengths_beyond_the_backbones_positions_are_a_clear_error(tmp_path)
             CETDRetriever.from_backbone(cfg.model.base_model, **cfg.model_settings())
     cfg = config_from_dict({"model": {"base_model": tiny}, "dataset": {"max_code_length": limit}})
     CETDRetriever.from_backbone(cfg.model.base_model, **cfg.model_settings())  # the limit fits
+
+    # the driver says so before it reads any data (here: apps that do not exist)
+    from cetd_phase1.train import main
+
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump({"model": {"base_model": tiny, "output_dir": str(tmp_path)},
+                                      "dataset": {"max_code_length": limit + 1,
+                                                  "source": str(tmp_path / "absent")}}))
+    assert main(["--config", str(config)]) == 2
+    assert "positions of backbone" in capsys.readouterr().err
 
 
 def test_accelerate_files_mixed_precision_wins_over_the_automatic_choice(tmp_path, monkeypatch):

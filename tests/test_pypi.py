@@ -12,8 +12,8 @@ import pytest
 from cetd_phase1.data import pypi
 from cetd_phase1.data.dataset import build_dataset
 from cetd_phase1.errors import CETDError
-from cetd_phase1.data.registry import (CombinedRegistry, PyPIRegistry, RegistryError,
-                                       StdlibRegistry, registry_from)
+from cetd_phase1.data.apps import RegistryError
+from cetd_phase1.data.registry import CombinedRegistry, PyPIRegistry, StdlibRegistry, registry_from
 
 FILES = {
     "demo_pkg-1.0/CHANGES.rst": "- Add :func:`demo_pkg.core.retry` with exponential backoff "

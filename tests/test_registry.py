@@ -9,8 +9,8 @@ import pytest
 
 from cetd_phase1.errors import CETDError
 from cetd_phase1.data.postgres import DatabaseError, PostgresRegistry, source_problem
-from cetd_phase1.data.registry import (SPLITS, DirectoryRegistry, RegistryError, StdlibRegistry,
-                                       hash_split, registry_from)
+from cetd_phase1.data.apps import SPLITS, DirectoryRegistry, RegistryError, hash_split
+from cetd_phase1.data.registry import StdlibRegistry, registry_from
 
 
 def test_hash_split_is_deterministic_and_roughly_proportional():
@@ -48,6 +48,23 @@ def test_folder_registry_lists_subfolders(tmp_path):
         "alpha", "beta"]
     with pytest.raises(RegistryError, match="no such file"):
         DirectoryRegistry(tmp_path / "absent").apps()
+
+
+def test_a_folder_of_modules_or_one_py_file_is_one_app_and_other_files_are_refused(tmp_path):
+    app = tmp_path / "mytool"
+    (app / "sub").mkdir(parents=True)
+    (app / "cli.py").write_text("def main():\n    pass\n")
+    (app / "sub" / "util.py").write_text("def helper():\n    pass\n")
+    (found,) = DirectoryRegistry(app).apps()
+    assert (found.name, found.source_path, found.split) == ("mytool", app, hash_split("mytool"))
+    (single,) = DirectoryRegistry(app / "cli.py", split="holdout").apps()
+    assert (single.name, single.source_path, single.split) == ("cli", app / "cli.py", "holdout")
+    (tmp_path / "notes.txt").write_text("- not: an app\n")
+    with pytest.raises(RegistryError, match=r"notes.txt: not an app source; give a folder"):
+        DirectoryRegistry(tmp_path / "notes.txt").apps()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RegistryError, match="empty: no app here"):
+        DirectoryRegistry(tmp_path / "empty").apps()
 
 
 def test_manifest_resolves_relative_paths_and_defaults_split(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from cetd_phase1.__main__ import main
 from cetd_phase1.data.postgres import (DatabaseError, PostgresRegistry, apply_schema, list_apps,
                                        register_apps)
-from cetd_phase1.data.registry import App, DirectoryRegistry, RegistryError
+from cetd_phase1.data.apps import App, DirectoryRegistry, RegistryError
 from cetd_phase1.data.sections import extract_sections
 
 pytestmark = pytest.mark.postgres

@@ -217,9 +217,15 @@ def test_the_command_line_names_each_hit_by_its_kind(tiny_model, tmp_path, capsy
                                  "def checkout():\n    return 2\n")
     assert main(["retrieve", "sum the basket", "--app", str(app), "--checkpoint",
                  str(tiny_model), "--cache-dir", str(tmp_path / "cache"), "-k", "3"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "Class: Basket" in out and "Method: Basket.total" in out
     assert "Function: checkout" in out and "Function: Basket\n" not in out
+    assert "tokens long" not in captured.err
+    assert main(["retrieve", "sum the basket " * 100, "--app", str(app), "--checkpoint",
+                 str(tiny_model), "--cache-dir", str(tmp_path / "cache"), "-k", "1"]) == 0
+    assert "warning: the requirement is 300 tokens long; the model reads its first 128" in \
+        capsys.readouterr().err
 
 
 def test_unknown_app_is_a_clear_error(tiny_model, tmp_path):
@@ -266,10 +272,12 @@ def test_sentence_transformers_export_round_trip(tiny_model, tmp_path, settings,
     card = (out / "README.md").read_text()  # not sentence-transformers' "Base model: Unknown"
     assert "Unknown" not in card and "cetd-phase1" in card
     assert f'SentenceTransformer("{out}")' in card
+    assert "not in this repository" not in card  # every weight is, a LoRA adapter merged
+    assert ("merged into them" in card) == bool(settings and settings.get("use_lora"))
 
 
 def test_export_says_to_split_identifiers_and_build_section_texts_first(tiny_model, tmp_path,
-                                                                        fp32_cpu, caplog):
+                                                                        fp32_cpu, caplog, capfd):
     """The export warns of what the folder cannot do by itself: split identifiers, build a long
     function's texts, late interaction (it gives the pooled embeddings only)."""
     from sentence_transformers import SentenceTransformer
@@ -282,6 +290,7 @@ def test_export_says_to_split_identifiers_and_build_section_texts_first(tiny_mod
         out = export_sentence_transformers(ckpt, tmp_path / "st")
     assert "split_camel_case" in caplog.text and "section_texts" in caplog.text
     assert "MaxSim" in caplog.text and "cosine part only" in caplog.text
+    assert "LOAD REPORT" not in capfd.readouterr().err  # nothing about the unused pooler
     texts = ["def parseJsonFile(path):", "Load the HTTPServer config"]
     r = Retriever.from_pretrained(ckpt, cache_dir=tmp_path / "cache")
     ours = encode_texts(r.model, r.tokenizer, texts, max_length=r.ranker.max_code_length)

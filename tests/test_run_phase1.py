@@ -243,16 +243,27 @@ def test_console_script_runs_the_driver(tmp_path, capsys):
     assert "training.max_steps must be > 0, or -1" in err and "\n" not in err.strip()
 
 
-def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
     """An interrupted run (Ctrl-C anywhere in training) says how to resume instead of printing
-    the Trainer's traceback."""
+    the Trainer's traceback, and before any checkpoint that there is nothing to resume."""
     from cetd_phase1 import train
 
     def interrupted(_cli):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "run", interrupted)
-    assert train.main([]) == 130
+    assert train.main(["--output_dir", str(tmp_path)]) == 130
     err = capsys.readouterr().err.strip()
-    assert err.startswith("interrupted: resume with --resume_from_checkpoint last")
-    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith("interrupted before the first checkpoint: nothing was saved in "
+                          f"{tmp_path}")
+    assert "\n" not in err and "Traceback" not in err and "resume_from_checkpoint" not in err
+
+    checkpoint = tmp_path / "checkpoint-50"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 50}')
+    (checkpoint / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr("cetd_phase1.training.checkpoints.checkpoint_problem", lambda p: None)
+    assert train.main(["--output_dir", str(tmp_path)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == ("interrupted: resume with --resume_from_checkpoint last (the newest complete "
+                   f"checkpoint is {checkpoint})")

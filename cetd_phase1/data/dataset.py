@@ -23,7 +23,7 @@ from cetd_phase1.data.changelog import find_changelog
 from cetd_phase1.errors import CETDError
 from cetd_phase1.data.labels import (DEFAULT_LABEL_SOURCES, LABEL_SOURCES, MIN_REQUIREMENT_WORDS,
                                      AppLabels, HeuristicLabeler, label_app)
-from cetd_phase1.data.registry import SPLITS, App, Registry, RegistryError
+from cetd_phase1.data.apps import SPLITS, App, Registry, RegistryError
 from cetd_phase1.data.sections import ExtractionReport, Section, extract_sections, format_section
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple
 
 from cetd_phase1 import resource
 from cetd_phase1.errors import CETDError
-from .registry import SPLITS, App, DirectoryRegistry, RegistryError, _filter
+from cetd_phase1.data.apps import SPLITS, App, DirectoryRegistry, RegistryError, select_split
 
 if TYPE_CHECKING:
     import psycopg
@@ -76,7 +76,7 @@ class PostgresRegistry:
             else:
                 found.append(App(app_id=f"pg/{row.name}", name=row.name, split=row.split,
                                  source_path=row.source_path))
-        return _filter(found, split)
+        return select_split(found, split)
 
     def describe(self) -> str:
         return f"postgres:{redact_url(self.database_url)}"

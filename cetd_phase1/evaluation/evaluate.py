@@ -26,7 +26,7 @@ from cetd_phase1.evaluation.results import (CURVE_KS, HEADLINE_SOURCES, PROTOCOL
                                             summarise)
 from cetd_phase1.data.labels import DEFAULT_LABEL_SOURCES
 from cetd_phase1.ranking.settings import RankingConfig
-from cetd_phase1.data.registry import App, Registry
+from cetd_phase1.data.apps import App, Registry
 from cetd_phase1.retrieve import AppIndex, Retriever
 
 #: All positives of a query are needed for full-app ranking, not the training cap.
@@ -39,20 +39,31 @@ def _section_key(index: AppIndex, i: int) -> tuple[str, str, int]:
 
 
 class Method:
-    """A scorer over an app's sections: a dense retriever, BM25, or a dense method fused with
-    BM25 (``fused_from``)."""
+    """A scorer over an app's sections: a dense retriever, BM25, a dense method fused with
+    BM25 (``fused_from``), or a method whose ranking the retriever's re-ranker re-orders
+    (``reranked_from``)."""
 
     def __init__(self, name: str, retriever: Retriever | None, *,
-                 fused_from: "Method | None" = None) -> None:
+                 fused_from: "Method | None" = None,
+                 reranked_from: "Method | None" = None) -> None:
         self.name, self.retriever, self.fused_from = name, retriever, fused_from
-        # (app, requirements) -> dense matrix, kept only for a method a hybrid fuses from: the
-        # hybrid reuses the model's scores, whose MaxSim is the dearest step of an evaluation
+        self.reranked_from = reranked_from
+        # (app, requirements) -> dense matrix, kept only for a method another one reads (a
+        # hybrid or a re-ranked one): MaxSim is the dearest step of an evaluation
         self._dense: dict[tuple[str, tuple[str, ...]], np.ndarray] | None = None
-        if fused_from is not None and fused_from._dense is None:
-            fused_from._dense = {}
+        for source in (fused_from, reranked_from):  # a dense method another one reads
+            if source is not None and source.retriever is not None and \
+                    source.fused_from is None and source.reranked_from is None \
+                    and source._dense is None:
+                source._dense = {}
 
     def scores(self, requirements: list[str], app: App, index: AppIndex) -> np.ndarray:
         """Score matrix [Q, N] over every section of the app."""
+        if self.reranked_from is not None:
+            first = self.reranked_from.scores(requirements, app, index)
+            return np.stack([self.retriever.rerank(r, index, row)[1]
+                             for r, row in zip(requirements, first)]) if requirements \
+                else first
         if self.fused_from is not None:
             dense = self.fused_from.scores(requirements, app, index)
             return self.fused_from.retriever.served_scores(requirements, index, dense)[0]
@@ -138,20 +149,25 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
                    label_sources: Sequence[str] = DEFAULT_LABEL_SOURCES,
                    section_chunks: int | None = None,
                    late_interaction: float | None = None,
-                   class_penalty: float | None = None) -> dict:
+                   class_penalty: float | None = None,
+                   reranker: str | Path | None = None,
+                   rerank_depth: int | None = None) -> dict:
     """Evaluate ``checkpoint`` on ``split`` of ``registry`` (default: the stdlib, or PostgreSQL
     when ``$DATABASE_URL`` is set), or on every app of ``apps_dir`` (a folder of apps or a
     manifest), against BM25 and the untrained backbone; write the report files to ``out``.
     ``section_chunks``, ``late_interaction`` and ``class_penalty`` replace the checkpoint's
     ranking settings (``None``: its own; the untrained backbone reads one text a section and
-    ranks by the cosine).
+    ranks by the cosine). ``reranker`` adds the ranking whose ``rerank_depth`` best sections
+    (default :data:`~cetd_phase1.ranking.rerank.RERANK_DEPTH`) it re-orders: the hybrid's with
+    ``hybrid``, else the model's.
 
     Returns the ``metrics.json`` content.
     """
     from tqdm.auto import tqdm
 
     from cetd_phase1.modeling.backbone import resolve_backbone
-    from cetd_phase1.data.registry import DirectoryRegistry, registry_from
+    from cetd_phase1.data.apps import DirectoryRegistry
+    from cetd_phase1.data.registry import registry_from
 
     checkpoint, out = Path(resolve_backbone(checkpoint)), Path(out)
     if not (checkpoint / "config.json").is_file():
@@ -176,8 +192,10 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
         raise CETDError(f"{where}: no labelled queries to evaluate (no docstring or gold labels)")
     apps = {a.app_id: a for a in registry.apps(split)}
 
+    rerank = {} if rerank_depth is None else {"rerank_depth": rerank_depth}
     model = Retriever.from_pretrained(checkpoint, cache_dir=index_cache, batch_size=batch_size,
-                                      show_progress=True, **overrides)
+                                      show_progress=True, reranker=reranker, **rerank,
+                                      **overrides)
     ranking = model.ranking
     methods = [Method("model", model)]
     notes = []
@@ -190,6 +208,11 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
                      f"{1 - ranking.hybrid_weight:g} x BM25"
                      + (f", less {ranking.class_penalty:g} for a class." if ranking.class_penalty
                         else "."))
+    if reranker is not None:
+        methods.append(Method(f"{methods[-1].name} + re-ranker", model,
+                              reranked_from=methods[-1]))
+        notes.append(f"The re-ranker ({reranker}) re-orders the {model.rerank_depth} best "
+                     f"sections of `{methods[-2].name}`.")
     methods.append(Method("bm25", None))
     backbone_path = _backbone_path(checkpoint, backbone)
     if backbone_path is None:

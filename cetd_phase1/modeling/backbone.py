@@ -45,14 +45,27 @@ def load_base(path: str, attention_dropout: float | None = None) -> PreTrainedMo
 
 
 
-def config_for(backbone: str, backbone_config: PreTrainedConfig,
-                settings: dict[str, Any]) -> CETDConfig:
-    decoder = is_decoder_backbone(backbone_config)
+def check_text_lengths(backbone: str, backbone_config: PreTrainedConfig | None,
+                       settings: dict[str, Any]) -> None:
+    """A CETDError when ``settings``' token limits exceed the backbone's positions (longer
+    inputs fail deep in the forward); ``backbone_config`` ``None`` reads it from ``backbone``,
+    so a driver checks before it builds any data."""
+    if backbone_config is None:
+        try:
+            backbone_config = AutoConfig.from_pretrained(resolve_backbone(backbone))
+        except (OSError, ValueError) as err:
+            raise CETDError(f"cannot read the config of backbone {backbone!r}: {err}") from err
     positions = getattr(backbone_config, "max_position_embeddings", None)
-    for key in ("max_req_length", "max_code_length"):  # longer inputs fail deep in the forward
+    for key in ("max_req_length", "max_code_length"):
         if positions and settings.get(key, 0) > positions:
             raise CETDError(f"dataset.{key} {settings[key]} is more than the {positions} "
                             f"positions of backbone {backbone!r}: set it to {positions} or less")
+
+
+def config_for(backbone: str, backbone_config: PreTrainedConfig,
+                settings: dict[str, Any]) -> CETDConfig:
+    decoder = is_decoder_backbone(backbone_config)
+    check_text_lengths(backbone, backbone_config, settings)
     settings = dict(settings)
     if settings.get("pooling") is None:
         settings["pooling"] = "last_token" if decoder else "mean"

@@ -204,12 +204,13 @@ class CETDRetriever(PreTrainedModel):
         if self.is_lora:
             self.backbone.save_pretrained(str(out))
             # peft leaves a template card ("[More Information Needed]"); say what this is
-            from cetd_phase1.atomic import atomic_write_text
+            from cetd_phase1.atomic import atomic_write_text, final_path
             from cetd_phase1.hub import CARD, model_card
+            published = final_path(out)  # the folder's name once a staging folder is renamed
             atomic_write_text(out / CARD, model_card(
-                self.config.to_dict(), out.resolve().name, training_config=None, metrics={},
-                loading=f'from cetd_phase1 import CETDRetriever\n'
-                        f'model = CETDRetriever.from_pretrained("{out}")'))
+                self.config.to_dict(), published.resolve().name, training_config=None,
+                metrics={}, loading=f'from cetd_phase1 import CETDRetriever\n'
+                                    f'model = CETDRetriever.from_pretrained("{published}")'))
             extra = self._extra_state()
             if extra:
                 save_file(extra, str(out / HEAD_WEIGHTS), metadata={"format": "pt"})

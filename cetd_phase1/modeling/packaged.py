@@ -71,6 +71,16 @@ SPLIT_ALIASES = {"all-mpnet-base-v2": MPNET, "sentence-transformers/all-mpnet-ba
 _DONE = ".assembled"
 
 
+#: The hub id of the model each packaged alias holds (model cards name it as their base).
+_HUB_IDS = {**{alias: "sentence-transformers/all-MiniLM-L6-v2" for alias in MINILM_ALIASES},
+            **{alias: f"sentence-transformers/{m.folder}" for alias, m in SPLIT_ALIASES.items()}}
+
+
+def hub_id(name: str) -> str | None:
+    """The hub id of a packaged backbone alias (``None`` for any other name)."""
+    return _HUB_IDS.get(name.lower())
+
+
 def packaged_path(name: str) -> str | None:
     """The local folder of a packaged backbone alias (assembling a split one on first use), or
     ``None`` when ``name`` is not such an alias."""
