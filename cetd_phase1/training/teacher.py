@@ -108,26 +108,27 @@ def teacher_vectors(teachers: Sequence[str | os.PathLike], groups: datasets.Data
             raise CETDError(f"training.teachers: {folder} is not a trained checkpoint folder "
                             f"(no config.json); train the teacher first")
     requirements, sections = _texts(groups)
-    key = hashlib.sha256()
-    for folder in folders:
-        key.update(_fingerprint(folder).encode())
+    texts = hashlib.sha256()
     for text in (*requirements, "\0", *sections):
-        key.update(text.encode() + b"\0")
+        texts.update(text.encode() + b"\0")
     cache = Path(cache_dir) if cache_dir else default_cache_dir() / "teachers"
-    path = cache / f"{key.hexdigest()[:24]}.npy"
-    if path.is_file():
-        matrix = np.load(path)
-        logger.info("teacher vectors of %d texts read from %s", len(matrix), path)
-    else:
-        parts = []
-        for folder in folders:
-            logger.info("encoding %d requirements and %d sections with the teacher %s (once; "
-                        "cached in %s)", len(requirements), len(sections), folder, cache)
-            parts.append(_encode_with(folder, requirements, sections, show_progress))
-        matrix = (np.concatenate(parts, axis=1) / np.sqrt(len(parts))).astype(np.float16)
+    parts = []
+    for folder in folders:  # each teacher cached alone: an ensemble reuses its members
+        key = hashlib.sha256(f"{_fingerprint(folder)}{texts.hexdigest()}".encode())
+        path = cache / f"{key.hexdigest()[:24]}.npy"
+        if path.is_file():
+            logger.info("teacher vectors of %s read from %s", folder, path)
+            parts.append(np.load(path))
+            continue
+        logger.info("encoding %d requirements and %d sections with the teacher %s (once; "
+                    "cached in %s)", len(requirements), len(sections), folder, cache)
+        vectors = _encode_with(folder, requirements, sections, show_progress).astype(np.float16)
         buffer = io.BytesIO()
-        np.save(buffer, matrix)
+        np.save(buffer, vectors)
         cache.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: f.write(buffer.getvalue()))
+        parts.append(vectors)
+    matrix = (np.concatenate(parts, axis=1).astype(np.float32)
+              / np.sqrt(len(parts))).astype(np.float16)
     return TeacherVectors({t: i for i, t in enumerate(requirements)},
                           {t: len(requirements) + i for i, t in enumerate(sections)}, matrix)
