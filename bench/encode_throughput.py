@@ -38,7 +38,7 @@ from _bench import machine, today
 def sample_sections(n: int, seed: int = 0) -> list[str]:
     """``n`` stdlib train sections (seeded sample), as encoder text."""
     from cetd_phase1.data.dataset import build_sections
-    from cetd_phase1.data.sections import format_section
+    from cetd_phase1.text import format_section
 
     cols = build_sections()["train"].select_columns(["file", "qualname", "code"]).to_dict()
     texts = [format_section(f, q, c) for f, q, c in zip(cols["file"], cols["qualname"],

@@ -54,7 +54,7 @@ def peer_pairs(source: str = "stdlib"):
     import datasets
 
     from cetd_phase1.data.dataset import build_dataset
-    from cetd_phase1.data.sections import format_section
+    from cetd_phase1.text import format_section
 
     train = build_dataset(source)["train"]
     cols = train.select_columns(["requirement", "file", "qualname", "code", "label",

@@ -2,14 +2,14 @@
 """Index size against ranking quality for ways of storing late-interaction token vectors, and
 for a MaxSim shortlist.
 
-For each variant (token pooling factor; float16, int8 or q2 (rotated 2-bit codes) tokens;
-``-p16`` float16 pooled vectors; ``@N``: MaxSim reads the N best sections by pooled cosine)
-the validation apps are indexed afresh and ranked as served (hybrid)
-and by the model alone: the feature-request validation half and the stdlib validation split.
-Prints one table: KB of index per section and MRR per benchmark.
+For each variant (``f16``: float16 token vectors as encoded; ``q2``: rotated 2-bit codes, the
+shipped index; ``-p16``: float16 pooled vectors; ``@N``: MaxSim reads the N best sections by
+the served score of the pooled cosines) the validation apps are indexed afresh and ranked as
+served (hybrid) and by the model alone: the feature-request validation half and the stdlib
+validation split. Prints one table: KB of index per section and MRR per benchmark.
 
     python bench/token_compression.py --checkpoint outputs/phase1-minilm/final \
-        [--codecs pool1-f16 pool1-int8 pool2-int8-p16 pool2-int8@100] [--json FILE]
+        [--codecs f16 q2-p16 q2-p16@100] [--json FILE]
 
 Validation data only: the codec is chosen here, the held-out halves are reported once.
 """
@@ -30,12 +30,12 @@ from feature_requests import prepare
 def parse_codec(name: str):
     from cetd_phase1.ranking.compress import TokenCodec
 
-    pool, kind, *rest = name.split("@")[0].split("-")
-    bits = {"f16": 16, "int8": 8, "q2": 2}
-    if not pool.startswith("pool") or kind not in bits or rest not in ([], ["p16"]):
-        raise SystemExit(f"codec {name!r}: expected poolF-f16, poolF-int8 or poolF-q2, "
-                         f"then -p16 for float16 pooled vectors, e.g. pool1-q2-p16")
-    return TokenCodec(pool_factor=float(pool[4:]), bits=bits[kind], pooled_f16=bool(rest))
+    kind, *rest = name.split("@")[0].split("-")
+    bits = {"f16": 16, "q2": 2}
+    if kind not in bits or rest not in ([], ["p16"]):
+        raise SystemExit(f"codec {name!r}: expected f16 or q2, then -p16 for float16 pooled "
+                         f"vectors and @N for a MaxSim shortlist, e.g. q2-p16@100")
+    return TokenCodec(bits=bits[kind], pooled_f16=bool(rest))
 
 
 def index_bytes(cache: Path) -> int:
@@ -46,8 +46,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--codecs", nargs="+", default=["pool1-f16", "pool1-int8", "pool2-int8",
-                                                         "pool3-int8"])
+    parser.add_argument("--codecs", nargs="+", default=["f16", "q2-p16", "q2-p16@100"])
     parser.add_argument("--fr-cache", default=str(default_cache_dir() / "fr"))
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
@@ -57,7 +56,7 @@ def main() -> int:
 
     apps = prepare("validation", Path(args.fr_cache))
     rows = {}
-    from cetd_phase1.ranking.settings import RankingConfig
+    from cetd_phase1.ranking.config import RankingConfig
 
     load = RankingConfig.load.__func__
     for name in args.codecs:

@@ -77,7 +77,7 @@ def __getattr__(name: str):
         from cetd_phase1.retrieve import Retriever
         return Retriever
     if name == "RankingConfig":
-        from cetd_phase1.ranking.settings import RankingConfig
+        from cetd_phase1.ranking.config import RankingConfig
         return RankingConfig
     raise AttributeError(f"module 'cetd_phase1' has no attribute {name!r}")
 

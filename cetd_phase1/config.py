@@ -4,10 +4,11 @@
 Four sections are the seed's (``model``, ``training``, ``dataset``, ``evaluation``); every
 seed key keeps its meaning, and the keys we add (pooling, negatives, ...) sit in the section
 they belong to. A fifth, ``ranking``, holds how the trained model ranks an app
-(:class:`~cetd_phase1.ranking.settings.RankingConfig`, saved beside every checkpoint). An
+(:class:`~cetd_phase1.ranking.config.RankingConfig`, saved beside every checkpoint). These
+dataclasses are the one place a setting's default lives: the model's
+:class:`~cetd_phase1.modeling.config.CETDConfig` takes its defaults from them. An
 unknown section or key, or a value of the wrong type or range, is a
-:class:`~cetd_phase1.errors.CETDError` naming the file and the key. Only the entry points read
-this module.
+:class:`~cetd_phase1.errors.CETDError` naming the file and the key.
 
 A shipped config can be named instead of given as a path (``minilm-cpu`` for
 ``configs/phase1_minilm_cpu.yaml``: :func:`shipped_configs`), and a config may start from one
@@ -28,13 +29,12 @@ import yaml
 
 from cetd_phase1.errors import CETDError
 from cetd_phase1.data.labels import DEFAULT_LABEL_SOURCES
-from cetd_phase1.modeling.config import MAX_CODE_LENGTH, MAX_REQ_LENGTH
-from cetd_phase1.ranking.settings import RankingConfig
+from cetd_phase1.evaluation.metrics import METRIC_NAMES
+from cetd_phase1.ranking.config import RankingConfig
 
-#: ``evaluation.metric`` values -> key of :func:`cetd_phase1.evaluation.metrics.compute_ranking_metrics`.
-METRICS = {"retrieval_accuracy": "accuracy", "accuracy": "accuracy", "map": "map", "mrr": "mrr",
-           "recall@1": "recall@1", "recall@5": "recall@5", "recall@10": "recall@10",
-           "ndcg@10": "ndcg@10"}
+#: ``evaluation.metric`` values -> key of :func:`cetd_phase1.evaluation.metrics.compute_ranking_metrics`
+#: (what the Trainer's ``evaluate`` module returns).
+METRICS = {"retrieval_accuracy": "accuracy", **{name: name for name in METRIC_NAMES}}
 
 
 @dataclass
@@ -58,7 +58,7 @@ class TrainingSection:
     warmup_steps: int = 500
     gradient_accumulation_steps: int = 4
     max_grad_norm: float = 1.0
-    use_lora: bool = True
+    use_lora: bool = False  # LoRA is opt-in (the Qwen config turns it on)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -97,8 +97,8 @@ class DatasetSection:
     commit_releases_per_repo: int | None = None
     train_file: str | None = None  # the seed's name for the data source (a folder of apps)
     val_split: float | None = 0.1  # apps are split by name hash, 70/10/20
-    max_code_length: int = MAX_CODE_LENGTH  # tokens; the seed's 2048/512 suit Qwen, not MiniLM
-    max_req_length: int = MAX_REQ_LENGTH
+    max_code_length: int = 256  # tokens; the seed's 2048/512 suit Qwen, not MiniLM
+    max_req_length: int = 128
     hard_negatives: int = 3  # BM25-mined negatives per requirement in the dataset
     random_negatives: int = 2
     max_positives: int = 5
@@ -302,7 +302,7 @@ def load_config(name_or_path: str | Path) -> Phase1Config:
 def validate(cfg: Phase1Config) -> None:
     """Cross-key checks; raises CETDError naming the file and key."""
     p, m, t, d, e = cfg.path, cfg.model, cfg.training, cfg.dataset, cfg.evaluation
-    from cetd_phase1.modeling.config import POOLINGS
+    from cetd_phase1.modeling.pooling import POOLINGS
     if m.pooling is not None and m.pooling not in POOLINGS:
         raise CETDError(f"{p}: model.pooling must be one of {', '.join(POOLINGS)}, got {m.pooling!r}")
     if e.metric not in METRICS:
@@ -448,3 +448,15 @@ def training_arguments(cfg: Phase1Config, *, has_validation: bool = True):
         # would create the repo before training and upload the whole output folder.
         push_to_hub=False,
     )
+
+
+def without_evaluation(args):
+    """``args`` of :func:`training_arguments` changed in place to a run that never evaluates
+    (no early stopping, no best checkpoint): a data source whose validation split is empty."""
+    from transformers.trainer_utils import IntervalStrategy
+
+    args.eval_strategy = IntervalStrategy.NO
+    args.do_eval = False
+    args.load_best_model_at_end = False
+    args.metric_for_best_model = None
+    return args

@@ -75,7 +75,7 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
     into the backbone first; for decoder backbones the tokenizer appends EOS, as our encoder does.
     A model trained with ``split_identifiers`` expects its texts split at camelCase boundaries,
     which a sentence-transformers folder cannot do by itself: the caller passes them through
-    :func:`~cetd_phase1.data.sections.split_camel_case` (a warning says so). Likewise a model with
+    :func:`~cetd_phase1.text.split_camel_case` (a warning says so). Likewise a model with
     ``section_chunks`` > 1 ranks a long function by the best of several texts, which the caller
     builds with :func:`~cetd_phase1.ranking.chunks.section_texts` (a warning says so).
     """
@@ -85,7 +85,7 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
                                                                     Transformer)
 
     from cetd_phase1.modeling.loading import load_retriever
-    from cetd_phase1.ranking.settings import RankingConfig
+    from cetd_phase1.ranking.config import RankingConfig
 
     out_dir = Path(out_dir)
     _check_export_target(out_dir)
@@ -94,7 +94,7 @@ def export_sentence_transformers(model_dir: str | Path, out_dir: str | Path) -> 
     ranking = RankingConfig.load(model_dir)
     if config.split_identifiers:
         logger.warning("%s reads camelCase identifiers as words (split_identifiers): pass texts "
-                       "through cetd_phase1.data.sections.split_camel_case before "
+                       "through cetd_phase1.text.split_camel_case before "
                        "SentenceTransformer.encode, or the embeddings differ", model_dir)
     if ranking.section_chunks > 1:
         logger.warning("%s ranks a long function by the best of up to %d texts (section_chunks):"

@@ -25,7 +25,8 @@ from typing import Any
 import yaml
 
 from cetd_phase1.errors import CETDError
-from cetd_phase1.ranking.settings import RANKING_CONFIG, RankingConfig
+from cetd_phase1.evaluation.metrics import METRIC_NAMES
+from cetd_phase1.ranking.config import RANKING_CONFIG, RankingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ TOKENIZER_PATTERNS = ("tokenizer*.json", "tokenizer.model", "special_tokens_map.
                       "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
                       "chat_template.*")
 CARD = "README.md"
-SUMMARY_KEYS = ("accuracy", "map", "mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@\s]+@")
 
@@ -75,12 +75,12 @@ def model_card(model_config: dict[str, Any], repo_id: str, *,
     rows = []
     for split, values in metrics.items():
         cells = {name.split("_", 1)[1]: v for name, v in values.items()
-                 if name.split("_", 1)[-1] in SUMMARY_KEYS}
+                 if name.split("_", 1)[-1] in METRIC_NAMES}
         if cells:
             rows.append(f"| {split} | " + " | ".join(f"{cells[k]:.3f}" if k in cells else ""
-                                                     for k in SUMMARY_KEYS) + " |")
-    header = "| split | " + " | ".join(SUMMARY_KEYS) + " |"
-    rule = "|---" * (len(SUMMARY_KEYS) + 1) + "|"
+                                                     for k in METRIC_NAMES) + " |")
+    header = "| split | " + " | ".join(METRIC_NAMES) + " |"
+    rule = "|---" * (len(METRIC_NAMES) + 1) + "|"
     table = "\n".join([header, rule, *rows]) if rows else "(not evaluated)"
     if loading is None:
         loading = ("from cetd_phase1 import CETDRetriever\n"

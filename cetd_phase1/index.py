@@ -292,8 +292,7 @@ class IndexStore:
         if vectors is not None:
             vectors.pooled = self.codec.pack_pooled(vectors.pooled).astype(np.float32)
             if vectors.tokens is not None:
-                tokens, vectors.offsets = self.codec.pool(vectors.tokens, vectors.offsets)
-                packed = self.codec.pack(tokens)
+                packed = self.codec.pack(vectors.tokens)
                 vectors.tokens = self.codec.unpack(packed)
         entry = FileEntry(key, sections, vectors, starts, skip)
         self._save(entry, rel, packed)

@@ -73,7 +73,7 @@ class InfoNCELoss(nn.Module):
             \log \frac{\exp(s(q_i, p_i^+)/\tau)}{\sum_{p \in P} \exp(s(q_i, p)/\tau)}
 
     where :math:`s` is the cosine similarity (dot product of normalised embeddings) and
-    :math:`\tau` the temperature (0.05, i.e. a scale of 20). Logits are computed in float32 and
+    :math:`\tau` the temperature (``training.temperature``; 0.05 is a scale of 20). Logits are computed in float32 and
     ``cross_entropy`` subtracts their maximum, so low temperatures do not overflow under fp16
     autocast.
 
@@ -112,7 +112,7 @@ class InfoNCELoss(nn.Module):
     gradients, each over its own in-batch negatives.
     """
 
-    def __init__(self, temperature: float = 0.05, gather: CandidateGather = local_candidates):
+    def __init__(self, temperature: float, gather: CandidateGather = local_candidates):
         super().__init__()
         self.temperature = temperature
         self.gather = gather

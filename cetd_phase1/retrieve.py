@@ -31,9 +31,10 @@ from cetd_phase1.index import INDEX_VERSION, FileIndex, IndexStore, assemble
 from cetd_phase1.ranking.bm25 import BM25Scorer, bm25_tokenize
 from cetd_phase1.ranking.fusion import served_scores
 from cetd_phase1.ranking.rerank import RERANK_DEPTH, reranked, top_sections
-from cetd_phase1.ranking.settings import RankingConfig
+from cetd_phase1.ranking.config import RankingConfig
 from cetd_phase1.data.apps import App
-from cetd_phase1.data.sections import ExtractionReport, Section, format_section
+from cetd_phase1.data.sections import ExtractionReport, Section
+from cetd_phase1.text import format_section
 
 if TYPE_CHECKING:  # the encoder imports torch; retrieve stays light until a model is loaded
     from cetd_phase1.modeling.reranker import Reranker
@@ -142,8 +143,8 @@ class Retriever:
     ``reranker`` the ``rerank_depth`` best of that ranking are re-ordered by the cross-encoder
     (:mod:`cetd_phase1.ranking.rerank`).
 
-    The model is frozen here: requirements are encoded by a fused copy of it taken at
-    construction (:class:`~cetd_phase1.modeling.fused.FusedEncoder`), and indexes are cached
+    The model is frozen here: requirements are encoded by a pre-packed copy of it taken at
+    construction (:class:`~cetd_phase1.modeling.prepacked.PrepackedEncoder`), and indexes are cached
     under the checkpoint's identity, so changed weights need a new ``Retriever``.
     """
 
@@ -151,13 +152,13 @@ class Retriever:
                  batch_size: int = 64, cache_dir: str | Path | None = None, hybrid: bool = True,
                  show_progress: bool = False, reranker: Reranker | None = None,
                  rerank_depth: int = RERANK_DEPTH) -> None:
-        from cetd_phase1.modeling.fused import FusedEncoder
+        from cetd_phase1.modeling.prepacked import PrepackedEncoder
         from cetd_phase1.modeling.precision import autocast_dtype
         from cetd_phase1.ranking.full_app import FullAppRanker
 
-        fused = FusedEncoder.from_model(model, autocast_dtype(model.device))
+        prepacked = PrepackedEncoder.from_model(model, autocast_dtype(model.device))
         self.ranker = FullAppRanker(model, tokenizer, ranking or RankingConfig(),
-                                    batch_size=batch_size, requirement_encoder=fused)
+                                    batch_size=batch_size, requirement_encoder=prepacked)
         self.identity = identity
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "index"
         self.hybrid = hybrid
@@ -282,13 +283,13 @@ class Retriever:
         :meth:`dense_scores`, reused when given as ``dense``."""
         bm25 = [index.bm25.scores(r) for r in requirements]
 
-        def fused(model: np.ndarray) -> np.ndarray:
+        def served(model: np.ndarray) -> np.ndarray:
             return np.stack([served_scores(m, b, index.classes, self.ranking)
                              for m, b in zip(model, bm25)]).astype(np.float32)
 
         if dense is None or self.shortlist_binds(index):
-            dense = self.dense_scores(requirements, index, fused)
-        return fused(dense), dense
+            dense = self.dense_scores(requirements, index, served)
+        return served(dense), dense
 
     def rerank(self, requirement: str, index: AppIndex,
                scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

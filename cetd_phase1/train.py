@@ -23,7 +23,6 @@ from typing import Callable
 
 #: The shipped config a run without ``--config`` trains (configs/phase1_minilm_cpu.yaml).
 DEFAULT_CONFIG = "minilm-cpu"
-SUMMARY_KEYS = ("accuracy", "map", "mrr", "recall@1", "recall@5", "recall@10", "ndcg@10")
 
 logger = logging.getLogger("run_phase1")
 
@@ -99,13 +98,14 @@ def training_data(cfg):
     """The config's registry, its labelled pairs per split (built once, cached as Arrow) and
     the training requirements grouped with their positives and negatives; a CETDError when
     no training requirement has a positive. Both drivers (bi-encoder, re-ranker) read it."""
-    from cetd_phase1.data.dataset import build_dataset, registry_for
+    from cetd_phase1.data.dataset import build_dataset
+    from cetd_phase1.data.registry import registry_from
     from cetd_phase1.errors import CETDError
     from cetd_phase1.training.sampler import group_queries
 
     d = cfg.dataset
-    registry = registry_for(cfg.data_source, pypi_packages=d.pypi_packages,
-                            commit_releases_per_repo=d.commit_releases_per_repo)
+    registry = registry_from(cfg.data_source, pypi_packages=d.pypi_packages,
+                             commit_releases_per_repo=d.commit_releases_per_repo)
     pairs = build_dataset(registry=registry, hard_negatives=d.hard_negatives,
                           random_negatives=d.random_negatives, max_positives=d.max_positives,
                           label_sources=tuple(d.label_sources), cache_dir=d.cache_dir,
@@ -118,7 +118,8 @@ def training_data(cfg):
 
 
 def format_metrics(name: str, metrics: dict[str, float], prefix: str) -> str:
-    cells = [f"{k} {metrics[f'{prefix}_{k}']:.3f}" for k in SUMMARY_KEYS
+    from cetd_phase1.evaluation.metrics import METRIC_NAMES
+    cells = [f"{k} {metrics[f'{prefix}_{k}']:.3f}" for k in METRIC_NAMES
              if f"{prefix}_{k}" in metrics]
     queries = metrics.get(f"{prefix}_num_queries")
     count = f"  ({int(queries)} requirements)" if queries is not None else ""
@@ -169,7 +170,8 @@ def run(cli: argparse.Namespace) -> int:
 
     from cetd_phase1.atomic import atomic_directory, atomic_write_text
     from cetd_phase1.training.checkpoints import NonFiniteGuard
-    from cetd_phase1.config import apply_overrides, load_config, training_arguments
+    from cetd_phase1.config import (apply_overrides, load_config, training_arguments,
+                                    without_evaluation)
     from cetd_phase1.data.dataset import build_sections
     from cetd_phase1.errors import check_output_dir
     from cetd_phase1.modeling.backbone import check_text_lengths, resolve_backbone
@@ -187,13 +189,13 @@ def run(cli: argparse.Namespace) -> int:
     output_dir = Path(check_output_dir(cfg.model.output_dir))
     check_text_lengths(cfg.model.base_model, None, cfg.model_settings())  # before any data
 
-    # 2. Logging (INFO on the main process only).
-    probe = training_arguments(cfg)
-    setup_logging(probe)
+    # 2. TrainingArguments, and logging (INFO on the main process only).
+    args = training_arguments(cfg, has_validation=not cli.skip_evaluation)
+    setup_logging(args)
     logger.info("config %s%s -> %s", cfg.path, f" (base {cfg.base})" if cfg.base else "",
                 output_dir)
     t = cfg.training
-    ranks = probe.world_size if t.gather_across_devices else 1
+    ranks = args.world_size if t.gather_across_devices else 1
     logger.info("InfoNCE: up to %d negatives per requirement (%d process(es) x %d requirements "
                 "x (1 + %d negatives) - 1)", ranks * t.batch_size * (1 + t.negatives_per_query)
                 - 1, ranks, t.batch_size, t.negatives_per_query)
@@ -202,10 +204,10 @@ def run(cli: argparse.Namespace) -> int:
     set_seed(cfg.training.seed)
 
     # 3. Data: labelled pairs per split, and every section of every app (the ranking pools).
-    with probe.main_process_first(desc="building the dataset"):
+    with args.main_process_first(desc="building the dataset"):
         registry, pairs, train_groups = training_data(cfg)
         sections = build_sections(registry=registry, cache_dir=cfg.dataset.cache_dir)
-        teacher = (teacher_vectors(t.teachers, train_groups, show_progress=probe.should_log,
+        teacher = (teacher_vectors(t.teachers, train_groups, show_progress=args.should_log,
                                    cache_dir=cfg.dataset.cache_dir and
                                    Path(cfg.dataset.cache_dir) / "teachers")
                    if t.teachers else None)
@@ -215,7 +217,7 @@ def run(cli: argparse.Namespace) -> int:
                        "and no final ranking")
     elif not has_validation:
         logger.warning("no validation apps: no evaluation, early stopping or best checkpoint")
-    args = training_arguments(cfg, has_validation=has_validation)
+        without_evaluation(args)
     logger.info("train: %d requirements (%d pairs); validation: %d pairs; holdout: %d pairs",
                 len(train_groups), len(pairs["train"]), len(pairs["validation"]),
                 len(pairs["holdout"]))
@@ -234,11 +236,8 @@ def run(cli: argparse.Namespace) -> int:
                 trainable / 1e6, total / 1e6)
 
     # 5. Trainer.
-    collator = RetrievalCollator(tokenizer, max_req_length=cfg.dataset.max_req_length,
-                                 max_code_length=cfg.dataset.max_code_length,
+    collator = RetrievalCollator(tokenizer, model.config,
                                  negatives_per_query=cfg.training.negatives_per_query,
-                                 append_eos=bool(model.config.append_eos),
-                                 split_identifiers=bool(model.config.split_identifiers),
                                  teacher=teacher)
     callbacks = [NonFiniteGuard()]
     if has_validation and cfg.evaluation.early_stopping_patience > 0:

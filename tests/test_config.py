@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from cetd_phase1.config import (apply_overrides, config_from_dict, load_config,
-                                training_arguments)
+                                training_arguments, without_evaluation)
 from cetd_phase1.errors import CETDError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,6 +219,10 @@ def test_training_arguments_mapping(tmp_path):
     assert not args.remove_unused_columns
     no_val = training_arguments(cfg, has_validation=False)
     assert no_val.eval_strategy == "no" and not no_val.load_best_model_at_end
+    # the driver's arguments, built once, turned into those when the data has no validation
+    turned = without_evaluation(training_arguments(cfg))
+    for name in ("eval_strategy", "do_eval", "load_best_model_at_end", "metric_for_best_model"):
+        assert getattr(turned, name) == getattr(no_val, name), name
 
 
 def test_overrides_are_validated(tmp_path):
@@ -234,13 +238,14 @@ def test_overrides_are_validated(tmp_path):
 
 
 def test_a_config_naming_no_lora_modules_fits_an_encoder_backbone(tmp_path):
-    """The seed's LoRA is on by default; with no target_modules peft picks the architecture's
-    query/value projections, so a minimal config on a BERT-like backbone builds, not fails."""
+    """LoRA asked for with no target_modules: peft picks the architecture's query/value
+    projections, so a minimal config on a BERT-like backbone builds, not fails."""
     from _tiny_models import make_tiny_encoder
 
     from cetd_phase1.modeling.model import CETDRetriever
 
     cfg = config_from_dict({"model": {"base_model": str(make_tiny_encoder(tmp_path / "bert"))},
+                            "training": {"use_lora": True},
                             "dataset": {"max_code_length": 512}})  # the seed's 2048 is Qwen's
     assert cfg.training.use_lora and cfg.training.target_modules is None
     model = CETDRetriever.from_backbone(cfg.model.base_model, **cfg.model_settings())
@@ -296,3 +301,20 @@ def test_accelerate_files_mixed_precision_wins_over_the_automatic_choice(tmp_pat
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
     with pytest.raises(CETDError, match="mixed_precision 'fp8'"):
         training_arguments(cfg)
+
+
+def test_the_model_takes_its_defaults_from_the_yaml_sections():
+    """One source for every default: a model built without a config file is the model a
+    config file of defaults builds, and the loss has no temperature of its own."""
+    import inspect
+
+    from cetd_phase1.config import Phase1Config
+    from cetd_phase1.losses import InfoNCELoss
+    from cetd_phase1.modeling.config import CETDConfig
+
+    defaults, model = Phase1Config(), CETDConfig()
+    for key, value in defaults.model_settings().items():
+        assert getattr(model, key) == value, key
+    assert model.backbone == defaults.model.base_model
+    assert inspect.signature(InfoNCELoss).parameters["temperature"].default is \
+        inspect.Parameter.empty

@@ -112,7 +112,7 @@ def test_hybrid_reuses_the_models_scores_and_fuses_them(setup, tmp_path, monkeyp
     app = next(a for a in DirectoryRegistry(apps).apps(None) if a.name == "calc")
     index = model.index(app)
     dense = Method("model", model)
-    fused = Method("hybrid", model, fused_from=dense)
+    fused = Method("hybrid", model, hybrid_from=dense)
     reqs = ["add two numbers together", "divide one number by another"]
     expected = [hybrid_fuse(d, index.bm25.scores(r), model.ranking.hybrid_weight)
                 for d, r in zip(real(model, reqs, index), reqs)]

@@ -212,6 +212,7 @@ def _tiny_trainer(tmp_path: Path, **kwargs):
     from transformers import TrainingArguments
 
     from cetd_phase1.training.checkpoints import NonFiniteGuard
+    from cetd_phase1.modeling.config import CETDConfig
     from cetd_phase1.modeling.model import CETDRetriever
     from cetd_phase1.modeling.tokens import load_tokenizer
     from cetd_phase1.training.collator import RetrievalCollator
@@ -230,7 +231,7 @@ def _tiny_trainer(tmp_path: Path, **kwargs):
     trainer = RetrievalTrainer(
         model=model, args=TrainingArguments(**settings), train_dataset=group_queries(rows),
         eval_dataset=rows, eval_sections=datasets.Dataset.from_list(section_rows()),
-        data_collator=RetrievalCollator(tok, max_req_length=16, max_code_length=32,
+        data_collator=RetrievalCollator(tok, CETDConfig(max_req_length=16, max_code_length=32),
                                         negatives_per_query=2),
         processing_class=tok, callbacks=[NonFiniteGuard()])
     return trainer, model

@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from _tiny_models import make_tiny_decoder, make_tiny_encoder, write_apps  # noqa: E402
 from cetd_phase1.errors import CETDError  # noqa: E402
 from cetd_phase1.hub import model_card, prepare_upload, push, redact  # noqa: E402
-from cetd_phase1.ranking.settings import RankingConfig  # noqa: E402
+from cetd_phase1.ranking.config import RankingConfig  # noqa: E402
 from cetd_phase1.modeling.model import CETDRetriever
 from cetd_phase1.ranking.encode import encode_texts
 from cetd_phase1.modeling.loading import load_retriever

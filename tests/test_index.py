@@ -216,17 +216,16 @@ def test_two_processes_index_one_app_at_once(tiny_model, app, tmp_path):
     np.testing.assert_allclose(index.embeddings, outs[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("codec", ["default", "pooled-int8"])
+@pytest.mark.parametrize("codec", ["default", "float16"])
 def test_compact_entries_read_back_as_they_ranked_when_built(tiny_model, app, tmp_path,
                                                             monkeypatch, encoded, codec):
-    """The default 2-bit codes and pooled int8 token vectors: the process that builds an entry
-    ranks with exactly what a later process reads back from disk."""
+    """The default 2-bit codes and float16 token vectors beside float16 pooled ones: the
+    process that builds an entry ranks with exactly what a later process reads back."""
     from cetd_phase1 import index as index_lib
     from cetd_phase1.ranking.compress import TokenCodec
 
     if codec != "default":
-        monkeypatch.setattr(index_lib, "DEFAULT_CODEC",
-                            TokenCodec(pool_factor=2, bits=8, pooled_f16=True))
+        monkeypatch.setattr(index_lib, "DEFAULT_CODEC", TokenCodec(bits=16, pooled_f16=True))
     cache = tmp_path / "cache"
     built = Retriever.from_pretrained(tiny_model, cache_dir=cache, late_interaction=0.5)
     first = built.index(app).vectors.encoded

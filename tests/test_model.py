@@ -435,11 +435,11 @@ def test_from_pretrained_honours_token_and_dtype(encoder_dir, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("projection", [None, 16])
-def test_fused_encoder_gives_the_models_vectors_on_padded_batches(encoder_dir, projection):
+def test_prepacked_encoder_gives_the_models_vectors_on_padded_batches(encoder_dir, projection):
     """Requirements as served go through pre-packed oneDNN linears: in float32 the same pooled
     and token vectors as the model (zero at padding), in bfloat16 within its rounding, and the
     packed kernel really runs."""
-    from cetd_phase1.modeling.fused import FusedEncoder
+    from cetd_phase1.modeling.prepacked import PrepackedEncoder
 
     model = CETDRetriever.from_backbone(encoder_dir, projection_dim=projection).eval()
     tok = load_tokenizer(encoder_dir)
@@ -448,10 +448,10 @@ def test_fused_encoder_gives_the_models_vectors_on_padded_batches(encoder_dir, p
     assert not mask.all()  # texts of several lengths: padding in the batch
     with torch.no_grad():
         want = model.encode(ids, mask, tokens=True)
-        fused = FusedEncoder.from_model(model, torch.float32)
+        prepacked = PrepackedEncoder.from_model(model, torch.float32)
         with torch.profiler.profile() as prof:
-            got = fused.encode(ids, mask, tokens=True)
-        half = FusedEncoder.from_model(model, torch.bfloat16).encode(ids, mask, tokens=True)
+            got = prepacked.encode(ids, mask, tokens=True)
+        half = PrepackedEncoder.from_model(model, torch.bfloat16).encode(ids, mask, tokens=True)
     assert any(e.key == "mkldnn::_linear_pointwise" for e in prof.key_averages())
     assert got.shape == want.shape and got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
@@ -460,23 +460,23 @@ def test_fused_encoder_gives_the_models_vectors_on_padded_batches(encoder_dir, p
     assert cosines.min() > 0.99 and not torch.equal(half, want)
 
 
-def test_fused_encoder_only_where_the_backbone_maps_and_serving_uses_it(encoder_dir,
+def test_prepacked_encoder_only_where_the_backbone_maps_and_serving_uses_it(encoder_dir,
                                                                         decoder_dir,
                                                                         monkeypatch):
     """A decoder, a LoRA-wrapped backbone, another activation or a torch without oneDNN keeps
     the model's own path; a Retriever of a plain BERT checkpoint encodes requirements through
     the packed copy."""
-    from cetd_phase1.modeling.fused import FusedEncoder
+    from cetd_phase1.modeling.prepacked import PrepackedEncoder
     from cetd_phase1.retrieve import Retriever
 
-    assert FusedEncoder.from_model(CETDRetriever.from_backbone(decoder_dir), None) is None
-    assert FusedEncoder.from_model(CETDRetriever.from_backbone(encoder_dir, use_lora=True),
+    assert PrepackedEncoder.from_model(CETDRetriever.from_backbone(decoder_dir), None) is None
+    assert PrepackedEncoder.from_model(CETDRetriever.from_backbone(encoder_dir, use_lora=True),
                                    None) is None
     tanh = CETDRetriever.from_backbone(encoder_dir)
     tanh.backbone.config.hidden_act = "gelu_new"
-    assert FusedEncoder.from_model(tanh, None) is None
+    assert PrepackedEncoder.from_model(tanh, None) is None
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    assert FusedEncoder.from_model(CETDRetriever.from_backbone(encoder_dir), None) is None
+    assert PrepackedEncoder.from_model(CETDRetriever.from_backbone(encoder_dir), None) is None
     monkeypatch.undo()
 
     retriever = Retriever.from_pretrained(encoder_dir)

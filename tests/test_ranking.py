@@ -9,7 +9,7 @@ import torch
 from _vectors import as_float
 
 from cetd_phase1.errors import CETDError
-from cetd_phase1.ranking.settings import RANKING_CONFIG, RankingConfig
+from cetd_phase1.ranking.config import RANKING_CONFIG, RankingConfig
 
 
 def test_saved_settings_round_trip_and_a_plain_folder_has_the_defaults(tmp_path):
@@ -131,34 +131,6 @@ def test_coded_token_vectors_are_decoded_for_the_shortlist_a_first_stage_picks()
     assert (~np.isclose(short, exact, atol=2e-2)).sum() > 0  # the rest: estimated
 
 
-def test_int8_token_vectors_stay_within_their_rounding_and_pooling_keeps_unit_vectors():
-    from cetd_phase1.ranking.compress import TokenCodec, dequantize, pool_tokens, quantize
-
-    rng = np.random.default_rng(1)
-    tokens = _unit(rng, 50, 16).astype(np.float16)
-    codes, scales = quantize(tokens)
-    assert codes.dtype == np.int8 and scales.shape == (50,)
-    back = dequantize(codes, scales).astype(np.float32)
-    bound = np.abs(tokens.astype(np.float32)).max(axis=1, keepdims=True) / 254 + 1e-3
-    assert (np.abs(back - tokens.astype(np.float32)) <= bound).all()
-
-    pooled = pool_tokens(tokens, 3)
-    assert len(pooled) == 17
-    np.testing.assert_allclose(np.linalg.norm(pooled.astype(np.float32), axis=1), 1, atol=1e-3)
-    twins = np.repeat(tokens[:5], 2, axis=0)  # each vector twice: pooling by 2 keeps each once
-    np.testing.assert_allclose(np.sort(pool_tokens(twins, 2).astype(np.float32), axis=0),
-                               np.sort(tokens[:5].astype(np.float32), axis=0), atol=1e-3)
-
-    codec = TokenCodec(pool_factor=2, bits=8, pooled_f16=True)
-    offsets = np.array([0, 1, 11, 50])  # a one-token text stays one token
-    flat, new = codec.pool(tokens, offsets)
-    assert new.tolist() == [0, 1, 6, 26] and len(flat) == 26
-    arrays = codec.pack(flat)
-    assert set(arrays) == {"token_codes", "token_scales"}
-    np.testing.assert_allclose(codec.unpack(arrays).astype(np.float32),
-                               flat.astype(np.float32), atol=1e-2)
-
-
 def test_pooled_scores_of_unit_vectors_come_from_float16_within_its_rounding() -> None:
     from cetd_phase1.ranking.encode import Encoded
 
@@ -210,9 +182,10 @@ def test_rotated_codes_spread_an_outlier_dimension_and_decode_close_to_the_vecto
     query = tokens[:3].astype(np.float32)
     np.testing.assert_allclose(codec.index_space(query) @ back.T, query @ tokens.T.astype(
         np.float32), atol=0.15)
-    assert codec.name == "pool1-q2-p16"
-    with pytest.raises(ValueError, match="bits must be"):
-        TokenCodec(bits=4)
+    assert codec.name == "q2-p16"
+    for dropped in (4, 8):  # measured and dropped (docs/experiments.md)
+        with pytest.raises(ValueError, match="bits must be"):
+            TokenCodec(bits=dropped)
     for empty in ((0, 0), (0, 384)):  # a file without sections is stored as an empty entry
         back = codec.unpack(codec.pack(np.zeros(empty, np.float16)))
         assert (len(back), back.width) == empty

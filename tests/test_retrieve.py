@@ -18,7 +18,7 @@ from cetd_phase1.ranking import full_app  # noqa: E402
 from cetd_phase1.ranking.chunks import section_texts  # noqa: E402
 from cetd_phase1.ranking.encode import encode_texts  # noqa: E402
 from cetd_phase1.ranking.fusion import hybrid_fuse, served_scores, zscore  # noqa: E402
-from cetd_phase1.ranking.settings import RankingConfig  # noqa: E402
+from cetd_phase1.ranking.config import RankingConfig  # noqa: E402
 from cetd_phase1.retrieve import Retriever, resolve_app  # noqa: E402
 
 QUERY = "Multiply two numbers together"
@@ -282,7 +282,7 @@ def test_export_says_to_split_identifiers_and_build_section_texts_first(tiny_mod
     function's texts, late interaction (it gives the pooled embeddings only)."""
     from sentence_transformers import SentenceTransformer
 
-    from cetd_phase1.data.sections import split_camel_case
+    from cetd_phase1.text import split_camel_case
 
     ckpt = _perturbed_checkpoint(tiny_model, tmp_path / "ckpt", split_identifiers=True,
                                  section_chunks=4, late_interaction=0.75)
@@ -348,7 +348,8 @@ def test_decoder_export_appends_eos_like_our_encoder(tmp_path, fp32_cpu):
 
 
 def test_bm25_matches_whole_identifiers_and_word_stems():
-    from cetd_phase1.ranking.bm25 import BM25Scorer, bm25_text
+    from cetd_phase1.ranking.bm25 import BM25Scorer
+    from cetd_phase1.text import bm25_text
 
     assert bm25_text("parseJSON(load_file)").split() == ["parse", "JSON(load", "file)",
                                                          "parseJSON", "load_file"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cetd_phase1.data.sections import (extract_sections, format_section, is_test_path,
-                                       split_camel_case)
+from cetd_phase1.data.sections import extract_sections, is_test_path
+from cetd_phase1.text import format_section, split_camel_case
 from pathlib import PurePosixPath
 
 SOURCE = '''

@@ -15,6 +15,7 @@ from _tiny_models import (WORDS, make_tiny_decoder, make_tiny_encoder, pair_rows
                           section_rows)
 from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 
+from cetd_phase1.modeling.config import CETDConfig  # noqa: E402
 from cetd_phase1.modeling.model import CETDRetriever  # noqa: E402
 from cetd_phase1.modeling.tokens import load_tokenizer
 from cetd_phase1.training.sampler import NoDuplicatesBatchSampler, group_queries
@@ -22,7 +23,7 @@ from cetd_phase1.training.collator import RetrievalCollator
 from cetd_phase1.training.trainer import RetrievalTrainer  # noqa: E402
 from cetd_phase1.training.trainer import rank_full_app  # noqa: E402
 from cetd_phase1.ranking.full_app import FullAppRanker  # noqa: E402
-from cetd_phase1.ranking.settings import RankingConfig  # noqa: E402
+from cetd_phase1.ranking.config import RankingConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +127,9 @@ def test_max_steps_past_a_shorter_second_epoch_trains_every_step(encoder_dir, tm
                              disable_tqdm=True, use_cpu=True, learning_rate=1e-4)
     trainer = RetrievalTrainer(model=CETDRetriever.from_backbone(encoder_dir), args=args,
                                train_dataset=groups, processing_class=tok,
-                               data_collator=RetrievalCollator(tok, max_req_length=16,
-                                                               max_code_length=16,
-                                                               negatives_per_query=1))
+                               data_collator=RetrievalCollator(
+                                   tok, CETDConfig(max_req_length=16, max_code_length=16),
+                                   negatives_per_query=1))
     trainer.train()
     assert trainer.state.global_step == first + second + 1
 
@@ -154,7 +155,8 @@ def test_same_app_batches_hold_one_app_each_in_shuffled_order():
 def test_collator_layout_and_dynamic_padding(encoder_dir, rows):
     tok = load_tokenizer(encoder_dir)
     groups = group_queries(rows)
-    collator = RetrievalCollator(tok, max_req_length=16, max_code_length=24, negatives_per_query=3)
+    collator = RetrievalCollator(tok, CETDConfig(max_req_length=16, max_code_length=24),
+                                 negatives_per_query=3)
     batch = collator([groups[0], groups[1], groups[2]])
     assert batch["labels"].tolist() == [0, 4, 8]
     assert batch["p_input_ids"].shape[0] == 12
@@ -171,7 +173,8 @@ def test_collator_splits_identifiers_when_the_model_does(encoder_dir):
     groups = _groups([(["def parseJsonFile(path): pass"], ["def b(): return 1"])])
     for split, expected in ((True, "def parse json file ( path )"),
                             (False, "def parsejsonfile ( path )")):
-        batch = RetrievalCollator(tok, negatives_per_query=1, split_identifiers=split)(list(groups))
+        batch = RetrievalCollator(tok, CETDConfig(split_identifiers=split),
+                                  negatives_per_query=1)(list(groups))
         assert tok.decode(batch["p_input_ids"][0], skip_special_tokens=True).startswith(expected)
 
 
@@ -180,7 +183,7 @@ def test_collator_appends_eos_for_decoders(tmp_path, side):
     tok = load_tokenizer(make_tiny_decoder(tmp_path / "qwen2"))
     tok.padding_side = side
     groups = _groups([(["def a(): pass"], ["def b(): return 1 + 2 + 3 + 4"])])
-    batch = RetrievalCollator(tok, negatives_per_query=1, append_eos=True)(list(groups))
+    batch = RetrievalCollator(tok, CETDConfig(append_eos=True), negatives_per_query=1)(list(groups))
     ids, mask = batch["p_input_ids"], batch["p_attention_mask"]
     for row in range(2):
         real = ids[row][mask[row].bool()]
@@ -203,7 +206,7 @@ def _trainer(model, tok, rows, sections, out, **kwargs) -> RetrievalTrainer:
                     report_to=[], remove_unused_columns=False, logging_steps=5, seed=0,
                     disable_tqdm=True, use_cpu=True)
     settings.update(kwargs)
-    collator = RetrievalCollator(tok, max_req_length=16, max_code_length=32,
+    collator = RetrievalCollator(tok, CETDConfig(max_req_length=16, max_code_length=32),
                                  negatives_per_query=3)
     return RetrievalTrainer(model=model, args=TrainingArguments(**settings),
                             train_dataset=group_queries(rows), eval_dataset=rows,

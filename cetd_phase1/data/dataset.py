@@ -24,7 +24,8 @@ from cetd_phase1.errors import CETDError
 from cetd_phase1.data.labels import (DEFAULT_LABEL_SOURCES, LABEL_SOURCES, MIN_REQUIREMENT_WORDS,
                                      AppLabels, HeuristicLabeler, label_app)
 from cetd_phase1.data.apps import SPLITS, App, Registry, RegistryError
-from cetd_phase1.data.sections import ExtractionReport, Section, extract_sections, format_section
+from cetd_phase1.data.sections import ExtractionReport, Section, extract_sections
+from cetd_phase1.text import format_section
 
 
 _SECTION_FEATURES = {
@@ -270,23 +271,11 @@ def source_fingerprint(registry: Registry) -> str:
     return h.hexdigest()[:16]
 
 
-def registry_for(source: str | Path | None, database_url: str | None = None,
-                 pypi_packages: str | Path | None = None,
-                 commit_releases_per_repo: int | None = None) -> Registry:
-    """``"stdlib"`` (default), ``stdlib+pypi-changelog`` (with ``pypi_packages``, a pinned
-    list other than ``data/pypi_packages.yaml``), ``stdlib+pypi-changelog+git`` (plus the
-    mined commit labels of ``commit_releases_per_repo`` releases a repository), a folder or
-    manifest of apps, or ``postgres``/a database URL."""
-    from cetd_phase1.data.registry import registry_from
-
-    return registry_from(None if source is None else str(source), database_url,
-                         pypi_packages=pypi_packages,
-                         commit_releases_per_repo=commit_releases_per_repo)
-
-
 def _build(config_name: str, source, registry, cache_dir, report, heuristic,
            **options) -> datasets.DatasetDict:
-    registry = registry if registry is not None else registry_for(source)
+    from cetd_phase1.data.registry import registry_from
+
+    registry = registry if registry is not None else registry_from(source)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "datasets"
     try:
         fingerprint = source_fingerprint(registry)

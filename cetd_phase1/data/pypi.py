@@ -2,16 +2,15 @@
 
 Docstrings teach what a function does; a package's changelog says what users asked of it, in
 the words of feature requests (``changelog.py`` turns its entries into requirements). The pinned
-packages of ``data/pypi_packages.yaml`` are fetched once with pip into a cache and laid out as
-``<cache>/apps/NAME==VER/``: the package's code (its import root) plus its changelog file.
-pip does the fetching (the only network the project uses besides pip installs: PyPI).
+packages of ``data/pypi_packages.yaml`` are downloaded once from PyPI into a cache, several at
+a time, each checked against PyPI's sha256, and laid out as ``<cache>/apps/NAME==VER/``: the
+package's code (its import root) plus its changelog file. PyPI is the only network the project
+uses besides pip installs.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -56,19 +55,17 @@ def _sdist_in(sdists: Path, spec: str) -> Path | None:
 
 
 def fetch_sdist(spec: str, sdists: Path) -> Path:
-    """The source distribution of ``NAME==VER``, downloaded once into ``sdists`` by pip."""
-    sdists.mkdir(parents=True, exist_ok=True)
-    found = _sdist_in(sdists, spec)
-    if found is None:
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                               "--no-binary=:all:", spec, "-d", str(sdists)],
-                              capture_output=True, text=True)
-        found = _sdist_in(sdists, spec)
-        if found is None:
-            detail = (done.stderr.strip().splitlines() or ["no .tar.gz source distribution"])[-1]
-            raise CETDError(f"cannot fetch {spec} from PyPI: {detail} (training on PyPI apps needs "
-                            f"PyPI; without it use dataset.source: stdlib)")
-    return found
+    """The source distribution of ``NAME==VER``, downloaded once into ``sdists``
+    (:func:`download_sdist`: straight from PyPI, its sha256 checked)."""
+    found = _sdist_in(sdists, spec) if sdists.is_dir() else None
+    if found is not None:
+        return found
+    name, version = spec.split("==")
+    try:
+        return download_sdist(name, version, sdists)
+    except CETDError as err:
+        raise CETDError(f"{err} (training on PyPI apps needs PyPI; without it use "
+                        f"dataset.source: stdlib)") from None
 
 
 SIMPLE_INDEX = "https://pypi.org/simple"
@@ -218,7 +215,7 @@ def prepare_apps(specs: list[str], cache: Path) -> list[Path]:
     apps_dir.mkdir(parents=True, exist_ok=True)
     missing = [s for s in specs if not (apps_dir / s).is_dir()]
     if missing:
-        # pip prepares each sdist's metadata with its build backend: minutes in sequence
+        # downloads wait on the network, not the CPU: several at once
         with ThreadPoolExecutor(max_workers=8) as pool:
             jobs = [pool.submit(lay_out, s, cache / "sdists", apps_dir) for s in missing]
             for job in tqdm(jobs, desc="PyPI source distributions", unit="package"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import io
 import os
-import re
 import tokenize
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -293,27 +292,3 @@ def extract_sections(root: Path, app: str | None = None,
         sections.extend(found)
     report.sections = len(sections)
     return sections, report
-
-
-def format_section(file: str, qualname: str, code: str) -> str:
-    """The text the encoder reads for a section: its location up front, then its code.
-
-    The path and qualified name come first so they survive when a long body is truncated;
-    the code itself starts with the signature.
-    """
-    return f"# {file} :: {qualname}\n{code}"
-
-
-#: A camelCase or PascalCase word boundary: ``parseJSON``, ``HTTPServer``.
-_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-
-
-def split_camel_case(text: str) -> str:
-    """``text`` with a space at every camelCase boundary (``basicConfig`` -> ``basic Config``,
-    ``HTTPServer`` -> ``HTTP Server``); snake_case is left alone.
-
-    An uncased WordPiece vocabulary (MiniLM's) lowercases first and then shreds a compound
-    identifier into fragments (``basicconfig`` -> ``basic ##con ##fi ##g``); split, its words are
-    whole tokens of the vocabulary. ``model.split_identifiers`` turns this on for the encoder.
-    """
-    return _CAMEL_BOUNDARY.sub(" ", text)

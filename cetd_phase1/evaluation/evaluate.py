@@ -25,7 +25,7 @@ from cetd_phase1.evaluation.results import (CURVE_KS, HEADLINE_SOURCES, PROTOCOL
                                             QueryResult, queries_from_rows, recall_curve,
                                             summarise)
 from cetd_phase1.data.labels import DEFAULT_LABEL_SOURCES
-from cetd_phase1.ranking.settings import RankingConfig
+from cetd_phase1.ranking.config import RankingConfig
 from cetd_phase1.data.apps import App, Registry
 from cetd_phase1.retrieve import AppIndex, Retriever
 
@@ -39,21 +39,21 @@ def _section_key(index: AppIndex, i: int) -> tuple[str, str, int]:
 
 
 class Method:
-    """A scorer over an app's sections: a dense retriever, BM25, a dense method fused with
-    BM25 (``fused_from``), or a method whose ranking the retriever's re-ranker re-orders
+    """A scorer over an app's sections: a dense retriever, BM25, a dense method mixed with
+    BM25 (``hybrid_from``), or a method whose ranking the retriever's re-ranker re-orders
     (``reranked_from``)."""
 
     def __init__(self, name: str, retriever: Retriever | None, *,
-                 fused_from: "Method | None" = None,
+                 hybrid_from: "Method | None" = None,
                  reranked_from: "Method | None" = None) -> None:
-        self.name, self.retriever, self.fused_from = name, retriever, fused_from
+        self.name, self.retriever, self.hybrid_from = name, retriever, hybrid_from
         self.reranked_from = reranked_from
         # (app, requirements) -> dense matrix, kept only for a method another one reads (a
         # hybrid or a re-ranked one): MaxSim is the dearest step of an evaluation
         self._dense: dict[tuple[str, tuple[str, ...]], np.ndarray] | None = None
-        for source in (fused_from, reranked_from):  # a dense method another one reads
+        for source in (hybrid_from, reranked_from):  # a dense method another one reads
             if source is not None and source.retriever is not None and \
-                    source.fused_from is None and source.reranked_from is None \
+                    source.hybrid_from is None and source.reranked_from is None \
                     and source._dense is None:
                 source._dense = {}
 
@@ -64,9 +64,9 @@ class Method:
             return np.stack([self.retriever.rerank(r, index, row)[1]
                              for r, row in zip(requirements, first)]) if requirements \
                 else first
-        if self.fused_from is not None:
-            dense = self.fused_from.scores(requirements, app, index)
-            return self.fused_from.retriever.served_scores(requirements, index, dense)[0]
+        if self.hybrid_from is not None:
+            dense = self.hybrid_from.scores(requirements, app, index)
+            return self.hybrid_from.retriever.served_scores(requirements, index, dense)[0]
         if self.retriever is None:
             return np.stack([index.bm25.scores(r) for r in requirements]) if requirements \
                 else np.zeros((0, len(index.sections)))
@@ -203,7 +203,7 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
         notes.append(f"`model` scores {1 - ranking.late_interaction:g} x cosine + "
                      f"{ranking.late_interaction:g} x MaxSim (late interaction).")
     if hybrid:
-        methods.append(Method("model+bm25 (hybrid)", model, fused_from=methods[0]))
+        methods.append(Method("model+bm25 (hybrid)", model, hybrid_from=methods[0]))
         notes.append(f"The hybrid mixes z-scores: {ranking.hybrid_weight:g} x model + "
                      f"{1 - ranking.hybrid_weight:g} x BM25"
                      + (f", less {ranking.class_penalty:g} for a class." if ranking.class_penalty

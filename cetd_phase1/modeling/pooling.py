@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: The ``pooling`` names :func:`pool` knows.
+POOLINGS = ("mean", "last_token", "cls")
+
 
 class RetrievalHead(nn.Module):
     """The seed's projection head, applied to *both* sides (the seed projected only the

@@ -19,7 +19,7 @@ import torch
 from transformers import (AutoModelForSequenceClassification, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
-from cetd_phase1.data.sections import split_camel_case
+from cetd_phase1.text import split_camel_case
 from cetd_phase1.errors import CETDError
 from cetd_phase1.modeling.tokens import load_tokenizer
 

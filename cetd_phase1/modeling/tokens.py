@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from cetd_phase1.errors import CETDError
-from cetd_phase1.data.sections import split_camel_case
+from cetd_phase1.text import split_camel_case
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:

@@ -4,21 +4,10 @@ of the served hybrid ranking and a baseline of ``evaluate``."""
 from __future__ import annotations
 
 import functools
-import re
 
 import numpy as np
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
-
-
-def bm25_text(text: str) -> str:
-    """Text as BM25 reads it: identifiers split into words (``parseJSON``, ``load_file`` ->
-    ``parse JSON``, ``load file``) so prose matches them, and each compound identifier also
-    kept whole so a requirement naming it (``stop_after_delay``) matches it exactly."""
-    compounds = [w for w in _IDENTIFIER.findall(text)
-                 if "_" in w.strip("_") or _CAMEL.search(w)]
-    return " ".join([_CAMEL.sub(r"\1 \2", text).replace("_", " "), *compounds])
+from cetd_phase1.text import bm25_text
 
 
 def bm25_tokenize(texts: list[str], return_ids: bool = True):

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from cetd_phase1.data.sections import format_section
+from cetd_phase1.text import format_section
 
 _DEF = ("def ", "async def ")
 
@@ -19,7 +19,7 @@ def section_texts(sections: Sequence[tuple[str, str, str, str]],
     """The texts to encode for ranking ``sections`` (``(file, qualname, kind, code)`` each) and,
     when a section has several, the index of each section's first text (else ``None``).
 
-    A section is read as its :func:`~cetd_phase1.data.sections.format_section` text, which the encoder
+    A section is read as its :func:`~cetd_phase1.text.format_section` text, which the encoder
     cuts at ``max_length`` tokens. With ``max_chunks > 1`` a function or method whose code runs
     past that cut gets up to ``max_chunks - 1`` more texts: its header and ``def`` line (the
     signature, not a decorator) followed by the next lines that fit, so the lines a change

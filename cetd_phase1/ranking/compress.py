@@ -1,13 +1,5 @@
-"""Compact token vectors for late interaction: fewer vectors per text (similar tokens pooled)
-and fewer bytes per vector (int8 with one scale per vector, or 2 bits a value after a
-rotation).
-
-Token pooling follows Clavié et al. (2024), "Reducing the Footprint of Multi-Vector Retrieval
-with Minimal Performance Impact via Token Pooling": a text's token vectors are clustered
-(Ward linkage on the unit vectors) into ``ceil(n / factor)`` groups and each group is replaced by
-its renormalised mean, so a run of near-identical vectors (indentation, repeated names) keeps
-one. Quantisation stores each unit vector as ``round(127 * x / max|x|)`` with the scale
-``max|x| / 127``: MaxSim reads the dequantised vector, within 1/254 of the original per value.
+"""Compact token vectors for late interaction: 2 bits a value after a rotation, with one scale
+a vector (the shipped index), or float16 as encoded (lossless, for comparison).
 
 At 2 bits a value, a vector's energy must be spread evenly over its dimensions first (a few
 outlier dimensions would take every level otherwise): each block of ``2^k`` dimensions is
@@ -26,7 +18,6 @@ the 4 decoded values of each of the 256 bytes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -42,52 +33,35 @@ _PER_BYTE = 4
 
 @dataclass(frozen=True)
 class TokenCodec:
-    """How an index stores vectors: token vectors pooled by ``pool_factor`` (1 = every token)
-    at ``bits`` a value (16: float16; 8: int8; 2: rotated Lloyd-Max codes); the pooled
-    embeddings as float16 when ``pooled_f16`` (else float32)."""
+    """How an index stores vectors: token vectors at ``bits`` a value (2: rotated Lloyd-Max
+    codes; 16: float16 as encoded); the pooled embeddings as float16 when ``pooled_f16`` (else
+    float32). Token pooling and int8 codes were measured and dropped (docs/experiments.md)."""
 
-    pool_factor: float = 1.0
     bits: int = 16
     pooled_f16: bool = False
 
     def __post_init__(self) -> None:
-        if self.bits not in (16, 8, 2):
-            raise ValueError(f"bits must be 16, 8 or 2, not {self.bits}")
+        if self.bits not in (16, 2):
+            raise ValueError(f"bits must be 16 or 2, not {self.bits}")
 
     @property
     def name(self) -> str:
-        kind = {16: "f16", 8: "int8"}.get(self.bits, f"q{self.bits}")
-        return f"pool{self.pool_factor:g}-{kind}" + ("-p16" if self.pooled_f16 else "")
+        return {16: "f16", 2: "q2"}[self.bits] + ("-p16" if self.pooled_f16 else "")
 
     def pack_pooled(self, pooled: np.ndarray) -> np.ndarray:
         return pooled.astype(np.float16 if self.pooled_f16 else np.float32)
-
-    def pool(self, tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every text's tokens pooled to ``ceil(n / pool_factor)`` vectors, with new offsets."""
-        if self.pool_factor <= 1:
-            return tokens, offsets
-        parts, sizes = [], []
-        for start, end in zip(offsets[:-1], offsets[1:]):
-            pooled = pool_tokens(tokens[start:end], self.pool_factor)
-            parts.append(pooled)
-            sizes.append(len(pooled))
-        flat = np.concatenate(parts) if parts else tokens[:0]
-        return flat, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
     def pack(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
         """The arrays that store ``tokens`` (float16 [T, D])."""
         if self.bits == 16:
             return {"tokens": tokens.astype(np.float16)}
-        if self.bits == 8:
-            codes, scales = quantize(tokens)
-            return {"token_codes": codes, "token_scales": scales}
         codes, scales = quantize_rotated(tokens)
         return {"token_bits": codes, "token_scales": scales}
 
     def index_space(self, tokens: np.ndarray) -> np.ndarray:
         """A requirement's token vectors [L, D] in the space :meth:`unpack` returns, so MaxSim
         against unpacked vectors gives the dot products of the original ones."""
-        if self.bits >= 8:
+        if self.bits == 16:
             return tokens
         # torch's product: numpy's BLAS threads would then contend with torch's for the cores
         return (torch.from_numpy(tokens.astype(np.float32))
@@ -99,8 +73,6 @@ class TokenCodec:
         :meth:`index_space`)."""
         if self.bits == 16:
             return arrays["tokens"]
-        if self.bits == 8:
-            return dequantize(arrays["token_codes"], arrays["token_scales"])
         return PackedTokens([(arrays["token_bits"], arrays["token_scales"])])
 
 
@@ -183,35 +155,6 @@ def _code_table(dtype: torch.dtype, nbytes: int) -> torch.Tensor:
     shifts = np.arange(_PER_BYTE * nbytes, dtype=np.uint32) * 2
     levels = _LEVELS[(value[:, None] >> shifts) & 3]
     return torch.from_numpy(np.ascontiguousarray(levels)).to(dtype).view(torch.int64)
-
-
-def pool_tokens(vectors: np.ndarray, factor: float) -> np.ndarray:
-    """``vectors`` [n, D] (unit length) as ``ceil(n / factor)`` renormalised cluster means."""
-    n = len(vectors)
-    k = max(1, math.ceil(n / factor))
-    if n <= k or n < 3:
-        return vectors
-    from scipy.cluster.hierarchy import fcluster, linkage
-
-    x = vectors.astype(np.float32)
-    labels = fcluster(linkage(x, method="ward"), t=k, criterion="maxclust")
-    pooled = np.stack([x[labels == c].mean(axis=0) for c in np.unique(labels)])
-    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-    return (pooled / np.maximum(norms, 1e-12)).astype(vectors.dtype)
-
-
-def quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int8 codes [T, D] and float16 scales [T] of ``vectors`` (one scale per vector)."""
-    x = vectors.astype(np.float32)
-    scale = np.abs(x).max(axis=1) / 127.0 if len(x) else np.zeros(0, np.float32)
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float16)
-    codes = np.clip(np.rint(x / scale.astype(np.float32)[:, None]), -127, 127).astype(np.int8)
-    return codes, scale
-
-
-def dequantize(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """float16 [T, D] from :func:`quantize`'s codes and scales."""
-    return (codes.astype(np.float32) * scales.astype(np.float32)[:, None]).astype(np.float16)
 
 
 @lru_cache(maxsize=8)

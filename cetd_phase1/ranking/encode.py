@@ -196,7 +196,7 @@ def encode_for_ranking(model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
                        | None = None) -> Encoded:
     """:func:`encode_texts` with the token vectors too when ``tokens`` (ranking with late
     interaction). ``encoder`` encodes each padded batch in place of ``model.encode``, without
-    autocast (a :class:`~cetd_phase1.modeling.fused.FusedEncoder`'s, in its own dtype)."""
+    autocast (a :class:`~cetd_phase1.modeling.prepacked.PrepackedEncoder`'s, in its own dtype)."""
     from tqdm.auto import tqdm
     if not texts:  # an app without sections: nothing to encode (tokenizers fail on no input)
         dim = _output_dim(model)

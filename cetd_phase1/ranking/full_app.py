@@ -10,11 +10,11 @@ from typing import Callable, Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from cetd_phase1.modeling.fused import FusedEncoder
+from cetd_phase1.modeling.prepacked import PrepackedEncoder
 from cetd_phase1.modeling.model import CETDRetriever
 from cetd_phase1.ranking.chunks import section_texts
 from cetd_phase1.ranking.encode import Encoded, encode_for_ranking
-from cetd_phase1.ranking.settings import RankingConfig
+from cetd_phase1.ranking.config import RankingConfig
 
 #: A section as ranking reads it: (file, qualname, kind, code without docstrings).
 SectionItem = tuple[str, str, str, str]
@@ -49,12 +49,12 @@ class FullAppRanker:
     :class:`RankingConfig` the checkpoint was chosen with: a long function is read as up to
     ``section_chunks`` texts and scores as its best, and the pooled cosine is mixed with
     token-level MaxSim at ``late_interaction``. Requirements are encoded by
-    ``requirement_encoder`` when given (a frozen model's fused copy), else by the model.
+    ``requirement_encoder`` when given (a frozen model's pre-packed copy), else by the model.
     """
 
     def __init__(self, model: CETDRetriever, tokenizer: PreTrainedTokenizerBase,
                  ranking: RankingConfig, *, batch_size: int = 64,
-                 requirement_encoder: FusedEncoder | None = None) -> None:
+                 requirement_encoder: PrepackedEncoder | None = None) -> None:
         self.model, self.tokenizer, self.ranking = model, tokenizer, ranking
         self.batch_size = batch_size
         self.requirement_encoder = requirement_encoder
@@ -73,7 +73,7 @@ class FullAppRanker:
                              self.ranking.section_chunks)
 
     def _encode(self, texts: list[str], max_length: int, show_progress: bool,
-                encoder: FusedEncoder | None = None) -> Encoded:
+                encoder: PrepackedEncoder | None = None) -> Encoded:
         return encode_for_ranking(self.model, self.tokenizer, texts, max_length=max_length,
                                   batch_size=self.batch_size, show_progress=show_progress,
                                   tokens=bool(self.ranking.late_interaction),

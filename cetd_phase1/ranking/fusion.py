@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cetd_phase1.ranking.settings import RankingConfig
+from cetd_phase1.ranking.config import RankingConfig
 
 
 def zscore(scores: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from cetd_phase1.modeling.config import MAX_CODE_LENGTH, MAX_REQ_LENGTH
+from cetd_phase1.modeling.config import CETDConfig
 from cetd_phase1.modeling.tokens import pad, tokenize
 from cetd_phase1.training.sampler import NoDuplicatesBatchSampler
 from cetd_phase1.training.teacher import TeacherVectors
@@ -22,7 +22,7 @@ class RetrievalCollator:
 
     Each requirement contributes one positive (drawn at random among its positives) and up to
     ``negatives_per_query`` of its negatives (drawn at random), so a step sees different pairs
-    every epoch. Requirements and code are truncated to their own limits and padded to the
+    every epoch. Requirements and code are truncated to the model's limits and padded to the
     longest text of the batch (rounded up to a multiple of 8), never to a fixed length.
     Outputs: ``q_input_ids``/``q_attention_mask`` [B, Lq], ``p_input_ids``/``p_attention_mask``
     [C, Lp], ``labels`` [B] (index of each positive in the candidates) and, with a
@@ -30,11 +30,8 @@ class RetrievalCollator:
     """
 
     tokenizer: PreTrainedTokenizerBase
-    max_req_length: int = MAX_REQ_LENGTH
-    max_code_length: int = MAX_CODE_LENGTH
-    negatives_per_query: int = 5
-    append_eos: bool = False
-    split_identifiers: bool = False
+    model_config: CETDConfig  # token limits, EOS and identifier splitting: as the model reads
+    negatives_per_query: int
     pad_to_multiple_of: int = 8
     teacher: TeacherVectors | None = None
 
@@ -50,11 +47,13 @@ class RetrievalCollator:
             requirements.append(item["requirement"])
             labels.append(len(candidates))
             candidates += [draw.choice(item["positives"]), *chosen]
-        q = pad(self.tokenizer, tokenize(self.tokenizer, requirements, self.max_req_length,
-                                         self.append_eos, self.split_identifiers),
+        c = self.model_config
+        eos, split = bool(c.append_eos), bool(c.split_identifiers)
+        q = pad(self.tokenizer, tokenize(self.tokenizer, requirements, c.max_req_length, eos,
+                                         split),
                 self.pad_to_multiple_of)
-        p = pad(self.tokenizer, tokenize(self.tokenizer, candidates, self.max_code_length,
-                                         self.append_eos, self.split_identifiers),
+        p = pad(self.tokenizer, tokenize(self.tokenizer, candidates, c.max_code_length, eos,
+                                         split),
                 self.pad_to_multiple_of)
         return {"q_input_ids": q["input_ids"], "q_attention_mask": q["attention_mask"],
                 "p_input_ids": p["input_ids"], "p_attention_mask": p["attention_mask"],

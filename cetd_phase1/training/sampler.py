@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import datasets
 from torch.utils.data import Sampler
 
-from cetd_phase1.data.sections import format_section
+from cetd_phase1.text import format_section
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ GROUP_FEATURES = datasets.Features({
 
 def group_queries(rows: datasets.Dataset) -> datasets.Dataset:
     """One item per requirement (``query_id``): its text and the encoder texts
-    (:func:`~cetd_phase1.data.sections.format_section`) of its positive and negative sections.
+    (:func:`~cetd_phase1.text.format_section`) of its positive and negative sections.
     Requirements without a positive cannot be trained on and are left out."""
     groups: dict[str, dict[str, Any]] = {}
     # Streamed in slices: one to_dict() of every column would hold all rows as Python

@@ -22,9 +22,9 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
-from cetd_phase1.evaluation.metrics import compute_ranking_metrics
+from cetd_phase1.evaluation.metrics import ranking_metric
 from cetd_phase1.ranking.full_app import FullAppRanker, SectionItem
-from cetd_phase1.ranking.settings import RankingConfig
+from cetd_phase1.ranking.config import RankingConfig
 from cetd_phase1.training.collator import RetrievalCollator, SeededCollate
 from cetd_phase1.training.sampler import NoDuplicatesBatchSampler
 
@@ -157,8 +157,9 @@ class RetrievalTrainer(Trainer):
         ranker = FullAppRanker(self.accelerator.unwrap_model(self.model), self.processing_class,
                                self.ranking, batch_size=self.args.per_device_eval_batch_size)
         rankings = rank_full_app(ranker, rows, pool, show_progress=not self.args.disable_tqdm)
-        metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in
-                   compute_ranking_metrics(rankings.scores, rankings.labels).items()}
+        computed = ranking_metric().compute(predictions=[s.tolist() for s in rankings.scores],
+                                            references=[l.tolist() for l in rankings.labels])
+        metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in computed.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control,
                                                          metrics)

@@ -26,7 +26,7 @@ _ACTIVATIONS = {"gelu": ("gelu", "none"), "relu": ("relu", "")}
 _ROWS_HINT = 16
 
 
-class FusedEncoder:
+class PrepackedEncoder:
     """:meth:`CETDRetriever.encode` through pre-packed oneDNN linears in one dtype (bfloat16
     where the CPU computes it natively, else float32): cosines within bfloat16's rounding of
     the model's own (tests/test_model.py)."""
@@ -40,7 +40,7 @@ class FusedEncoder:
         self.layers = [self._pack_layer(layer) for layer in bert.encoder.layer]
 
     @classmethod
-    def from_model(cls, model: CETDRetriever, dtype: torch.dtype | None) -> "FusedEncoder | None":
+    def from_model(cls, model: CETDRetriever, dtype: torch.dtype | None) -> "PrepackedEncoder | None":
         """The packed copy of ``model`` in ``dtype`` (``None``: float32), or ``None`` where its
         backbone does not map onto it: not BERT (a decoder), LoRA adapters, relative positions
         or another activation, weights on a GPU, or a torch built without oneDNN."""
