@@ -2,7 +2,7 @@
 """Ablations of the default recipe, chosen on the VALIDATION split only.
 
 Each variant is the default config (configs/phase1_minilm_cpu.yaml) with a few keys changed; it
-is trained with `run_phase1.py --skip_holdout` (the holdout is never looked at here) and scored
+is trained with `run_phase1.py --skip-holdout` (the holdout is never looked at here) and scored
 on the validation apps (full-app ranking: MRR, Recall@5) and, with --feature-requests, on the
 validation half of the feature requests (bench/feature_requests_split.yaml).
 
@@ -96,6 +96,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                          "bi-encoders (train both variants first)",
                          {"training.teachers": ["outputs/ablation/mpnet/model/final",
                                                 "outputs/ablation/default/model/final"]}),
+    "distill-git2": ("git2's data (the mined commit labels too) distilled from the trained mpnet "
+                     "bi-encoder: the teacher holding the docstrings while commits teach feature "
+                     "requests",
+                     {"dataset.source": "stdlib+pypi-changelog+git",
+                      "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
+                                                "git"],
+                      "dataset.commit_releases_per_repo": 2,
+                      "training.teachers": ["outputs/ablation/mpnet/model/final"]}),
     "pypi-wide": ("the changelogs of the 37 packages of bench/pypi_packages_wide.yaml instead "
                   "of the 15 pinned ones (dataset.pypi_packages)",
                   {"dataset.pypi_packages": str(REPO / "bench" / "pypi_packages_wide.yaml")}),
@@ -141,7 +149,7 @@ def run_variant(name: str, changes: dict, out: Path, feature_requests: bool,
     cfg_file = vdir / "config.yaml"
     cfg_file.write_text(yaml.safe_dump(variant_config(base, changes, vdir / "model")))
     cmd = [sys.executable, str(REPO / "run_phase1.py"), "--config", str(cfg_file),
-           "--skip_holdout"]
+           "--skip-holdout"]
     start = time.time()
     with open(vdir / "train.log", "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)

@@ -111,11 +111,11 @@ def train_peer(out: Path, *, epochs: float, max_steps: int) -> tuple[Path, dict]
 def train_ours(out: Path, *, config: str | None, max_steps: int) -> tuple[Path, dict]:
     """``python run_phase1.py`` (default config unless ``config``) into ``out/ours``; returns
     (final model folder, train metrics with ``process_s`` added)."""
-    cmd = [sys.executable, str(REPO / "run_phase1.py"), "--output_dir", str(out / "ours")]
+    cmd = [sys.executable, str(REPO / "run_phase1.py"), "--output-dir", str(out / "ours")]
     if config:
         cmd += ["--config", config]
     if max_steps > 0:
-        cmd += ["--max_steps", str(max_steps)]
+        cmd += ["--max-steps", str(max_steps)]
     print("ours:", " ".join(cmd), flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = parser.add_mutually_exclusive_group()
     ours.add_argument("--ours", metavar="CHECKPOINT", help="our trained model folder")
     ours.add_argument("--train-ours", action="store_true",
-                      help="train ours here first: python run_phase1.py --output_dir OUT/ours")
+                      help="train ours here first: python run_phase1.py --output-dir OUT/ours")
     parser.add_argument("--ours-config", help="config for --train-ours (default: the default)")
     parser.add_argument("--peer-section-chunks", type=int, default=None, metavar="N",
                         help="read the peer's long functions as up to N texts, ranked by the best "

@@ -91,8 +91,8 @@ def run_ours(args, workdir: Path, record: dict) -> None:
         return train(self, *a, **k)
 
     RetrievalTrainer.train = timed_train
-    main(["--config", str(config), "--output_dir", str(workdir / "ours"),
-                     "--max_steps", str(args.steps), "--batch_size", str(args.batch_size)])
+    main(["--config", str(config), "--output-dir", str(workdir / "ours"),
+                     "--max-steps", str(args.steps), "--batch-size", str(args.batch_size)])
 
 
 def run_peer(args, workdir: Path, record: dict) -> None:

@@ -20,7 +20,7 @@ def check_requirement(requirement: str) -> str:
 
 def check_output_dir(path: str) -> str:
     """``path`` unless it names something other than a folder: checked before any work, so a
-    typo'd ``--out``/``--output_dir`` costs a line, not a run that fails when it saves."""
+    typo'd ``--out``/``--output-dir`` costs a line, not a run that fails when it saves."""
     from pathlib import Path
 
     if Path(path).exists() and not Path(path).is_dir():

@@ -4,7 +4,7 @@
     python run_phase1.py --config configs/phase1_qwen_coder_1.5b.yaml
     accelerate launch --config_file configs/accelerate/single_gpu_fp16.yaml \\
         run_phase1.py --config configs/phase1_qwen_coder_1.5b.yaml
-    cetd-phase1 train --max_steps 5 --skip_evaluation      # a one-minute check of the setup
+    cetd-phase1 train --max-steps 5 --skip-evaluation      # a one-minute check of the setup
 
 Steps: 1 arguments and config -> 2 logging -> 3 data -> 4 model -> 5 Trainer -> 6 train ->
 7 evaluate on validation and holdout apps (full-app ranking) -> 8 save the final model,
@@ -36,17 +36,21 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                    help="YAML with model/training/dataset/evaluation sections, or a shipped "
                         f"config's name ({', '.join(shipped_configs())}); a partial file can "
                         "start from one with 'base: NAME' (default: %(default)s)")
-    p.add_argument("--output_dir", help="overrides model.output_dir")
-    p.add_argument("--max_steps", type=int, help="overrides training.max_steps (wins over epochs)")
-    p.add_argument("--num_epochs", type=float, help="overrides training.num_epochs")
-    p.add_argument("--batch_size", type=int, help="overrides training.batch_size")
-    p.add_argument("--learning_rate", type=float, help="overrides training.learning_rate")
-    p.add_argument("--skip_holdout", action="store_true",
+    # kebab-case as every cetd-phase1 command; the transformers examples' snake_case works too
+    p.add_argument("--output-dir", "--output_dir", help="overrides model.output_dir")
+    p.add_argument("--max-steps", "--max_steps", type=int,
+                   help="overrides training.max_steps (wins over epochs)")
+    p.add_argument("--num-epochs", "--num_epochs", type=float,
+                   help="overrides training.num_epochs")
+    p.add_argument("--batch-size", "--batch_size", type=int, help="overrides training.batch_size")
+    p.add_argument("--learning-rate", "--learning_rate", type=float,
+                   help="overrides training.learning_rate")
+    p.add_argument("--skip-holdout", "--skip_holdout", action="store_true",
                    help="do not evaluate the holdout apps (model selection must not look at them)")
-    p.add_argument("--skip_evaluation", action="store_true",
+    p.add_argument("--skip-evaluation", "--skip_evaluation", action="store_true",
                    help="no validation during or after training and no holdout ranking: a quick "
-                        "check that the setup trains and saves (with --max_steps)")
-    p.add_argument("--resume_from_checkpoint",
+                        "check that the setup trains and saves (with --max-steps)")
+    p.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint",
                    help="a checkpoint folder, or 'last' for the newest one in the output dir")
     return p.parse_args(argv)
 
@@ -80,17 +84,17 @@ def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
             logger.warning("checkpoint %s is incomplete (%s): skipped and deleted", folder, reason)
         if last is None:
             found = f" (incomplete: {', '.join(p.name for p, _ in incomplete)})" if incomplete else ""
-            raise CETDError(f"--resume_from_checkpoint last: no complete checkpoint-* folder in "
+            raise CETDError(f"--resume-from-checkpoint last: no complete checkpoint-* folder in "
                             f"{output_dir}{found}")
         for folder, _ in incomplete:
             shutil.rmtree(folder, ignore_errors=True)  # every process may try
         logger.warning("resuming from %s", last)
         return str(last)
     if not Path(value).is_dir():
-        raise CETDError(f"--resume_from_checkpoint: {value} is not a folder")
+        raise CETDError(f"--resume-from-checkpoint: {value} is not a folder")
     problem = checkpoint_problem(value)
     if problem:
-        raise CETDError(f"--resume_from_checkpoint: {value} is incomplete: {problem}")
+        raise CETDError(f"--resume-from-checkpoint: {value} is incomplete: {problem}")
     return value
 
 
@@ -161,7 +165,7 @@ def interrupted_message(cli: argparse.Namespace) -> str:
         return (f"interrupted before the first checkpoint: nothing was saved"
                 f"{f' in {output_dir}' if output_dir else ''} (built datasets stay cached); "
                 f"run the same command again to start over")
-    return (f"interrupted: resume with --resume_from_checkpoint last (the newest complete "
+    return (f"interrupted: resume with --resume-from-checkpoint last (the newest complete "
             f"checkpoint is {last})")
 
 
@@ -213,7 +217,7 @@ def run(cli: argparse.Namespace) -> int:
                    if t.teachers else None)
     has_validation = len(pairs["validation"]) > 0 and not cli.skip_evaluation
     if cli.skip_evaluation:
-        logger.warning("--skip_evaluation: no validation, early stopping or best checkpoint, "
+        logger.warning("--skip-evaluation: no validation, early stopping or best checkpoint, "
                        "and no final ranking")
     elif not has_validation:
         logger.warning("no validation apps: no evaluation, early stopping or best checkpoint")

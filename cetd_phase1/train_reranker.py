@@ -1,7 +1,7 @@
 """Training the cross-encoder re-ranker that re-orders the top of the served ranking.
 
     cetd-phase1 train-reranker                  # = --config reranker-minilm-cpu
-    cetd-phase1 train-reranker --config my.yaml --output_dir outputs/rr --max_steps 20
+    cetd-phase1 train-reranker --config my.yaml --output-dir outputs/rr --max-steps 20
 
 The config is a train config (the same sections and keys); the re-ranker reads
 ``model.base_model``, ``model.output_dir``, ``model.split_identifiers``, the ``training``
@@ -32,9 +32,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--config", default="reranker-minilm-cpu",
                    help="YAML with model/training/dataset sections, or a shipped config's name "
                         f"({', '.join(shipped_configs())}) (default: %(default)s)")
-    p.add_argument("--output_dir", help="overrides model.output_dir")
-    p.add_argument("--max_steps", type=int, help="overrides training.max_steps")
-    p.add_argument("--resume_from_checkpoint",
+    p.add_argument("--output-dir", "--output_dir", help="overrides model.output_dir")
+    p.add_argument("--max-steps", "--max_steps", type=int, help="overrides training.max_steps")
+    p.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint",
                    help="a checkpoint folder, or 'last' for the newest one in the output dir")
     return p.parse_args(argv)
 

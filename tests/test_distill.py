@@ -120,12 +120,12 @@ def test_a_distilled_run_trains_from_a_cached_teacher(setup, tmp_path):
     base = config.read_text().replace("max_steps: 6", "max_steps: 2")
     config.write_text(base)
     script = _load_script()
-    assert script.main(["--config", str(config), "--skip_evaluation"]) == 0
+    assert script.main(["--config", str(config), "--skip-evaluation"]) == 0
     plain = json.loads((tmp_path / "out" / "metrics.json").read_text())["train"]["train_loss"]
     distilled_cfg = tmp_path / "distilled.yaml"
     distilled_cfg.write_text(base.replace("training:\n", f"training:\n  teachers: [\"{teacher}\"]\n")
                              .replace(str(tmp_path / "out"), str(tmp_path / "out-kd")))
-    assert script.main(["--config", str(distilled_cfg), "--skip_evaluation"]) == 0
+    assert script.main(["--config", str(distilled_cfg), "--skip-evaluation"]) == 0
     report = json.loads((tmp_path / "out-kd" / "metrics.json").read_text())
     assert report["config"]["training"]["teachers"] == [str(teacher)]
     assert report["train"]["train_loss"] > plain  # the KL term is added (and positive)

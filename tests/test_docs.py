@@ -14,7 +14,7 @@ DOCS = [ROOT / "README.md", ROOT / "data" / "README.md", *sorted((ROOT / "docs")
 
 def _created_outputs(texts: list[str]) -> set[str]:
     """Output folders something makes: the shipped configs' and the config default's
-    ``output_dir``, the bench scripts' defaults, and each ``--out``/``--output_dir``/
+    ``output_dir``, the bench scripts' defaults, and each ``--out``/``--output-dir``/
     ``output_dir:`` the docs give."""
     from cetd_phase1.config import ModelSection, shipped_configs
 
@@ -23,7 +23,7 @@ def _created_outputs(texts: list[str]) -> set[str]:
     for path in shipped_configs().values():
         created.add(yaml.safe_load(path.read_text())["model"]["output_dir"])
     for text in texts:
-        for match in re.finditer(r"(?:--out|--output_dir|output_dir:)[ =]+(outputs/[\w.\-/]+)",
+        for match in re.finditer(r"(?:--out|--output-dir|output_dir:)[ =]+(outputs/[\w.\-/]+)",
                                  text):
             created.add(match.group(1).rstrip("/."))
     return created

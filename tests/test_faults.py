@@ -68,7 +68,7 @@ def write_config(tmp_path: Path, backbone: Path, **overrides) -> Path:
 def run_plan(tmp_path: Path, config: Path, runs: list[tuple[str, str, list[str]]]):
     """Run ``(kill, output folder name, extra arguments)`` one after the other through the
     driver; returns each run's exit code and its output text."""
-    plan = [{"kill": kill, "argv": ["--config", str(config), "--output_dir", str(tmp_path / name),
+    plan = [{"kill": kill, "argv": ["--config", str(config), "--output-dir", str(tmp_path / name),
                                     *extra],
              "out": str(tmp_path / f"run{i}.txt"), "batch_log": str(tmp_path / f"{name}.jsonl")}
             for i, (kill, name, extra) in enumerate(runs)]
@@ -100,7 +100,7 @@ def test_kill_at_three_points_then_resume_equals_an_uninterrupted_run(tmp_path):
     backbone = make_tiny_encoder(tmp_path / "bert")
     config = write_config(tmp_path, backbone)
 
-    resume = ["--resume_from_checkpoint", "last"]
+    resume = ["--resume-from-checkpoint", "last"]
     straight, first, second, third, last = run_plan(tmp_path, config, [
         ("none", "straight", []),
         ("train:3", "killed", []),  # killed in step 4: checkpoint-2 is the last

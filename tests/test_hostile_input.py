@@ -220,7 +220,7 @@ def test_an_output_path_that_is_a_file_is_one_line_and_the_file_is_kept(checkpoi
     assert main(["evaluate", "--checkpoint", str(checkpoints / "good"), "--apps", str(corpus),
                  "--out", str(taken), "--label-sources", "docstring",
                  "--cache-dir", str(tmp_path / "cache")]) == 2
-    assert script.main(["--output_dir", str(taken), "--max_steps", "1"]) == 2
+    assert script.main(["--output-dir", str(taken), "--max-steps", "1"]) == 2
     errors = _one_line_errors(capsys.readouterr().err)
     assert len(errors) == 2 and all(f"{taken}: exists and is not a folder" in e
                                     for e in errors), errors

@@ -116,8 +116,8 @@ def test_train_reranker_trains_saves_and_evaluate_reports_it(setup, capsys):
 
     tmp_path, config = setup
     backbone = tmp_path / "bert"
-    assert main(["train-reranker", "--config", str(config), "--output_dir",
-                 str(tmp_path / "rr"), "--max_steps", "3"]) == 0
+    assert main(["train-reranker", "--config", str(config), "--output-dir",
+                 str(tmp_path / "rr"), "--max-steps", "3"]) == 0
     final = tmp_path / "rr" / "final"
     model, _, fmt = load_reranker(final)
     assert fmt == PairFormat(32, 64, False)

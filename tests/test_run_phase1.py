@@ -153,8 +153,8 @@ def test_run_phase1_trains_evaluates_saves_and_resumes(setup, capsys, caplog):
     assert Retriever.from_pretrained(out / "final", cache_dir=tmp_path / "index").ranking == ranking
 
     # Resume: two more steps from the last checkpoint.
-    assert script.main(["--config", str(config), "--max_steps", "8",
-                        "--resume_from_checkpoint", "last"]) == 0
+    assert script.main(["--config", str(config), "--max-steps", "8",
+                        "--resume-from-checkpoint", "last"]) == 0
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 8
 
 
@@ -175,7 +175,7 @@ def test_freeze_embeddings_keeps_the_token_vectors(setup):
     tmp_path, config = setup
     text = config.read_text().replace("use_lora: true", "use_lora: false\n  freeze_embeddings: true")
     config.write_text(text.replace("max_steps: 6", "max_steps: 2"))
-    assert _load_script().main(["--config", str(config), "--skip_holdout"]) == 0
+    assert _load_script().main(["--config", str(config), "--skip-holdout"]) == 0
     before = load_file(tmp_path / "bert" / "model.safetensors")
     after = {k.removeprefix("backbone."): v
              for k, v in load_file(tmp_path / "out" / "final" / "model.safetensors").items()}
@@ -199,7 +199,7 @@ def test_an_mpnet_backbone_trains_validates_and_serves(setup):
     text = config.read_text().replace(str(tmp_path / "bert"), str(mpnet))
     config.write_text(text.replace("use_lora: true", "use_lora: false")
                       .replace("max_steps: 6", "max_steps: 3"))
-    assert _load_script().main(["--config", str(config), "--skip_holdout"]) == 0
+    assert _load_script().main(["--config", str(config), "--skip-holdout"]) == 0
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert 0.0 <= report["validation"]["eval_map"] <= 1.0
     before = load_file(mpnet / "model.safetensors")
@@ -216,8 +216,8 @@ def test_skip_evaluation_trains_and_saves_without_ranking_any_split(setup, capsy
     """The one-minute setup check: no validation during or after training, no holdout pass,
     and still a final model and metrics.json."""
     tmp_path, config = setup
-    assert _load_script().main(["--config", str(config), "--max_steps", "2",
-                                "--skip_evaluation"]) == 0
+    assert _load_script().main(["--config", str(config), "--max-steps", "2",
+                                "--skip-evaluation"]) == 0
     out = tmp_path / "out"
     report = json.loads((out / "metrics.json").read_text())
     assert report["global_step"] == 2
@@ -235,7 +235,7 @@ def test_console_script_runs_the_driver(tmp_path, capsys):
         main(["train", "--help"], prog="cetd-phase1")
     assert done.value.code == 0
     usage = capsys.readouterr().out
-    assert "usage: cetd-phase1 train" in usage and "--skip_evaluation" in usage
+    assert "usage: cetd-phase1 train" in usage and "--skip-evaluation" in usage
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  max_steps: -3\n")
     assert main(["train", "--config", str(bad)], prog="cetd-phase1") == 2
@@ -252,7 +252,7 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "run", interrupted)
-    assert train.main(["--output_dir", str(tmp_path)]) == 130
+    assert train.main(["--output-dir", str(tmp_path)]) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("interrupted before the first checkpoint: nothing was saved in "
                           f"{tmp_path}")
@@ -263,7 +263,17 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
     (checkpoint / "trainer_state.json").write_text('{"global_step": 50}')
     (checkpoint / "model.safetensors").write_bytes(b"")
     monkeypatch.setattr("cetd_phase1.training.checkpoints.checkpoint_problem", lambda p: None)
-    assert train.main(["--output_dir", str(tmp_path)]) == 130
+    assert train.main(["--output-dir", str(tmp_path)]) == 130
     err = capsys.readouterr().err.strip()
-    assert err == ("interrupted: resume with --resume_from_checkpoint last (the newest complete "
+    assert err == ("interrupted: resume with --resume-from-checkpoint last (the newest complete "
                    f"checkpoint is {checkpoint})")
+
+
+def test_flags_are_kebab_case_and_the_transformers_spelling_works_too():
+    from cetd_phase1.train import parse_args
+    kebab = parse_args(["--max-steps", "3", "--output-dir", "out", "--skip-holdout",
+                        "--resume-from-checkpoint", "last"])
+    snake = parse_args(["--max_steps", "3", "--output_dir", "out", "--skip_holdout",
+                        "--resume_from_checkpoint", "last"])
+    assert vars(kebab) == vars(snake)
+    assert (kebab.max_steps, kebab.output_dir, kebab.skip_holdout) == (3, "out", True)

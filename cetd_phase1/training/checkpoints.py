@@ -141,7 +141,7 @@ class NonFiniteGuard(TrainerCallback):
         where = f"last good checkpoint: {last}" if last else "no complete checkpoint yet"
         raise NonFiniteLossError(f"training stopped: {what}; {where} (lower "
                                  f"training.learning_rate or check the data, then resume with "
-                                 f"--resume_from_checkpoint last)")
+                                 f"--resume-from-checkpoint last)")
 
 
 def _any_process(flag: bool, device: torch.device) -> bool:
