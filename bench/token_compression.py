@@ -51,19 +51,13 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
 
-    from cetd_phase1 import index as index_lib
     from cetd_phase1.evaluation.evaluate import run_evaluation
 
     apps = prepare("validation", Path(args.fr_cache))
     rows = {}
-    from cetd_phase1.ranking.config import RankingConfig
-
-    load = RankingConfig.load.__func__
     for name in args.codecs:
-        index_lib.DEFAULT_CODEC = parse_codec(name)
+        codec = parse_codec(name)
         shortlist = int(name.split("@")[1]) if "@" in name else None
-        RankingConfig.load = classmethod(
-            lambda cls, folder: load(cls, folder).override(shortlist=shortlist))
         with tempfile.TemporaryDirectory(prefix="cetd-codec-") as tmp:
             cache = Path(tmp)
             results, sections = {}, 0
@@ -71,7 +65,8 @@ def main() -> int:
                                                             label_sources=("gold",))),
                                   ("stdlib", dict(split="validation"))):
                 metrics = run_evaluation(args.checkpoint, cache / "out" / bench, hybrid=True,
-                                         cache_dir=cache, backbone=args.checkpoint, **kwargs)
+                                         cache_dir=cache, backbone=args.checkpoint,
+                                         codec=codec, shortlist=shortlist, **kwargs)
                 sections += sum(metrics["apps"].values())
                 results[bench] = {"served": metrics["baselines"]["model+bm25 (hybrid)"]
                                   ["full_app"]["mrr"], "model": metrics["full_app"]["mrr"]}

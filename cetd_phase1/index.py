@@ -121,9 +121,10 @@ class FileIndex:
 class IndexStore:
     """Reads and writes the per-file entries of one checkpoint, encoding what is missing."""
 
-    def __init__(self, folder: Path, ranker: FullAppRanker, show_progress: bool = False) -> None:
+    def __init__(self, folder: Path, ranker: FullAppRanker, show_progress: bool = False,
+                 codec: TokenCodec | None = None) -> None:
         self.folder, self.ranker, self.show_progress = folder, ranker, show_progress
-        self.codec = DEFAULT_CODEC
+        self.codec = codec if codec is not None else DEFAULT_CODEC
         r = ranker.ranking
         late = self.codec.name if r.late_interaction else "pooled"
         self._salt = (f"{INDEX_VERSION}\0{folder.name}\0{ranker.max_code_length}\0"

@@ -21,7 +21,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,7 +29,6 @@ from cetd_phase1 import default_cache_dir
 from cetd_phase1.errors import CETDError, check_requirement
 from cetd_phase1.index import INDEX_VERSION, FileIndex, IndexStore, assemble
 from cetd_phase1.ranking.bm25 import BM25Scorer, bm25_tokenize
-from cetd_phase1.ranking.fusion import served_scores
 from cetd_phase1.ranking.rerank import RERANK_DEPTH, reranked, top_sections
 from cetd_phase1.ranking.config import RankingConfig
 from cetd_phase1.data.apps import App
@@ -38,6 +37,8 @@ from cetd_phase1.text import format_section
 
 if TYPE_CHECKING:  # the encoder imports torch; retrieve stays light until a model is loaded
     from cetd_phase1.modeling.reranker import Reranker
+    from cetd_phase1.ranking.compress import TokenCodec
+    from cetd_phase1.ranking.encode import Encoded
     from cetd_phase1.ranking.full_app import SectionVectors
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class Retriever:
     """A bi-encoder, the ranking settings it was chosen with, and a per-app index cache.
 
     ``retrieve`` ranks by the served hybrid score (the model's and BM25's scores, z-scored and
-    mixed, :func:`~cetd_phase1.ranking.fusion.served_scores`) unless ``hybrid=False``: on
+    mixed, :meth:`~cetd_phase1.ranking.full_app.FullAppRanker.served_scores`) unless ``hybrid=False``: on
     feature-level requirements the dense model alone ranks below the hybrid. With a
     ``reranker`` the ``rerank_depth`` best of that ranking are re-ordered by the cross-encoder
     (:mod:`cetd_phase1.ranking.rerank`).
@@ -151,7 +152,7 @@ class Retriever:
     def __init__(self, model, tokenizer, *, identity: str, ranking: RankingConfig | None = None,
                  batch_size: int = 64, cache_dir: str | Path | None = None, hybrid: bool = True,
                  show_progress: bool = False, reranker: Reranker | None = None,
-                 rerank_depth: int = RERANK_DEPTH) -> None:
+                 rerank_depth: int = RERANK_DEPTH, codec: TokenCodec | None = None) -> None:
         from cetd_phase1.modeling.prepacked import PrepackedEncoder
         from cetd_phase1.modeling.precision import autocast_dtype
         from cetd_phase1.ranking.full_app import FullAppRanker
@@ -165,7 +166,7 @@ class Retriever:
         if rerank_depth < 1:
             raise CETDError(f"rerank_depth must be at least 1, got {rerank_depth}")
         self.reranker, self.rerank_depth = reranker, rerank_depth
-        self.store = IndexStore(self.cache_dir / identity, self.ranker, show_progress)
+        self.store = IndexStore(self.cache_dir / identity, self.ranker, show_progress, codec)
         self._indexes: dict[str, AppIndex] = {}
 
     @property
@@ -255,18 +256,18 @@ class Retriever:
         """Requirement embeddings, float32 [Q, D]."""
         return self.ranker.encode_requirements(list(requirements)).pooled
 
-    def dense_scores(self, requirements: list[str], index: AppIndex,
-                     first_stage: Callable[[np.ndarray], np.ndarray] | None = None
-                     ) -> np.ndarray:
-        """The model's scores [Q, N] of requirements against every section of ``index``
-        (MaxSim's shortlist, where it binds, the best by ``first_stage`` of the pooled scores:
-        :meth:`Encoded.scores <cetd_phase1.ranking.encode.Encoded.scores>`)."""
-        if not index.sections:
-            return np.zeros((len(requirements), 0), dtype=np.float32)
+    def _queries(self, requirements: list[str]) -> Encoded:
         queries = self.ranker.encode_requirements(list(requirements))
         if queries.tokens is not None:  # the index may hold its token vectors rotated
             queries.tokens = self.store.codec.index_space(queries.tokens)
-        return self.ranker.scores(queries, index.vectors, first_stage)
+        return queries
+
+    def dense_scores(self, requirements: list[str], index: AppIndex) -> np.ndarray:
+        """The model's scores [Q, N] of requirements against every section of ``index``
+        (MaxSim's shortlist, where it binds, the best by the pooled scores)."""
+        if not index.sections:
+            return np.zeros((len(requirements), 0), dtype=np.float32)
+        return self.ranker.scores(self._queries(requirements), index.vectors)
 
     def shortlist_binds(self, index: AppIndex) -> bool:
         """Whether MaxSim reads only a shortlist of ``index``'s sections."""
@@ -277,19 +278,16 @@ class Retriever:
 
     def served_scores(self, requirements: list[str], index: AppIndex,
                       dense: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The served scores [Q, N] and the model's [Q, N]. Where MaxSim's shortlist binds, it
-        is the best sections by the served score of the pooled cosines (BM25 finds sections
-        the pooled vector misses); elsewhere the model's scores are those of
-        :meth:`dense_scores`, reused when given as ``dense``."""
+        """The served scores [Q, N] and the model's [Q, N]
+        (:meth:`FullAppRanker.served_scores <cetd_phase1.ranking.full_app.FullAppRanker.served_scores>`);
+        the model's scores ``dense`` are reused when given and MaxSim reads every section."""
         bm25 = [index.bm25.scores(r) for r in requirements]
-
-        def served(model: np.ndarray) -> np.ndarray:
-            return np.stack([served_scores(m, b, index.classes, self.ranking)
-                             for m, b in zip(model, bm25)]).astype(np.float32)
-
-        if dense is None or self.shortlist_binds(index):
-            dense = self.dense_scores(requirements, index, served)
-        return served(dense), dense
+        if index.sections and (dense is None or self.shortlist_binds(index)):
+            return self.ranker.served_scores(self._queries(requirements), index.vectors, bm25,
+                                             index.classes)
+        if dense is None:
+            dense = self.dense_scores(requirements, index)
+        return self.ranker.served(dense, bm25, index.classes), dense
 
     def rerank(self, requirement: str, index: AppIndex,
                scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from cetd_phase1.data.labels import DEFAULT_LABEL_SOURCES
 from cetd_phase1.ranking.config import RankingConfig
 from cetd_phase1.data.apps import App, Registry
 from cetd_phase1.retrieve import AppIndex, Retriever
+
+if TYPE_CHECKING:
+    from cetd_phase1.ranking.compress import TokenCodec
 
 #: All positives of a query are needed for full-app ranking, not the training cap.
 EVAL_MAX_POSITIVES = 1000
@@ -150,16 +153,18 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
                    section_chunks: int | None = None,
                    late_interaction: float | None = None,
                    class_penalty: float | None = None,
+                   shortlist: int | None = None,
                    reranker: str | Path | None = None,
-                   rerank_depth: int | None = None) -> dict:
+                   rerank_depth: int | None = None, codec: TokenCodec | None = None) -> dict:
     """Evaluate ``checkpoint`` on ``split`` of ``registry`` (default: the stdlib, or PostgreSQL
     when ``$DATABASE_URL`` is set), or on every app of ``apps_dir`` (a folder of apps or a
     manifest), against BM25 and the untrained backbone; write the report files to ``out``.
-    ``section_chunks``, ``late_interaction`` and ``class_penalty`` replace the checkpoint's
-    ranking settings (``None``: its own; the untrained backbone reads one text a section and
+    ``section_chunks``, ``late_interaction``, ``class_penalty`` and ``shortlist`` replace the
+    checkpoint's ranking settings (``None``: its own; the untrained backbone reads one text a section and
     ranks by the cosine). ``reranker`` adds the ranking whose ``rerank_depth`` best sections
     (default :data:`~cetd_phase1.ranking.rerank.RERANK_DEPTH`) it re-orders: the hybrid's with
-    ``hybrid``, else the model's.
+    ``hybrid``, else the model's. ``codec`` stores the model's index another way than the
+    shipped one (``bench/token_compression.py``).
 
     Returns the ``metrics.json`` content.
     """
@@ -174,7 +179,7 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
         raise CETDError(f"{checkpoint}: not a model folder (no config.json)")
     check_output_dir(str(out))
     overrides = dict(section_chunks=section_chunks, late_interaction=late_interaction,
-                     class_penalty=class_penalty)
+                     class_penalty=class_penalty, shortlist=shortlist)
     RankingConfig.load(checkpoint).override(**overrides)  # checked before any work
     if apps_dir is not None:
         if not Path(apps_dir).exists():
@@ -194,8 +199,8 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
 
     rerank = {} if rerank_depth is None else {"rerank_depth": rerank_depth}
     model = Retriever.from_pretrained(checkpoint, cache_dir=index_cache, batch_size=batch_size,
-                                      show_progress=True, reranker=reranker, **rerank,
-                                      **overrides)
+                                      show_progress=True, reranker=reranker, codec=codec,
+                                      **rerank, **overrides)
     ranking = model.ranking
     methods = [Method("model", model)]
     notes = []

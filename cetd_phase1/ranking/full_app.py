@@ -1,6 +1,7 @@
 """Ranking every section of an app for a requirement with the trained encoder: the one path the
 Trainer's validation, ``evaluate`` and the :class:`~cetd_phase1.retrieve.Retriever` all take
-(section texts -> encoded vectors -> scores), so their numbers cannot drift apart."""
+(section texts -> encoded vectors -> scores), so their numbers cannot drift apart; and the
+served ranking that mixes those scores with BM25's (:mod:`cetd_phase1.ranking.fusion`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from cetd_phase1.modeling.model import CETDRetriever
 from cetd_phase1.ranking.chunks import section_texts
 from cetd_phase1.ranking.encode import Encoded, encode_for_ranking
 from cetd_phase1.ranking.config import RankingConfig
+from cetd_phase1.ranking.fusion import served_scores
 
 #: A section as ranking reads it: (file, qualname, kind, code without docstrings).
 SectionItem = tuple[str, str, str, str]
@@ -102,3 +104,21 @@ class FullAppRanker:
             return np.zeros((len(requirements), 0), dtype=np.float32)
         return sections.encoded.scores(requirements, self.ranking.late_interaction,
                                        sections.starts, self.ranking.shortlist, first_stage)
+
+    def served(self, dense: np.ndarray, bm25: Sequence[np.ndarray],
+               classes: np.ndarray) -> np.ndarray:
+        """The served scores [Q, N]: each requirement's model scores ``dense`` [Q, N] mixed with
+        its BM25 scores (:func:`~cetd_phase1.ranking.fusion.served_scores`; ``classes`` marks
+        the sections that are classes)."""
+        return np.stack([served_scores(m, b, classes, self.ranking)
+                         for m, b in zip(dense, bm25)]).astype(np.float32)
+
+    def served_scores(self, requirements: Encoded, sections: SectionVectors,
+                      bm25: Sequence[np.ndarray], classes: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The served scores [Q, N] and the model's [Q, N]. Where MaxSim's shortlist binds, it
+        is the best sections by the served score of the pooled cosines: BM25 finds sections
+        the pooled vector misses."""
+        dense = self.scores(requirements, sections,
+                            lambda pooled: self.served(pooled, bm25, classes))
+        return self.served(dense, bm25, classes), dense
