@@ -32,8 +32,8 @@ from cetd_phase1.data.labels import DEFAULT_LABEL_SOURCES
 from cetd_phase1.evaluation.metrics import METRIC_NAMES
 from cetd_phase1.ranking.config import RankingConfig
 
-#: ``evaluation.metric`` values -> key of :func:`cetd_phase1.evaluation.metrics.compute_ranking_metrics`
-#: (what the Trainer's ``evaluate`` module returns).
+#: ``evaluation.metric`` values -> key of the metrics the Trainer's ``evaluate`` module returns
+#: (:func:`cetd_phase1.evaluation.metrics.compute_ranking_metrics`).
 METRICS = {"retrieval_accuracy": "accuracy", **{name: name for name in METRIC_NAMES}}
 
 

@@ -139,14 +139,16 @@ class Retriever:
     """A bi-encoder, the ranking settings it was chosen with, and a per-app index cache.
 
     ``retrieve`` ranks by the served hybrid score (the model's and BM25's scores, z-scored and
-    mixed, :meth:`~cetd_phase1.ranking.full_app.FullAppRanker.served_scores`) unless ``hybrid=False``: on
-    feature-level requirements the dense model alone ranks below the hybrid. With a
-    ``reranker`` the ``rerank_depth`` best of that ranking are re-ordered by the cross-encoder
-    (:mod:`cetd_phase1.ranking.rerank`).
+    mixed, :meth:`~cetd_phase1.ranking.full_app.FullAppRanker.served_scores`) unless
+    ``hybrid=False``: on feature-level requirements the dense model alone ranks below the
+    hybrid. With a ``reranker`` the ``rerank_depth`` best of that ranking are re-ordered by the
+    cross-encoder (:mod:`cetd_phase1.ranking.rerank`). ``codec`` stores the index's vectors
+    another way than the shipped :data:`~cetd_phase1.index.DEFAULT_CODEC` (a benchmark's
+    comparison).
 
     The model is frozen here: requirements are encoded by a pre-packed copy of it taken at
-    construction (:class:`~cetd_phase1.modeling.prepacked.PrepackedEncoder`), and indexes are cached
-    under the checkpoint's identity, so changed weights need a new ``Retriever``.
+    construction (:class:`~cetd_phase1.modeling.prepacked.PrepackedEncoder`), and indexes are
+    cached under the checkpoint's identity, so changed weights need a new ``Retriever``.
     """
 
     def __init__(self, model, tokenizer, *, identity: str, ranking: RankingConfig | None = None,
@@ -278,9 +280,9 @@ class Retriever:
 
     def served_scores(self, requirements: list[str], index: AppIndex,
                       dense: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The served scores [Q, N] and the model's [Q, N]
-        (:meth:`FullAppRanker.served_scores <cetd_phase1.ranking.full_app.FullAppRanker.served_scores>`);
-        the model's scores ``dense`` are reused when given and MaxSim reads every section."""
+        """The served scores [Q, N] and the model's [Q, N] (:meth:`FullAppRanker.served_scores
+        <cetd_phase1.ranking.full_app.FullAppRanker.served_scores>`); the model's scores
+        ``dense`` are reused when given and MaxSim reads every section."""
         bm25 = [index.bm25.scores(r) for r in requirements]
         if index.sections and (dense is None or self.shortlist_binds(index)):
             return self.ranker.served_scores(self._queries(requirements), index.vectors, bm25,

@@ -160,8 +160,8 @@ def run_evaluation(checkpoint: str | Path, out: str | Path, *, split: str | None
     when ``$DATABASE_URL`` is set), or on every app of ``apps_dir`` (a folder of apps or a
     manifest), against BM25 and the untrained backbone; write the report files to ``out``.
     ``section_chunks``, ``late_interaction``, ``class_penalty`` and ``shortlist`` replace the
-    checkpoint's ranking settings (``None``: its own; the untrained backbone reads one text a section and
-    ranks by the cosine). ``reranker`` adds the ranking whose ``rerank_depth`` best sections
+    checkpoint's ranking settings (``None``: its own; the untrained backbone reads one text a
+    section and ranks by the cosine). ``reranker`` adds the ranking whose ``rerank_depth`` best sections
     (default :data:`~cetd_phase1.ranking.rerank.RERANK_DEPTH`) it re-orders: the hybrid's with
     ``hybrid``, else the model's. ``codec`` stores the model's index another way than the
     shipped one (``bench/token_compression.py``).
