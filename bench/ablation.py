@@ -89,21 +89,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
               "dataset.commit_releases_per_repo": 4}),
     "mpnet": ("all-mpnet-base-v2 (110M) instead of MiniLM: configs/phase1_mpnet_cpu.yaml",
               {"model.base_model": "all-mpnet-base-v2"}),
-    "distill-mpnet": ("distilled from the trained mpnet bi-encoder (training.teachers; "
-                      "train the mpnet variant first)",
-                      {"training.teachers": ["outputs/ablation/mpnet/model/final"]}),
-    "distill-ensemble": ("distilled from the mean cosine of the trained mpnet and default "
-                         "bi-encoders (train both variants first)",
-                         {"training.teachers": ["outputs/ablation/mpnet/model/final",
-                                                "outputs/ablation/default/model/final"]}),
-    "distill-git2": ("git2's data (the mined commit labels too) distilled from the trained mpnet "
-                     "bi-encoder: the teacher holding the docstrings while commits teach feature "
-                     "requests",
-                     {"dataset.source": "stdlib+pypi-changelog+git",
-                      "dataset.label_sources": ["docstring", "gold", "heuristic", "changelog",
-                                                "git"],
-                      "dataset.commit_releases_per_repo": 2,
-                      "training.teachers": ["outputs/ablation/mpnet/model/final"]}),
     "pypi-wide": ("the changelogs of the 37 packages of bench/pypi_packages_wide.yaml instead "
                   "of the 15 pinned ones (dataset.pypi_packages)",
                   {"dataset.pypi_packages": str(REPO / "bench" / "pypi_packages_wide.yaml")}),

@@ -70,8 +70,6 @@ class TrainingSection:
     gather_across_devices: bool = False
     same_app_batches: bool = False  # in-batch negatives from the requirement's own app
     freeze_embeddings: bool = False  # keep the backbone's token embeddings as pretrained
-    # trained checkpoints whose mean cosine the loss also distils (training/teacher.py)
-    teachers: list[str] | None = None
     max_steps: int = -1
     seed: int = 42
     weight_decay: float = 0.0
@@ -103,7 +101,7 @@ class DatasetSection:
     random_negatives: int = 2
     max_positives: int = 5
     label_sources: list[str] = field(default_factory=lambda: list(DEFAULT_LABEL_SOURCES))
-    cache_dir: str | None = None  # built datasets (and teacher vectors in teachers/)
+    cache_dir: str | None = None
     seed: int = 0
 
 

@@ -77,20 +77,6 @@ class InfoNCELoss(nn.Module):
     ``cross_entropy`` subtracts their maximum, so low temperatures do not overflow under fp16
     autocast.
 
-    **Distillation.** Given a teacher's scores :math:`t(q_i, p)` (the mean cosine of one or
-    more stronger trained retrievers, :mod:`cetd_phase1.training.teacher`) over the same
-    candidates, the student also matches the teacher's distribution over them:
-
-    .. math::
-
-        \mathcal{L}_{KD} = \mathcal{L} + \frac{1}{B}\sum_{i=1}^{B}
-            \mathrm{KL}\left(\mathrm{softmax}_P\, t(q_i, \cdot)/\tau \;\middle\|\;
-                             \mathrm{softmax}_P\, s(q_i, \cdot)/\tau\right)
-
-    The teacher was trained with the same :math:`\tau`, so its distribution is as sharp as it
-    learnt; the hard label keeps the student on the labelled positive where the teacher errs.
-    The teacher's candidates are gathered as the student's.
-
     **Negatives per requirement.** With B requirements per process, n negatives each and W
     processes, :math:`P` holds ``B * (1 + n)`` candidates per process: a requirement sees
     ``B * (1 + n) - 1`` negatives with ``gather=local_candidates`` and ``W * B * (1 + n) - 1``
@@ -117,21 +103,10 @@ class InfoNCELoss(nn.Module):
         self.temperature = temperature
         self.gather = gather
 
-    def forward(self, q: torch.Tensor, p: torch.Tensor, labels: torch.Tensor,
-                teacher: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """The loss of requirements ``q`` against candidates ``p``; with ``teacher`` (the
-        teacher's vectors of the same requirements and candidates) plus the distillation term."""
+    def forward(self, q: torch.Tensor, p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         candidates, labels, weight = self.gather(p, labels)
         logits = q.float() @ candidates.float().T / self.temperature
-        loss = F.cross_entropy(logits, labels)
-        if teacher is not None:
-            t_q, t_p = teacher
-            t_candidates = self.gather(t_p, labels)[0]
-            t_logits = t_q.float() @ t_candidates.float().T / self.temperature
-            loss = loss + F.kl_div(F.log_softmax(logits, dim=-1),
-                                   F.log_softmax(t_logits, dim=-1), log_target=True,
-                                   reduction="batchmean")
-        return weight * loss
+        return weight * F.cross_entropy(logits, labels)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, gather={getattr(self.gather, '__name__', self.gather)}"

@@ -182,7 +182,6 @@ def run(cli: argparse.Namespace) -> int:
     from cetd_phase1.modeling.model import CETDRetriever
     from cetd_phase1.modeling.tokens import load_tokenizer
     from cetd_phase1.training.collator import RetrievalCollator
-    from cetd_phase1.training.teacher import teacher_vectors
     from cetd_phase1.training.trainer import RetrievalTrainer
 
     # 1. Config: YAML, then command-line overrides, then TrainingArguments.
@@ -203,18 +202,12 @@ def run(cli: argparse.Namespace) -> int:
     logger.info("InfoNCE: up to %d negatives per requirement (%d process(es) x %d requirements "
                 "x (1 + %d negatives) - 1)", ranks * t.batch_size * (1 + t.negatives_per_query)
                 - 1, ranks, t.batch_size, t.negatives_per_query)
-    if t.teachers:
-        logger.info("distilled from the mean cosine of %s", ", ".join(t.teachers))
     set_seed(cfg.training.seed)
 
     # 3. Data: labelled pairs per split, and every section of every app (the ranking pools).
     with args.main_process_first(desc="building the dataset"):
         registry, pairs, train_groups = training_data(cfg)
         sections = build_sections(registry=registry, cache_dir=cfg.dataset.cache_dir)
-        teacher = (teacher_vectors(t.teachers, train_groups, show_progress=args.should_log,
-                                   cache_dir=cfg.dataset.cache_dir and
-                                   Path(cfg.dataset.cache_dir) / "teachers")
-                   if t.teachers else None)
     has_validation = len(pairs["validation"]) > 0 and not cli.skip_evaluation
     if cli.skip_evaluation:
         logger.warning("--skip-evaluation: no validation, early stopping or best checkpoint, "
@@ -241,8 +234,7 @@ def run(cli: argparse.Namespace) -> int:
 
     # 5. Trainer.
     collator = RetrievalCollator(tokenizer, model.config,
-                                 negatives_per_query=cfg.training.negatives_per_query,
-                                 teacher=teacher)
+                                 negatives_per_query=cfg.training.negatives_per_query)
     callbacks = [NonFiniteGuard()]
     if has_validation and cfg.evaluation.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.evaluation.early_stopping_patience))

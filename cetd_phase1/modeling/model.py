@@ -168,15 +168,12 @@ class CETDRetriever(PreTrainedModel):
 
     def forward(self, q_input_ids: torch.Tensor, q_attention_mask: torch.Tensor,
                 p_input_ids: torch.Tensor, p_attention_mask: torch.Tensor,
-                labels: torch.Tensor | None = None, q_teacher: torch.Tensor | None = None,
-                p_teacher: torch.Tensor | None = None, **_: Any) -> RetrievalOutput:
+                labels: torch.Tensor | None = None, **_: Any) -> RetrievalOutput:
         """Encode B requirements and C candidates; with ``labels`` (index of each requirement's
-        positive among the candidates) also compute the loss, distilled from the teacher's
-        vectors of both sides when ``q_teacher`` [B, Dt] and ``p_teacher`` [C, Dt] are given."""
+        positive among the candidates) also compute the loss."""
         q = self.encode(q_input_ids, q_attention_mask)
         p = self.encode(p_input_ids, p_attention_mask)
-        teacher = (q_teacher, p_teacher) if q_teacher is not None else None
-        loss = self.loss_fn(q, p, labels, teacher) if labels is not None else None
+        loss = self.loss_fn(q, p, labels) if labels is not None else None
         return RetrievalOutput(loss=loss, scores=q @ p.T, q_reps=q, p_reps=p)
 
     def get_input_embeddings(self) -> nn.Module:

@@ -13,7 +13,6 @@ from transformers import PreTrainedTokenizerBase
 from cetd_phase1.modeling.config import CETDConfig
 from cetd_phase1.modeling.tokens import pad, tokenize
 from cetd_phase1.training.sampler import NoDuplicatesBatchSampler
-from cetd_phase1.training.teacher import TeacherVectors
 
 
 @dataclass
@@ -25,15 +24,13 @@ class RetrievalCollator:
     every epoch. Requirements and code are truncated to the model's limits and padded to the
     longest text of the batch (rounded up to a multiple of 8), never to a fixed length.
     Outputs: ``q_input_ids``/``q_attention_mask`` [B, Lq], ``p_input_ids``/``p_attention_mask``
-    [C, Lp], ``labels`` [B] (index of each positive in the candidates) and, with a
-    ``teacher``, its vectors ``q_teacher`` [B, Dt] and ``p_teacher`` [C, Dt] of the same texts.
+    [C, Lp], ``labels`` [B] (index of each positive in the candidates).
     """
 
     tokenizer: PreTrainedTokenizerBase
     model_config: CETDConfig  # token limits, EOS and identifier splitting: as the model reads
     negatives_per_query: int
     pad_to_multiple_of: int = 8
-    teacher: TeacherVectors | None = None
 
     def __call__(self, items: list[dict[str, Any]],
                  rng: random.Random | None = None) -> dict[str, torch.Tensor]:
@@ -57,10 +54,7 @@ class RetrievalCollator:
                 self.pad_to_multiple_of)
         return {"q_input_ids": q["input_ids"], "q_attention_mask": q["attention_mask"],
                 "p_input_ids": p["input_ids"], "p_attention_mask": p["attention_mask"],
-                "labels": torch.tensor(labels),
-                **(dict(zip(("q_teacher", "p_teacher"),
-                            self.teacher.lookup(requirements, candidates)))
-                   if self.teacher is not None else {})}
+                "labels": torch.tensor(labels)}
 
 
 @dataclass
