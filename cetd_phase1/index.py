@@ -255,8 +255,11 @@ class IndexStore:
         from tqdm.auto import tqdm
 
         parsed: dict[str, tuple[list[Section], str, list[str], np.ndarray]] = {}
+        # these bars run inside evaluate's per-app bar: on a terminal only (None), since
+        # nested bars drawn into a log file leave a cursor-up escape on every line
+        shown = None if self.show_progress else True
         for rel, (_, text) in tqdm(pending.items(), desc="parsing", unit="file",
-                                   disable=not self.show_progress or len(pending) < 100):
+                                   disable=True if len(pending) < 100 else shown):
             sections, problem = parse_sections(text, rel)
             file_texts, starts = self.ranker.texts(
                 [(s.file, s.qualname, s.kind, s.encoder_code()) for s in sections])
@@ -266,7 +269,7 @@ class IndexStore:
         chunk: list[str] = []
         size = 0  # texts in the chunk
         with tqdm(total=sum(len(p[2]) for p in parsed.values()), desc="encoding", unit="text",
-                  disable=not self.show_progress) as bar:
+                  disable=shown) as bar:
             for n, rel in enumerate(pending):
                 chunk.append(rel)
                 size += len(parsed[rel][2])

@@ -139,3 +139,11 @@ def test_unknown_apps_folder_is_a_clear_error(tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nope" in err and "Traceback" not in err
+
+
+def test_a_build_logged_to_a_file_leaves_no_cursor_escapes(tmp_path, capfd):
+    """Our per-app bar runs inside datasets' own; drawn into a log file (not a terminal) two
+    nested bars would leave cursor-up escapes on every line, so ours shows on terminals only."""
+    build_dataset(_apps(tmp_path / "apps"), cache_dir=tmp_path / "cache",
+                  label_sources=("docstring",))
+    assert "\x1b[A" not in capfd.readouterr().err

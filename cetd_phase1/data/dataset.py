@@ -218,7 +218,10 @@ class Phase1Builder(datasets.GeneratorBasedBuilder):
         # apps the registry could not use (bad source_path) are reported, never silently dropped
         for name, reason in getattr(self.registry, "problems", ()):
             self.report.extraction.append(ExtractionReport(app=name, skipped=[("<source>", reason)]))
-        for app in tqdm(apps, desc=f"{self.config.name}/{split}", unit="app", leave=False):
+        # inside datasets' own bar: on a terminal only (disable=None), since two nested bars
+        # drawn into a log file leave a cursor-up escape on every line
+        for app in tqdm(apps, desc=f"{self.config.name}/{split}", unit="app", leave=False,
+                        disable=None):
             sections, extraction = extract_sections(app.source_path, app.name)
             self.report.extraction.append(extraction)
             if self.config.name == "sections":
