@@ -57,9 +57,6 @@ def _sdist_in(sdists: Path, spec: str) -> Path | None:
 def fetch_sdist(spec: str, sdists: Path) -> Path:
     """The source distribution of ``NAME==VER``, downloaded once into ``sdists``
     (:func:`download_sdist`: straight from PyPI, its sha256 checked)."""
-    found = _sdist_in(sdists, spec) if sdists.is_dir() else None
-    if found is not None:
-        return found
     name, version = spec.split("==")
     try:
         return download_sdist(name, version, sdists)
@@ -104,9 +101,10 @@ def download_sdist(project: str, version: str, sdists: Path, index: str = SIMPLE
     import urllib.request
 
     sdists.mkdir(parents=True, exist_ok=True)
+    found = _sdist_in(sdists, f"{project}=={version}")  # also one pip fetched, as before
+    if found is not None:
+        return found
     target = sdists / f"{project.lower()}-{version}.tar.gz"
-    if target.is_file():
-        return target
     info = sdist_files(project, index).get(version)
     if info is None:
         raise CETDError(f"{project}=={version}: no source distribution on PyPI")
